@@ -88,14 +88,7 @@ impl<'a> Decoder<'a> {
     /// says they are, but neither libtirpc nor the kernel checks, and a value is the same
     /// with any padding).
     pub fn opaque(&mut self, max: usize) -> Result<&'a [u8], XdrError> {
-        let len = self.u32()?;
-        let n = usize::try_from(len)
-            .ok()
-            .filter(|n| *n <= max)
-            .ok_or(XdrError::TooLong {
-                len: u64::from(len),
-                max,
-            })?;
+        let n = self.bounded_len(max)?;
         let b = self.take(n + padding(n))?;
         Ok(&b[..n])
     }
@@ -103,14 +96,19 @@ impl<'a> Decoder<'a> {
     /// The element count of a variable-length array `T<max>`, checked against `max`. The
     /// caller decodes that many elements; nothing is allocated from the count.
     pub fn array_len(&mut self, max: usize) -> Result<usize, XdrError> {
+        self.bounded_len(max)
+    }
+
+    /// A length word, rejected when above `max`.
+    fn bounded_len(&mut self, max: usize) -> Result<usize, XdrError> {
         let len = self.u32()?;
-        usize::try_from(len)
-            .ok()
-            .filter(|n| *n <= max)
-            .ok_or(XdrError::TooLong {
+        match usize::try_from(len) {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(XdrError::TooLong {
                 len: u64::from(len),
                 max,
-            })
+            }),
+        }
     }
 
     /// Succeeds only when every byte was consumed.
