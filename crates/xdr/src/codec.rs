@@ -32,9 +32,8 @@ impl<'a> Decoder<'a> {
         self.buf.len()
     }
 
-    /// The bytes not read yet, consuming the decoder (e.g. the procedure arguments that follow
-    /// an RPC call header).
-    pub const fn rest(self) -> &'a [u8] {
+    /// The bytes not read yet (e.g. the procedure arguments that follow an RPC call header).
+    pub const fn rest(&self) -> &'a [u8] {
         self.buf
     }
 

@@ -1,0 +1,440 @@
+//! An async ONC RPC server over UDP and TCP.
+//!
+//! The server owns the RPC layer: it parses calls, checks the credential, answers
+//! PROG_UNAVAIL / PROG_MISMATCH itself, and hands every other call to a [`Service`] as a
+//! [`Request`]. What the service answers ([`Outcome`]) becomes the reply. Every request runs in
+//! its own task, so a slow procedure never holds up another request, on UDP or on the same TCP
+//! connection; the number of requests in flight is bounded ([`Limits`]).
+//!
+//! Sockets are bound by the caller (tests bind port 0; the daemon binds its configured
+//! addresses), then passed to [`Server::serve_udp`] / [`Server::serve_tcp`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use crate::msg::{self, AcceptStat, Auth, AuthStat, RawXdr, RejectReply, ReplyBody};
+use crate::record::RecordCodec;
+
+/// How a request arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A datagram.
+    Udp,
+    /// A record on a TCP connection.
+    Tcp,
+}
+
+impl Transport {
+    /// `udp` or `tcp`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// A call that passed the RPC layer's checks, for the [`Service`] to answer.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Transaction id.
+    pub xid: u32,
+    /// Program (one the service serves).
+    pub prog: u32,
+    /// Version (within the range the service serves).
+    pub vers: u32,
+    /// Procedure.
+    pub proc_: u32,
+    /// The credential.
+    pub auth: Auth,
+    /// The caller's address and port.
+    pub peer: SocketAddr,
+    /// The local address of the socket the call arrived on.
+    pub local: SocketAddr,
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The XDR-encoded procedure arguments.
+    pub args: Bytes,
+}
+
+/// What a [`Service`] answers to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `SUCCESS` with these XDR-encoded results.
+    Success(Bytes),
+    /// `PROC_UNAVAIL`: no such procedure.
+    ProcUnavail,
+    /// `GARBAGE_ARGS`: the arguments did not decode.
+    GarbageArgs,
+    /// `SYSTEM_ERR`: the procedure could not run (e.g. a disk error).
+    SystemErr,
+    /// `AUTH_ERROR` with this status.
+    AuthError(AuthStat),
+    /// No reply at all.
+    Drop,
+}
+
+/// An RPC program: the procedures behind one or more (program, version) pairs.
+pub trait Service: Send + Sync + 'static {
+    /// The lowest and highest version of `prog` served, or `None` if `prog` is not served.
+    fn versions(&self, prog: u32) -> Option<(u32, u32)>;
+
+    /// Answers one call. Runs in its own task; may take as long as it needs.
+    fn call(&self, req: Request) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Bounds on what peers can make the server hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request accepted, UDP or TCP (bytes).
+    pub max_record: usize,
+    /// Most fragments in one TCP record.
+    pub max_fragments: usize,
+    /// Most TCP connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Most UDP requests in progress at once per socket; more are dropped (clients retransmit).
+    pub max_udp_in_flight: usize,
+    /// Most requests in progress at once on one TCP connection; more wait (backpressure).
+    pub max_tcp_in_flight: usize,
+    /// A TCP connection that completes no request for this long is closed, and so is one
+    /// that does not take its replies for this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record: crate::record::DEFAULT_MAX_RECORD,
+            max_fragments: crate::record::DEFAULT_MAX_FRAGMENTS,
+            max_connections: 512,
+            max_udp_in_flight: 1024,
+            max_tcp_in_flight: 32,
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A running server: the tasks of its listeners and requests, and their shutdown signal.
+#[derive(Debug)]
+pub struct Server<S> {
+    service: Arc<S>,
+    limits: Arc<Limits>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    connections: Arc<Semaphore>,
+}
+
+impl<S: Service> Server<S> {
+    /// A server for `service` with these limits; it serves nothing until given sockets.
+    pub fn new(service: Arc<S>, limits: Limits) -> Self {
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        Self {
+            service,
+            limits: Arc::new(limits),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            connections,
+        }
+    }
+
+    /// The token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves calls arriving on `sock` until shutdown.
+    pub fn serve_udp(&self, sock: UdpSocket) {
+        let ctx = self.ctx();
+        self.tasks.spawn(udp_loop(ctx, Arc::new(sock)));
+    }
+
+    /// Accepts connections on `listener` and serves them until shutdown.
+    pub fn serve_tcp(&self, listener: TcpListener) {
+        let ctx = self.ctx();
+        self.tasks.spawn(tcp_accept_loop(ctx, listener));
+    }
+
+    /// Stops accepting, lets calls in progress finish for at most `grace`, then returns.
+    /// Returns false if some task was still running when the grace period ended.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    fn ctx(&self) -> Ctx<S> {
+        Ctx {
+            service: self.service.clone(),
+            limits: self.limits.clone(),
+            tasks: self.tasks.clone(),
+            shutdown: self.shutdown.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+}
+
+struct Ctx<S> {
+    service: Arc<S>,
+    limits: Arc<Limits>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    connections: Arc<Semaphore>,
+}
+
+impl<S> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            limits: self.limits.clone(),
+            tasks: self.tasks.clone(),
+            shutdown: self.shutdown.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+}
+
+/// Turns one request message into its reply message (without record mark), or `None` when
+/// nothing is to be sent. This is the one place where RPC-level failures become replies.
+pub async fn dispatch<S: Service>(
+    service: &S,
+    message: Bytes,
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+) -> Option<Bytes> {
+    let call = match msg::parse_call(&message) {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%peer, transport = transport.as_str(), error = %e, "rejected RPC message");
+            let (xid, body) = e.reply()?;
+            return Some(encode(xid, &body.map_success(|()| RawXdr(&[]))));
+        }
+    };
+    let h = call.header;
+    let span = debug_span!("rpc", xid = h.xid, prog = h.prog, vers = h.vers, proc = h.proc_, %peer, transport = transport.as_str());
+    let auth = match msg::check_auth(&h.cred) {
+        Ok(a) => a,
+        Err(stat) => {
+            span.in_scope(|| debug!(flavor = h.cred.flavor, "credential refused"));
+            return Some(encode_denied(h.xid, RejectReply::AuthError(stat)));
+        }
+    };
+    let Some((low, high)) = service.versions(h.prog) else {
+        return Some(encode_accepted(h.xid, AcceptStat::ProgUnavail));
+    };
+    if !(low..=high).contains(&h.vers) {
+        return Some(encode_accepted(
+            h.xid,
+            AcceptStat::ProgMismatch { low, high },
+        ));
+    }
+    let args_at = message.len() - call.args.len();
+    let req = Request {
+        xid: h.xid,
+        prog: h.prog,
+        vers: h.vers,
+        proc_: h.proc_,
+        auth,
+        peer,
+        local,
+        transport,
+        args: message.slice(args_at..),
+    };
+    let xid = h.xid;
+    let outcome = service.call(req).instrument(span).await;
+    Some(match outcome {
+        Outcome::Success(results) => encode(
+            xid,
+            &ReplyBody::Accepted(AcceptStat::Success(RawXdr(&results))),
+        ),
+        Outcome::ProcUnavail => encode_accepted(xid, AcceptStat::ProcUnavail),
+        Outcome::GarbageArgs => encode_accepted(xid, AcceptStat::GarbageArgs),
+        Outcome::SystemErr => encode_accepted(xid, AcceptStat::SystemErr),
+        Outcome::AuthError(stat) => encode_denied(xid, RejectReply::AuthError(stat)),
+        Outcome::Drop => return None,
+    })
+}
+
+impl<T> ReplyBody<T> {
+    fn map_success<U>(self, f: impl FnOnce(T) -> U) -> ReplyBody<U> {
+        match self {
+            Self::Accepted(AcceptStat::Success(t)) => {
+                ReplyBody::Accepted(AcceptStat::Success(f(t)))
+            }
+            Self::Accepted(AcceptStat::ProgUnavail) => ReplyBody::Accepted(AcceptStat::ProgUnavail),
+            Self::Accepted(AcceptStat::ProgMismatch { low, high }) => {
+                ReplyBody::Accepted(AcceptStat::ProgMismatch { low, high })
+            }
+            Self::Accepted(AcceptStat::ProcUnavail) => ReplyBody::Accepted(AcceptStat::ProcUnavail),
+            Self::Accepted(AcceptStat::GarbageArgs) => ReplyBody::Accepted(AcceptStat::GarbageArgs),
+            Self::Accepted(AcceptStat::SystemErr) => ReplyBody::Accepted(AcceptStat::SystemErr),
+            Self::Denied(r) => ReplyBody::Denied(r),
+        }
+    }
+}
+
+fn encode(xid: u32, body: &ReplyBody<RawXdr<'_>>) -> Bytes {
+    let mut out = BytesMut::with_capacity(msg::reply_len(body));
+    msg::encode_reply(xid, body, &mut out);
+    out.freeze()
+}
+
+fn encode_accepted(xid: u32, stat: AcceptStat<()>) -> Bytes {
+    encode(
+        xid,
+        &ReplyBody::Accepted(stat).map_success(|()| RawXdr(&[])),
+    )
+}
+
+fn encode_denied(xid: u32, r: RejectReply) -> Bytes {
+    encode(xid, &ReplyBody::Denied(r))
+}
+
+async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
+    let local = match sock.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "UDP socket has no local address; not serving it");
+            return;
+        }
+    };
+    let in_flight = Arc::new(Semaphore::new(ctx.limits.max_udp_in_flight));
+    // One byte more than the cap, so an oversized datagram is seen as such.
+    let mut buf = vec![0u8; ctx.limits.max_record + 1];
+    loop {
+        let (n, peer) = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here (ECONNREFUSED); keep going.
+                    debug!(%local, error = %e, "UDP receive error");
+                    continue;
+                }
+            },
+        };
+        if n > ctx.limits.max_record {
+            debug!(%peer, %local, "dropped an oversized UDP datagram");
+            continue;
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            debug!(%peer, %local, "UDP requests in flight at the limit; dropped one");
+            continue;
+        };
+        let message = Bytes::copy_from_slice(&buf[..n]);
+        let (svc, sock) = (ctx.service.clone(), sock.clone());
+        ctx.tasks.spawn(async move {
+            if let Some(reply) = dispatch(&*svc, message, peer, local, Transport::Udp).await
+                && let Err(e) = sock.send_to(&reply, peer).await
+            {
+                debug!(%peer, error = %e, "could not send a UDP reply");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_accept_loop<S: Service>(ctx: Ctx<S>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accepting a TCP connection failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+            debug!(%peer, "too many TCP connections; closed a new one");
+            continue;
+        };
+        let c = ctx.clone();
+        ctx.tasks.spawn(async move {
+            connection(c, stream, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let limits = &ctx.limits;
+    let mut records = FramedRead::new(
+        rd,
+        RecordCodec::new(limits.max_record, limits.max_fragments),
+    );
+    let (tx, mut rx) = mpsc::channel::<Bytes>(limits.max_tcp_in_flight);
+    let idle = limits.idle_timeout;
+    let writer = ctx.tasks.spawn(async move {
+        let mut out = FramedWrite::new(wr, RecordCodec::default());
+        while let Some(reply) = rx.recv().await {
+            match tokio::time::timeout(idle, out.send(reply)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TCP write failed; closing");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TCP peer does not read its replies; closing");
+                    return;
+                }
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(limits.max_tcp_in_flight));
+    loop {
+        let next = tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            n = tokio::time::timeout(idle, records.next()) => n,
+        };
+        let message = match next {
+            Err(_) => {
+                debug!(%peer, "TCP connection idle; closing");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                debug!(%peer, error = %e, "closing TCP connection");
+                break;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let permit = tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            p = in_flight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (svc, tx) = (ctx.service.clone(), tx.clone());
+        ctx.tasks.spawn(async move {
+            if let Some(reply) = dispatch(&*svc, message, peer, local, Transport::Tcp).await {
+                // The writer may be gone (peer closed); nothing to do then.
+                let _ = tx.send(reply).await;
+            }
+            drop(permit);
+        });
+    }
+    // Replies of requests still in progress go out before the connection closes.
+    drop(tx);
+    let _ = writer.await;
+}
