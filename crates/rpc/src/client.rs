@@ -243,7 +243,8 @@ pub fn bind_privileged(s: &Socket, ip: IpAddr) -> io::Result<u16> {
 }
 
 /// Calls `p` at `dest` over UDP, retransmitting with exponential backoff until a reply with
-/// the same xid arrives from `dest`'s address or `opts.timeout` passes.
+/// the same xid arrives from `dest` or `opts.timeout` passes. The socket is connected, so an
+/// ICMP "port unreachable" (nothing listening) ends the call at once with `ConnectionRefused`.
 pub async fn call_udp<A: Encode>(
     dest: SocketAddr,
     p: Proc,
@@ -251,13 +252,16 @@ pub async fn call_udp<A: Encode>(
     opts: &CallOptions,
 ) -> Result<Bytes, ClientError> {
     let peer = dest.to_string();
-    let sock = UdpSocket::from_std(bound_socket(dest, false, opts)?.into()).map_err(|source| {
-        ClientError::Io {
-            op: "register a socket for",
-            peer: peer.clone(),
-            source,
-        }
-    })?;
+    let io_err = |op, source| ClientError::Io {
+        op,
+        peer: dest.to_string(),
+        source,
+    };
+    let sock = UdpSocket::from_std(bound_socket(dest, false, opts)?.into())
+        .map_err(|e| io_err("register a socket for", e))?;
+    sock.connect(dest)
+        .await
+        .map_err(|e| io_err("connect to", e))?;
     let xid = next_xid();
     let call = build_call(xid, p, args);
     let deadline = Instant::now() + opts.timeout;
@@ -265,35 +269,16 @@ pub async fn call_udp<A: Encode>(
     let mut sends = 0u32;
     let mut buf = vec![0u8; opts.max_reply];
     loop {
-        if let Err(source) = sock.send_to(&call, dest).await {
-            // ICMP unreachable from an earlier send may surface here; retry until the deadline.
-            if Instant::now() >= deadline {
-                return Err(ClientError::Io {
-                    op: "send to",
-                    peer,
-                    source,
-                });
-            }
-        }
+        sock.send(&call).await.map_err(|e| io_err("send to", e))?;
         sends += 1;
         let wake = (Instant::now() + rto).min(deadline);
-        loop {
-            let got = tokio::time::timeout_at(wake, sock.recv_from(&mut buf)).await;
-            match got {
-                Err(_) => break,
-                Ok(Err(_)) => continue, // e.g. ECONNREFUSED from ICMP: wait for the deadline
-                Ok(Ok((n, from))) => {
-                    if from.ip() != dest.ip() {
-                        continue;
-                    }
-                    let reply = Bytes::copy_from_slice(&buf[..n]);
-                    match results(&peer, xid, &reply) {
-                        Ok(Some(r)) => return Ok(r),
-                        Ok(None) => continue,
-                        Err(ClientError::BadReply { .. }) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
+        while let Ok(got) = tokio::time::timeout_at(wake, sock.recv(&mut buf)).await {
+            let n = got.map_err(|e| io_err("call", e))?;
+            let reply = Bytes::copy_from_slice(&buf[..n]);
+            match results(&peer, xid, &reply) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) | Err(ClientError::BadReply { .. }) => continue,
+                Err(e) => return Err(e),
             }
         }
         if Instant::now() >= deadline {
