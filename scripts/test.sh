@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and black-box tests, benchmark build, fuzz
+# smoke runs. As root it first installs the Debian packages the black-box tests need
+# (rpcbind, nfs-common, iproute2, tshark, ...) and makes missing prerequisites a failure.
+# Not as root, the network-namespace tests print SKIPPED and the rest runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark)
+
+if [ "$(id -u)" -eq 0 ]; then
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "==> installing Debian packages for the black-box tests: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # Black-box tests must run here: a missing prerequisite fails them instead of skipping.
+    export NSMD_REQUIRE_NETNS=1
+elif [ "${CI:-}" = "true" ]; then
+    echo "error: CI must run as root: the network-namespace tests need it" >&2
+    exit 1
+else
+    echo "*** not root: the network-namespace tests against rpcbind, rpcinfo and tshark will print SKIPPED."
+    echo "*** Run this script as root to run them (it installs what they need)."
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
+echo "==> benchmarks build"
+cargo bench --workspace --locked --no-run
+if [ -x fuzz/smoke.sh ]; then
+    echo "==> fuzz smoke runs (${FUZZ_SECONDS:-15} s per target)"
+    fuzz/smoke.sh
+fi
+echo "==> all tests passed"
