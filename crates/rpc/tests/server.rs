@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 const PROG: u32 = 0x2000_0001;
 
-/// proc 0: void; proc 1: echo an u32 plus one; proc 2: sleep 2 s then void; proc 3: garbage.
+/// proc 0: void; proc 1: echo an u32 plus one; proc 2: sleep 2 s then void; proc 4: the
+/// caller's address; others: PROC_UNAVAIL.
 #[derive(Default)]
 struct Test {
     calls: AtomicUsize,
@@ -38,6 +39,16 @@ impl Service for Test {
             2 => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 Outcome::Success(Bytes::new())
+            }
+            4 => {
+                // The caller's address as the server saw it: IPv4 octets, then the port.
+                let ip = match req.peer.ip() {
+                    std::net::IpAddr::V4(a) => u32::from(a),
+                    std::net::IpAddr::V6(_) => 0,
+                };
+                let mut v = ip.to_xdr();
+                v.extend(u32::from(req.peer.port()).to_xdr());
+                Outcome::Success(Bytes::from(v))
             }
             _ => Outcome::ProcUnavail,
         }
@@ -316,4 +327,52 @@ async fn graceful_shutdown_finishes_in_flight_calls() {
         .expect("in-flight call answered during shutdown");
     assert!(TcpStream::connect(r.tcp).await.is_err(), "listener closed");
     assert!(r.svc.calls.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn source_address_and_privileged_port() {
+    let r = start(Limits::default()).await;
+    let who = Proc {
+        prog: PROG,
+        vers: 1,
+        proc_: 4,
+    };
+    let o = CallOptions {
+        source: Some("127.0.0.2".parse().unwrap()),
+        ..opts()
+    };
+    for tcp in [false, true] {
+        let res = if tcp {
+            call_tcp(r.tcp, who, &(), &o).await
+        } else {
+            call_udp(r.udp, who, &(), &o).await
+        }
+        .unwrap();
+        assert_eq!(
+            &res[..4],
+            &[127, 0, 0, 2],
+            "source address honoured (tcp={tcp})"
+        );
+    }
+    let o = CallOptions {
+        privileged_port: true,
+        ..opts()
+    };
+    let root = nix::unistd::geteuid().is_root();
+    for tcp in [false, true] {
+        let res = if tcp {
+            call_tcp(r.tcp, who, &(), &o).await
+        } else {
+            call_udp(r.udp, who, &(), &o).await
+        };
+        match res {
+            Ok(b) => {
+                assert!(root, "only root can bind a privileged port");
+                let port = u32::from_be_bytes(b[4..8].try_into().unwrap());
+                assert!((600..1024).contains(&port), "port {port} (tcp={tcp})");
+            }
+            Err(ClientError::NoPrivilegedPort { .. }) => assert!(!root),
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
