@@ -3,6 +3,7 @@
 //! optional source address and, on request, a privileged source port (what lockd demands of
 //! callbacks and what `bindresvport` gives C programs).
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -172,13 +173,7 @@ fn results(peer: &str, xid: u32, reply: &Bytes) -> Result<Option<Bytes>, ClientE
         }
         ReplyBody::Accepted(stat) => Err(ClientError::NotAccepted {
             peer: peer.to_owned(),
-            stat: match stat {
-                AcceptStat::ProgUnavail => AcceptStat::ProgUnavail,
-                AcceptStat::ProgMismatch { low, high } => AcceptStat::ProgMismatch { low, high },
-                AcceptStat::ProcUnavail => AcceptStat::ProcUnavail,
-                AcceptStat::GarbageArgs => AcceptStat::GarbageArgs,
-                AcceptStat::SystemErr | AcceptStat::Success(_) => AcceptStat::SystemErr,
-            },
+            stat: stat.map(|_| ()),
         }),
         ReplyBody::Denied(reply) => Err(ClientError::Denied {
             peer: peer.to_owned(),
@@ -302,18 +297,7 @@ pub async fn call_tcp<A: Encode>(
     let peer = dest.to_string();
     let deadline = Instant::now() + opts.timeout;
     let s = TcpSocket::from_std_stream(bound_socket(dest, true, opts)?.into());
-    let stream = tokio::time::timeout_at(deadline, s.connect(dest))
-        .await
-        .map_err(|_| ClientError::Timeout {
-            peer: peer.clone(),
-            after: opts.timeout,
-            sends: 0,
-        })?
-        .map_err(|source| ClientError::Io {
-            op: "connect to",
-            peer: peer.clone(),
-            source,
-        })?;
+    let stream = connect_by(&peer, deadline, opts, s.connect(dest)).await?;
     call_stream(stream, &peer, p, args, opts, deadline).await
 }
 
@@ -326,19 +310,29 @@ pub async fn call_unix<A: Encode>(
 ) -> Result<Bytes, ClientError> {
     let peer = path.display().to_string();
     let deadline = Instant::now() + opts.timeout;
-    let stream = tokio::time::timeout_at(deadline, UnixStream::connect(path))
-        .await
-        .map_err(|_| ClientError::Timeout {
-            peer: peer.clone(),
+    let stream = connect_by(&peer, deadline, opts, UnixStream::connect(path)).await?;
+    call_stream(stream, &peer, p, args, opts, deadline).await
+}
+
+/// Awaits a stream connection until `deadline`.
+async fn connect_by<T>(
+    peer: &str,
+    deadline: Instant,
+    opts: &CallOptions,
+    connect: impl Future<Output = io::Result<T>>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout_at(deadline, connect).await {
+        Err(_) => Err(ClientError::Timeout {
+            peer: peer.to_owned(),
             after: opts.timeout,
             sends: 0,
-        })?
-        .map_err(|source| ClientError::Io {
+        }),
+        Ok(r) => r.map_err(|source| ClientError::Io {
             op: "connect to",
-            peer: peer.clone(),
+            peer: peer.to_owned(),
             source,
-        })?;
-    call_stream(stream, &peer, p, args, opts, deadline).await
+        }),
+    }
 }
 
 async fn call_stream<T: AsyncRead + AsyncWrite + Unpin, A: Encode>(

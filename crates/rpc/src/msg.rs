@@ -190,6 +190,20 @@ pub enum AcceptStat<T> {
     SystemErr,
 }
 
+impl<T> AcceptStat<T> {
+    /// The same status with the success value transformed.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> AcceptStat<U> {
+        match self {
+            Self::Success(t) => AcceptStat::Success(f(t)),
+            Self::ProgUnavail => AcceptStat::ProgUnavail,
+            Self::ProgMismatch { low, high } => AcceptStat::ProgMismatch { low, high },
+            Self::ProcUnavail => AcceptStat::ProcUnavail,
+            Self::GarbageArgs => AcceptStat::GarbageArgs,
+            Self::SystemErr => AcceptStat::SystemErr,
+        }
+    }
+}
+
 /// `enum auth_stat` (RFC 5531 §9 and the RPCSEC_GSS values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AuthStat(pub u32);
@@ -234,6 +248,16 @@ pub enum ReplyBody<T> {
     Accepted(AcceptStat<T>),
     /// `MSG_DENIED`.
     Denied(RejectReply),
+}
+
+impl<T> ReplyBody<T> {
+    /// The same reply with the success value transformed.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> ReplyBody<U> {
+        match self {
+            Self::Accepted(s) => ReplyBody::Accepted(s.map(f)),
+            Self::Denied(r) => ReplyBody::Denied(r),
+        }
+    }
 }
 
 /// The header of a CALL: everything before the procedure arguments.
@@ -630,27 +654,7 @@ mod tests {
             assert_eq!(&out[8..], tail, "{body:?}");
             let parsed = parse_reply(&out).unwrap();
             assert_eq!(parsed.xid, xid);
-            let expect = match body {
-                ReplyBody::Accepted(AcceptStat::Success(RawXdr(r))) => {
-                    ReplyBody::Accepted(AcceptStat::Success(r))
-                }
-                ReplyBody::Accepted(AcceptStat::ProgUnavail) => {
-                    ReplyBody::Accepted(AcceptStat::ProgUnavail)
-                }
-                ReplyBody::Accepted(AcceptStat::ProgMismatch { low, high }) => {
-                    ReplyBody::Accepted(AcceptStat::ProgMismatch { low, high })
-                }
-                ReplyBody::Accepted(AcceptStat::ProcUnavail) => {
-                    ReplyBody::Accepted(AcceptStat::ProcUnavail)
-                }
-                ReplyBody::Accepted(AcceptStat::GarbageArgs) => {
-                    ReplyBody::Accepted(AcceptStat::GarbageArgs)
-                }
-                ReplyBody::Accepted(AcceptStat::SystemErr) => {
-                    ReplyBody::Accepted(AcceptStat::SystemErr)
-                }
-                ReplyBody::Denied(r) => ReplyBody::Denied(r),
-            };
+            let expect = body.map(|RawXdr(r)| r);
             assert_eq!(parsed.body, expect);
         }
     }

@@ -218,7 +218,7 @@ pub async fn dispatch<S: Service>(
         Err(e) => {
             debug!(%peer, transport = transport.as_str(), error = %e, "rejected RPC message");
             let (xid, body) = e.reply()?;
-            return Some(encode(xid, &body.map_success(|()| RawXdr(&[]))));
+            return Some(encode(xid, &body.map(|()| RawXdr(&[]))));
         }
     };
     let h = call.header;
@@ -266,24 +266,6 @@ pub async fn dispatch<S: Service>(
     })
 }
 
-impl<T> ReplyBody<T> {
-    fn map_success<U>(self, f: impl FnOnce(T) -> U) -> ReplyBody<U> {
-        match self {
-            Self::Accepted(AcceptStat::Success(t)) => {
-                ReplyBody::Accepted(AcceptStat::Success(f(t)))
-            }
-            Self::Accepted(AcceptStat::ProgUnavail) => ReplyBody::Accepted(AcceptStat::ProgUnavail),
-            Self::Accepted(AcceptStat::ProgMismatch { low, high }) => {
-                ReplyBody::Accepted(AcceptStat::ProgMismatch { low, high })
-            }
-            Self::Accepted(AcceptStat::ProcUnavail) => ReplyBody::Accepted(AcceptStat::ProcUnavail),
-            Self::Accepted(AcceptStat::GarbageArgs) => ReplyBody::Accepted(AcceptStat::GarbageArgs),
-            Self::Accepted(AcceptStat::SystemErr) => ReplyBody::Accepted(AcceptStat::SystemErr),
-            Self::Denied(r) => ReplyBody::Denied(r),
-        }
-    }
-}
-
 fn encode(xid: u32, body: &ReplyBody<RawXdr<'_>>) -> Bytes {
     let mut out = BytesMut::with_capacity(msg::reply_len(body));
     msg::encode_reply(xid, body, &mut out);
@@ -291,10 +273,7 @@ fn encode(xid: u32, body: &ReplyBody<RawXdr<'_>>) -> Bytes {
 }
 
 fn encode_accepted(xid: u32, stat: AcceptStat<()>) -> Bytes {
-    encode(
-        xid,
-        &ReplyBody::Accepted(stat).map_success(|()| RawXdr(&[])),
-    )
+    encode(xid, &ReplyBody::Accepted(stat.map(|()| RawXdr(&[]))))
 }
 
 fn encode_denied(xid: u32, r: RejectReply) -> Bytes {
