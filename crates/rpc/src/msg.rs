@@ -318,9 +318,17 @@ pub enum CallError {
         /// What was wrong.
         source: XdrError,
     },
-    /// The credential or verifier is malformed: answered with AUTH_ERROR / AUTH_BADCRED.
-    #[error("malformed RPC credential or verifier: {source}")]
+    /// The credential is malformed: answered with AUTH_ERROR / AUTH_BADCRED.
+    #[error("malformed RPC credential: {source}")]
     BadCred {
+        /// Transaction id.
+        xid: u32,
+        /// What was wrong.
+        source: XdrError,
+    },
+    /// The verifier is malformed: answered with AUTH_ERROR / AUTH_BADVERF.
+    #[error("malformed RPC verifier: {source}")]
+    BadVerf {
         /// Transaction id.
         xid: u32,
         /// What was wrong.
@@ -345,6 +353,10 @@ impl CallError {
                 xid,
                 ReplyBody::Denied(RejectReply::AuthError(AuthStat::BADCRED)),
             )),
+            Self::BadVerf { xid, .. } => Some((
+                xid,
+                ReplyBody::Denied(RejectReply::AuthError(AuthStat::BADVERF)),
+            )),
         }
     }
 }
@@ -367,7 +379,7 @@ pub fn parse_call(msg: &[u8]) -> Result<Call<'_>, CallError> {
         return Err(CallError::RpcVersion { xid, rpcvers });
     }
     let cred = OpaqueAuth::decode(&mut d).map_err(|source| CallError::BadCred { xid, source })?;
-    let verf = OpaqueAuth::decode(&mut d).map_err(|source| CallError::BadCred { xid, source })?;
+    let verf = OpaqueAuth::decode(&mut d).map_err(|source| CallError::BadVerf { xid, source })?;
     Ok(Call {
         header: CallHeader {
             xid,
@@ -382,7 +394,8 @@ pub fn parse_call(msg: &[u8]) -> Result<Call<'_>, CallError> {
 }
 
 /// Checks a credential the way a server must before dispatch: AUTH_NONE, or AUTH_SYS whose
-/// body is exactly one well-formed `authsys_parms`. Other flavors get AUTH_REJECTEDCRED (as
+/// body is exactly one well-formed `authsys_parms`. An AUTH_NONE body is not inspected
+/// (RFC 5531 says it is empty; libtirpc accepts any, and so does nsmd). Other flavors get AUTH_REJECTEDCRED (as
 /// libtirpc answers for a flavor it does not serve), a malformed AUTH_SYS body AUTH_BADCRED.
 pub fn check_auth(cred: &OpaqueAuth<'_>) -> Result<Auth, AuthStat> {
     match cred.flavor {
@@ -600,7 +613,8 @@ mod tests {
             match n {
                 0..8 => assert!(matches!(e, CallError::TooShort { .. })),
                 8..24 => assert!(matches!(e, CallError::Header { .. })),
-                _ => assert!(matches!(e, CallError::BadCred { .. })),
+                24..32 => assert!(matches!(e, CallError::BadCred { .. })),
+                _ => assert!(matches!(e, CallError::BadVerf { .. })),
             }
         }
     }

@@ -20,6 +20,9 @@ pub const DEFAULT_MAX_RECORD: usize = 64 * 1024;
 /// Default cap on fragments per record.
 pub const DEFAULT_MAX_FRAGMENTS: usize = 64;
 
+/// The most the codec reserves ahead of the bytes that arrived.
+const RESERVE_STEP: usize = 4096;
+
 /// Why a stream was closed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -106,8 +109,9 @@ impl Decoder for RecordCodec {
                 });
             }
             if src.len() < 4 + len {
-                // Reserve only what the (capped) fragment needs.
-                src.reserve(4 + len - src.len());
+                // Grow with what arrives, not with what a header claims: a bare header must
+                // not make an idle connection hold a full record's worth of memory.
+                src.reserve((4 + len - src.len()).min(RESERVE_STEP));
                 return Ok(None);
             }
             src.advance(4);

@@ -131,8 +131,14 @@ pub fn parse_uaddr(s: &[u8]) -> Option<SocketAddr> {
     let s = std::str::from_utf8(s).ok()?;
     let (rest, lo) = s.rsplit_once('.')?;
     let (ip, hi) = rest.rsplit_once('.')?;
-    let hi: u8 = hi.parse().ok()?;
-    let lo: u8 = lo.parse().ok()?;
+    // Plain decimal only: Rust's parser would also take "+6".
+    let octet = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u8>().ok())
+            .flatten()
+    };
+    let (hi, lo) = (octet(hi)?, octet(lo)?);
     let ip: IpAddr = ip.parse().ok()?;
     Some(SocketAddr::new(ip, u16::from_be_bytes([hi, lo])))
 }
@@ -162,6 +168,7 @@ mod tests {
         assert_eq!(uaddr(b), "::1.0.111");
         assert_eq!(parse_uaddr(b"::1.0.111"), Some(b));
         assert_eq!(parse_uaddr(b""), None);
+        assert_eq!(parse_uaddr(b"1.2.3.4.+0.111"), None, "no sign");
         assert_eq!(parse_uaddr(b"1.2.3.4.256.1"), None);
         assert_eq!(
             parse_uaddr(b"1.2.3.4"),
