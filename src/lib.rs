@@ -1,7 +1,6 @@
 //! The parts of the nsmd binaries that are not protocol: listeners, rpcbind registration,
-//! logging and the state directory.
+//! and logging.
 
 pub mod listen;
 pub mod logging;
 pub mod register;
-pub mod state_dir;

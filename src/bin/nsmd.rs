@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{ArgAction, Parser};
 use nsm_rpc::server::{Limits, Server};
-use nsm_statd::NsmService;
+use nsm_statd::{Instance, InstanceConfig, NsmService};
 use nsmd::listen::{Listeners, bind_listeners};
 use nsmd::register::Registration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,9 +19,9 @@ use tracing::{error, info, warn};
 /// nsmd: a userspace NSM (rpc.statd) for Linux NFS.
 ///
 /// Serves the NSM program (100024, version 1) on UDP and TCP, IPv4 and IPv6, and registers it
-/// with the local rpcbind. Today it answers SM_NULL; the other procedures answer
-/// PROC_UNAVAIL (GARBAGE_ARGS when their arguments are malformed). Options take rpc.statd's
-/// letters.
+/// with the local rpcbind: monitors hosts for lockd (SM_MON, SM_UNMON, SM_UNMON_ALL) in
+/// nfs-utils-compatible record files, answers SM_STAT, and calls lockd back when a monitored
+/// host reports a reboot (SM_NOTIFY). Options take rpc.statd's letters.
 #[derive(Debug, Parser)]
 #[command(
     name = "nsmd",
@@ -52,6 +52,11 @@ struct Args {
     )]
     state_dir: PathBuf,
 
+    /// nsmd only: prefix of the /proc paths nsmd writes (nsm_local_state), so tests can point
+    /// them at plain files.
+    #[arg(long = "proc-root", value_name = "DIR", default_value = "/proc")]
+    proc_root: PathBuf,
+
     /// Print the version and exit.
     #[arg(short = 'v', short_alias = 'V', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
@@ -75,7 +80,6 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    nsmd::state_dir::prepare(&args.state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -98,7 +102,21 @@ async fn serve(args: Args) -> Result<()> {
         .collect::<std::io::Result<_>>()
         .context("cannot read the address of a listener")?;
 
-    let server = Server::new(Arc::new(NsmService::new()), Limits::default());
+    let mut cfg = InstanceConfig::new("node", args.state_dir.clone());
+    cfg.nsm_local_state = Some(args.proc_root.join("sys/fs/nfs/nsm_local_state"));
+    let (instance, report) = Instance::open(cfg).with_context(|| {
+        format!(
+            "cannot use the state directory {} (pass another with -P)",
+            args.state_dir.display()
+        )
+    })?;
+    for s in &report.skipped {
+        warn!(path = %s.path.display(), "record file skipped and left in place: {}", s.reason);
+    }
+    for p in &report.leftovers {
+        warn!(path = %p.display(), "temporary file of an interrupted write ignored");
+    }
+    let server = Server::new(Arc::new(NsmService::new(instance)), Limits::default());
     for s in udp {
         server.serve_udp(s);
     }

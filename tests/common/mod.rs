@@ -149,3 +149,113 @@ impl XorShift {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// One callback a [`LockdStandIn`] received: source address, version, procedure, arguments.
+pub type Received = (SocketAddr, u32, u32, Vec<u8>);
+
+/// A lockd stand-in: receives NLM callbacks (any version, procedure 16) on 127.0.0.1 in a
+/// test host and records them; registered with the host's rpcbind as 100021 versions 1, 3 and
+/// 4 on UDP (PMAP SET, hand-built bytes). With `replies` false it never replies (a hung lockd).
+pub struct LockdStandIn {
+    /// Callbacks received.
+    pub calls: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    /// The UDP port it listens on.
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LockdStandIn {
+    /// Starts it inside `host` (which must run rpcbind).
+    pub fn start(host: &Host, replies: bool) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns = File::open(host.netns_path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c, s) = (calls.clone(), stop.clone());
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let port = sock.local_addr().unwrap().port();
+            for vers in [1u32, 3, 4] {
+                let mut args = Vec::new();
+                for w in [100_021u32, vers, 17, u32::from(port)] {
+                    args.extend_from_slice(&w.to_be_bytes());
+                }
+                let set = call(0x5e7 + vers, 100_000, 2, 1, &args);
+                let r = udp_exchange("127.0.0.1:111".parse().unwrap(), &set)
+                    .expect("rpcbind answers PMAP SET");
+                assert_eq!(answer(0x5e7 + vers, &r), Answer::Accepted(0, vec![1]), "PMAP SET");
+            }
+            tx.send(port).unwrap();
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let m = &buf[..n];
+                if n < 40 || word(m, 1) != 0 || word(m, 3) != 100_021 {
+                    continue;
+                }
+                let (vers, proc_) = (word(m, 4), word(m, 5));
+                // Skip credential and verifier (AUTH_NONE or AUTH_SYS with any body).
+                let cred_len = word(m, 7) as usize;
+                let verf_at = 32 + cred_len.div_ceil(4) * 4;
+                if m.len() < verf_at + 8 {
+                    continue;
+                }
+                let verf_len = u32::from_be_bytes(m[verf_at + 4..verf_at + 8].try_into().unwrap()) as usize;
+                let args_at = verf_at + 8 + verf_len.div_ceil(4) * 4;
+                c.lock().unwrap().push((from, vers, proc_, m.get(args_at..).unwrap_or_default().to_vec()));
+                if replies {
+                    let mut reply = Vec::new();
+                    for w in [word(m, 0), 1, 0, 0, 0, 0] {
+                        reply.extend_from_slice(&w.to_be_bytes());
+                    }
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(10)).expect("lockd stand-in started");
+        Self { calls, port, stop }
+    }
+
+    /// Waits until `n` callbacks arrived; returns all of them.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let got = self.calls.lock().unwrap().clone();
+            if got.len() >= n || std::time::Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LockdStandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The arguments of SM_MON, built by hand: mon_name, my_name, 100021/3/16, cookie.
+pub fn mon_args(mon_name: &[u8], my_name: &[u8], cookie: [u8; 16]) -> Vec<u8> {
+    let mut v = xdr_string(mon_name);
+    v.extend(xdr_string(my_name));
+    for w in [100_021u32, 3, 16] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(&cookie);
+    v
+}
+
+/// `struct status` as lockd receives it: (mon_name, state, cookie), parsed by offsets.
+pub fn parse_status(args: &[u8]) -> (Vec<u8>, i32, [u8; 16]) {
+    let len = u32::from_be_bytes(args[..4].try_into().unwrap()) as usize;
+    let name = args[4..4 + len].to_vec();
+    let at = 4 + len.div_ceil(4) * 4;
+    let state = i32::from_be_bytes(args[at..at + 4].try_into().unwrap());
+    let cookie = args[at + 4..at + 20].try_into().unwrap();
+    (name, state, cookie)
+}

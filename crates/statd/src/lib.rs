@@ -1,10 +1,16 @@
-//! The NSM service (program 100024, version 1) as an [`nsm_rpc::Service`].
+//! The NSM service (program 100024, version 1) of nsmd as an [`nsm_rpc::Service`]: argument
+//! decoding, the procedures of an [`Instance`], and what flows out of them (lockd callbacks,
+//! HA callouts).
 //!
-//! Today it answers SM_NULL. Every other procedure's arguments are decoded with their `.x`
-//! type first, so malformed arguments get GARBAGE_ARGS as the protocol requires, and then
-//! answered PROC_UNAVAIL: SM_STAT, SM_MON, SM_UNMON, SM_UNMON_ALL, SM_SIMU_CRASH and SM_NOTIFY
-//! are not served yet, and nsmd does not pretend they are.
+//! Malformed arguments get GARBAGE_ARGS; everything else gets the procedure's result.
 #![warn(missing_docs)]
+
+pub mod callback;
+pub mod callout;
+pub mod instance;
+pub mod names;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use nsm_rpc::{Outcome, Request, Service};
@@ -12,30 +18,37 @@ use nsm_xdr::nsm::{
     Mon, MonId, MyId, SM_MON, SM_NOTIFY, SM_NULL, SM_PROG, SM_SIMU_CRASH, SM_STAT, SM_UNMON,
     SM_UNMON_ALL, SM_VERS, SmName, StatChge,
 };
-use nsm_xdr::{XdrError, from_bytes};
+use nsm_xdr::{Decode, Encode, from_bytes};
 use tracing::debug;
 
-/// The NSM program of one nsmd process.
-#[derive(Debug, Default)]
-pub struct NsmService {}
+pub use instance::{Instance, InstanceConfig};
+
+/// The NSM program of one nsmd process, serving one instance.
+#[derive(Debug)]
+pub struct NsmService {
+    instance: Arc<Instance>,
+}
 
 impl NsmService {
-    /// A service with nothing monitored.
-    pub fn new() -> Self {
-        Self {}
+    /// The service of `instance`.
+    pub fn new(instance: Arc<Instance>) -> Self {
+        Self { instance }
+    }
+
+    /// The instance served.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
     }
 }
 
-/// Decodes the arguments of `proc_` with its `.x` type; `None` for an unknown procedure.
-pub fn check_args(proc_: u32, args: &[u8]) -> Option<Result<(), XdrError>> {
-    Some(match proc_ {
-        SM_NULL | SM_SIMU_CRASH => from_bytes::<()>(args),
-        SM_STAT => from_bytes::<SmName<'_>>(args).map(drop),
-        SM_MON => from_bytes::<Mon<'_>>(args).map(drop),
-        SM_UNMON => from_bytes::<MonId<'_>>(args).map(drop),
-        SM_UNMON_ALL => from_bytes::<MyId<'_>>(args).map(drop),
-        SM_NOTIFY => from_bytes::<StatChge<'_>>(args).map(drop),
-        _ => return None,
+fn results<T: Encode>(v: &T) -> Outcome {
+    Outcome::Success(Bytes::from(v.to_xdr()))
+}
+
+fn args<'a, T: Decode<'a>>(req: &'a Request) -> Result<T, Outcome> {
+    from_bytes::<T>(&req.args).map_err(|e| {
+        debug!(error = %e, "garbage arguments");
+        Outcome::GarbageArgs
     })
 }
 
@@ -45,41 +58,30 @@ impl Service for NsmService {
     }
 
     async fn call(&self, req: Request) -> Outcome {
-        match check_args(req.proc_, &req.args) {
-            None => Outcome::ProcUnavail,
-            Some(Err(e)) => {
-                debug!(error = %e, "garbage arguments");
-                Outcome::GarbageArgs
-            }
-            Some(Ok(())) if req.proc_ == SM_NULL => Outcome::Success(Bytes::new()),
-            Some(Ok(())) => {
-                debug!("procedure not served yet");
-                Outcome::ProcUnavail
-            }
+        let inst = &self.instance;
+        let r = async {
+            Ok::<_, Outcome>(match req.proc_ {
+                SM_NULL => {
+                    args::<()>(&req)?;
+                    Outcome::Success(Bytes::new())
+                }
+                SM_STAT => results(&inst.stat(args::<SmName<'_>>(&req)?.mon_name.as_bytes())),
+                SM_MON => results(&inst.mon(req.peer, &args::<Mon<'_>>(&req)?).await),
+                SM_UNMON => results(&inst.unmon(req.peer, &args::<MonId<'_>>(&req)?).await),
+                SM_UNMON_ALL => results(&inst.unmon_all(req.peer, &args::<MyId<'_>>(&req)?).await),
+                SM_SIMU_CRASH => {
+                    args::<()>(&req)?;
+                    inst.simu_crash(req.peer).await;
+                    Outcome::Success(Bytes::new())
+                }
+                SM_NOTIFY => {
+                    inst.notify(req.peer, &args::<StatChge<'_>>(&req)?);
+                    Outcome::Success(Bytes::new())
+                }
+                _ => Outcome::ProcUnavail,
+            })
         }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn argument_checks() {
-        assert_eq!(check_args(SM_NULL, &[]), Some(Ok(())));
-        assert!(matches!(
-            check_args(SM_NULL, &[0, 0, 0, 0]),
-            Some(Err(XdrError::TrailingBytes { count: 4 }))
-        ));
-        assert!(matches!(
-            check_args(SM_STAT, &[0, 0, 0, 9, b'a']),
-            Some(Err(XdrError::Truncated { .. }))
-        ));
-        assert_eq!(
-            check_args(SM_STAT, &[0, 0, 0, 1, b'a', 0, 0, 0]),
-            Some(Ok(()))
-        );
-        assert_eq!(check_args(7, &[]), None);
+        .await;
+        r.unwrap_or_else(|o| o)
     }
 }

@@ -1,0 +1,560 @@
+//! An instance: one NSM identity (design.md "Words"): its state directory, its state number,
+//! the records it monitors, and what happens on each NSM procedure. The node instance is what
+//! rpc.statd is; service instances (one per NFS service) reuse this type with other settings.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nsm_store::{Committer, Dir, LoadReport, Record, StateDir, StoreError};
+use nsm_xdr::nsm::{Mon, MonId, MyId, NLM_PROG, Res, SmStat, SmStatRes, StatChge};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::callback::{Callback, CallbackPolicy, Callbacks};
+use crate::callout::Callouts;
+use crate::names::{canonical, check_my_name, ip_literal, same_host, sanitize_my_name};
+
+/// How an instance is set up.
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// A name for logs (`node` for the node instance).
+    pub name: String,
+    /// The state directory (`sm/`, `sm.bak/`, `state`).
+    pub state_dir: PathBuf,
+    /// Where to write the state number for the kernel (`/proc/sys/fs/nfs/nsm_local_state`);
+    /// skipped when the file does not exist.
+    pub nsm_local_state: Option<PathBuf>,
+    /// How lockd is called back.
+    pub callback: CallbackPolicy,
+    /// The HA callout program, if any.
+    pub ha_callout: Option<PathBuf>,
+    /// SM_NOTIFYs accepted per second from one address (burst: twice that).
+    pub notify_rate: u32,
+}
+
+impl InstanceConfig {
+    /// Defaults for an instance in `state_dir`.
+    pub fn new(name: &str, state_dir: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            state_dir,
+            nsm_local_state: None,
+            callback: CallbackPolicy::default(),
+            ha_callout: None,
+            notify_rate: 10,
+        }
+    }
+}
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceError {
+    /// The state directory could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    file: String,
+    record: Record,
+    /// The last state a notification carried for this record (in memory only, as nfs-utils).
+    last_state: Option<i32>,
+}
+
+/// A simple token bucket per sender address, to bound how much work forged or runaway
+/// SM_NOTIFYs can cause.
+#[derive(Debug)]
+struct RateLimiter {
+    per_sec: f64,
+    burst: f64,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() > 4096 {
+            let horizon = Duration::from_secs(60);
+            self.buckets
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < horizon);
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((self.burst, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.per_sec;
+        *tokens = (*tokens + refill).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One NSM identity.
+#[derive(Debug)]
+pub struct Instance {
+    name: String,
+    dir: Arc<StateDir>,
+    committer: Committer,
+    state: AtomicI32,
+    entries: Mutex<Vec<Entry>>,
+    /// Addresses of monitored names, resolved in the background (never on a request path).
+    addrs: Arc<Mutex<HashMap<Vec<u8>, Vec<IpAddr>>>>,
+    resolving: Arc<Semaphore>,
+    callbacks: Callbacks,
+    callouts: Callouts,
+    limiter: Mutex<RateLimiter>,
+    nsm_local_state: Option<PathBuf>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the list half-updated in a way that matters
+    // more than stopping: keep serving with what is there.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether a caller may use the local-only procedures (MON, UNMON, UNMON_ALL, SIMU_CRASH).
+pub fn is_local(peer: SocketAddr) -> bool {
+    canonical(peer.ip()).is_loopback()
+}
+
+impl Instance {
+    /// Opens the state directory, reads the state number (without bumping it, as rpc.statd
+    /// does), tells the kernel, loads every record in `sm/`, and starts the callback and
+    /// callout workers. Must run inside a tokio runtime.
+    pub fn open(cfg: InstanceConfig) -> Result<(Arc<Self>, LoadReport), InstanceError> {
+        let dir = Arc::new(StateDir::open(&cfg.state_dir)?);
+        let state = dir.state(false)?;
+        let (loaded, report) = dir.load(Dir::Sm)?;
+        let committer = Committer::spawn(dir.clone());
+        let callouts = match &cfg.ha_callout {
+            Some(p) => Callouts::spawn(p.clone(), 1024, Duration::from_secs(60)),
+            None => Callouts::none(),
+        };
+        let rate = f64::from(cfg.notify_rate.max(1));
+        let inst = Arc::new(Self {
+            name: cfg.name,
+            dir,
+            committer,
+            state: AtomicI32::new(state),
+            entries: Mutex::new(
+                loaded
+                    .into_iter()
+                    .map(|(file, record)| Entry {
+                        file,
+                        record,
+                        last_state: None,
+                    })
+                    .collect(),
+            ),
+            addrs: Arc::default(),
+            resolving: Arc::new(Semaphore::new(16)),
+            callbacks: Callbacks::spawn(cfg.callback),
+            callouts,
+            limiter: Mutex::new(RateLimiter {
+                per_sec: rate,
+                burst: 2.0 * rate,
+                buckets: HashMap::new(),
+            }),
+            nsm_local_state: cfg.nsm_local_state,
+        });
+        inst.publish_state();
+        let names: Vec<Vec<u8>> = lock(&inst.entries)
+            .iter()
+            .map(|e| e.record.mon_name.clone())
+            .collect();
+        for n in names {
+            inst.resolve_later(&n);
+        }
+        info!(
+            instance = %inst.name,
+            state,
+            records = lock(&inst.entries).len(),
+            dir = %inst.dir.path().display(),
+            "instance ready"
+        );
+        Ok((inst, report))
+    }
+
+    /// The current state number.
+    pub fn state(&self) -> i32 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// Number of records monitored.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    /// True when nothing is monitored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The callback queue (for counters).
+    pub fn callbacks(&self) -> &Callbacks {
+        &self.callbacks
+    }
+
+    fn publish_state(&self) {
+        let Some(path) = &self.nsm_local_state else {
+            return;
+        };
+        if !path.exists() {
+            return;
+        }
+        if let Err(e) = std::fs::write(path, self.state().to_string()) {
+            warn!(path = %path.display(), "cannot tell the kernel the NSM state: {e}");
+        }
+    }
+
+    /// Resolves `name` in the background so SM_NOTIFY can match it by sender address.
+    fn resolve_later(&self, name: &[u8]) {
+        let key = name.to_ascii_lowercase();
+        if let Some(ip) = ip_literal(name) {
+            lock(&self.addrs).insert(key, vec![canonical(ip)]);
+            return;
+        }
+        let Ok(host) = std::str::from_utf8(name).map(str::to_owned) else {
+            return;
+        };
+        let (addrs, sem) = (self.addrs.clone(), self.resolving.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = sem.acquire().await else { return };
+            let found = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::lookup_host((host.as_str(), 0)),
+            )
+            .await;
+            match found {
+                Ok(Ok(it)) => {
+                    let mut v: Vec<IpAddr> = it.map(|a| canonical(a.ip())).collect();
+                    v.sort_unstable();
+                    v.dedup();
+                    lock(&addrs).insert(key, v);
+                }
+                Ok(Err(e)) => debug!(host = %host, "cannot resolve a monitored name: {e}"),
+                Err(_) => debug!(host = %host, "resolving a monitored name timed out"),
+            }
+        });
+    }
+
+    /// SM_STAT: whether nsmd could monitor `mon_name`, and the local state. Never asks DNS:
+    /// nsmd monitors any well-formed name.
+    pub fn stat(&self, mon_name: &[u8]) -> SmStatRes {
+        SmStatRes {
+            res_stat: if nsm_store::file_name(mon_name).is_ok() {
+                Res::StatSucc
+            } else {
+                Res::StatFail
+            },
+            state: self.state(),
+        }
+    }
+
+    fn fail() -> SmStatRes {
+        SmStatRes {
+            res_stat: Res::StatFail,
+            state: -1,
+        }
+    }
+
+    /// SM_MON: records the registration durably, then answers {stat_succ, state}.
+    pub async fn mon(&self, peer: SocketAddr, m: &Mon<'_>) -> SmStatRes {
+        let mon_name = m.mon_id.mon_name.as_bytes();
+        let id = &m.mon_id.my_id;
+        if !is_local(peer) {
+            warn!(%peer, "SM_MON from a non-loopback address refused");
+            return Self::fail();
+        }
+        if id.my_prog != NLM_PROG || !matches!(id.my_proc, 16 | 24) {
+            warn!(%peer, prog = id.my_prog, proc = id.my_proc, "SM_MON with a callback other than lockd (100021, procedure 16 or 24) refused");
+            return Self::fail();
+        }
+        let file = match nsm_store::file_name(mon_name) {
+            Ok(f) => f.to_owned(),
+            Err(e) => {
+                warn!(%peer, mon_name = %m.mon_id.mon_name, "SM_MON refused: mon_name: {e}");
+                return Self::fail();
+            }
+        };
+        let my_name = sanitize_my_name(id.my_name.as_bytes());
+        if let Err(e) = check_my_name(&my_name) {
+            warn!(%peer, "SM_MON refused: my_name: {e}");
+            return Self::fail();
+        }
+        if mon_name.len() + my_name.len() > 1024 {
+            warn!(%peer, "SM_MON refused: mon_name and my_name together exceed 1024 bytes (nfs-utils could not read the record)");
+            return Self::fail();
+        }
+        let record = Record {
+            mon_name: mon_name.to_vec(),
+            my_name,
+            my_prog: id.my_prog,
+            my_vers: id.my_vers,
+            my_proc: id.my_proc,
+            priv_: m.priv_,
+        };
+        // Update memory and queue the file's new contents under the lock, so commits of the
+        // same file are queued in the order their contents were computed.
+        let (commit, previous) = {
+            let mut entries = lock(&self.entries);
+            let same = |e: &Entry| {
+                e.record.mon_name == record.mon_name
+                    && e.record.my_name == record.my_name
+                    && e.record.my_prog == record.my_prog
+                    && e.record.my_vers == record.my_vers
+                    && e.record.my_proc == record.my_proc
+            };
+            let previous = match entries.iter_mut().find(|e| same(e)) {
+                Some(e) if e.record.priv_ == record.priv_ => {
+                    debug!(mon_name = %m.mon_id.mon_name, "SM_MON repeated with the same cookie");
+                    return SmStatRes {
+                        res_stat: Res::StatSucc,
+                        state: self.state(),
+                    };
+                }
+                Some(e) => Some(std::mem::replace(&mut e.record, record.clone())),
+                None => {
+                    entries.push(Entry {
+                        file: file.clone(),
+                        record: record.clone(),
+                        last_state: None,
+                    });
+                    None
+                }
+            };
+            let content = file_content(&entries, &file);
+            (self.committer.commit(Dir::Sm, file.clone(), content), previous)
+        };
+        if let Err(e) = commit.await {
+            warn!(mon_name = %m.mon_id.mon_name, "SM_MON failed: cannot record it durably: {e}");
+            let mut entries = lock(&self.entries);
+            let pos = entries.iter().position(|e| e.record == record);
+            match (pos, previous) {
+                (Some(i), Some(old)) => entries[i].record = old,
+                (Some(i), None) => {
+                    entries.remove(i);
+                }
+                (None, _) => {}
+            }
+            return Self::fail();
+        }
+        self.resolve_later(mon_name);
+        self.callouts.send(
+            "add-client",
+            vec![record.mon_name.clone(), record.my_name.clone()],
+        );
+        SmStatRes {
+            res_stat: Res::StatSucc,
+            state: self.state(),
+        }
+    }
+
+    /// Removes the records `pred` selects, durably; returns how many.
+    async fn remove(&self, what: &str, pred: impl Fn(&Record) -> bool) -> Result<Vec<Record>, StoreError> {
+        let (commits, removed) = {
+            let mut entries = lock(&self.entries);
+            let mut removed = Vec::new();
+            let mut files = Vec::new();
+            entries.retain(|e| {
+                if pred(&e.record) {
+                    removed.push(e.record.clone());
+                    if !files.contains(&e.file) {
+                        files.push(e.file.clone());
+                    }
+                    false
+                } else {
+                    true
+                }
+            });
+            let commits: Vec<_> = files
+                .into_iter()
+                .map(|f| {
+                    let content = file_content(&entries, &f);
+                    self.committer.commit(Dir::Sm, f, content)
+                })
+                .collect();
+            (commits, removed)
+        };
+        for c in commits {
+            c.await?;
+        }
+        debug!(count = removed.len(), "{what}: removed");
+        Ok(removed)
+    }
+
+    /// SM_UNMON: stops monitoring one (mon_name, my_name, callback) registration.
+    pub async fn unmon(&self, peer: SocketAddr, id: &MonId<'_>) -> SmStat {
+        let reply = SmStat { state: self.state() };
+        if !is_local(peer) {
+            warn!(%peer, "SM_UNMON from a non-loopback address ignored");
+            return reply;
+        }
+        let mon_name = id.mon_name.as_bytes();
+        let my_name = sanitize_my_name(id.my_id.my_name.as_bytes());
+        let my = &id.my_id;
+        let r = self
+            .remove("SM_UNMON", |r| {
+                same_host(&r.mon_name, mon_name)
+                    && r.my_name == my_name
+                    && (r.my_prog, r.my_vers, r.my_proc) == (my.my_prog, my.my_vers, my.my_proc)
+            })
+            .await;
+        match r {
+            Ok(removed) => {
+                for rec in removed {
+                    self.callouts
+                        .send("del-client", vec![rec.mon_name, my_name.clone()]);
+                }
+            }
+            Err(e) => warn!(mon_name = %id.mon_name, "SM_UNMON: cannot update the record file: {e}"),
+        }
+        reply
+    }
+
+    /// SM_UNMON_ALL: stops monitoring everything registered by this my_name and callback.
+    pub async fn unmon_all(&self, peer: SocketAddr, my: &MyId<'_>) -> SmStat {
+        let reply = SmStat { state: self.state() };
+        if !is_local(peer) {
+            warn!(%peer, "SM_UNMON_ALL from a non-loopback address ignored");
+            return reply;
+        }
+        let my_name = sanitize_my_name(my.my_name.as_bytes());
+        let r = self
+            .remove("SM_UNMON_ALL", |r| {
+                same_host(&r.my_name, &my_name)
+                    && (r.my_prog, r.my_vers, r.my_proc) == (my.my_prog, my.my_vers, my.my_proc)
+            })
+            .await;
+        match r {
+            Ok(removed) => {
+                for rec in removed {
+                    self.callouts
+                        .send("del-client", vec![rec.mon_name, my.my_name.as_bytes().to_vec()]);
+                }
+            }
+            Err(e) => warn!("SM_UNMON_ALL: cannot update a record file: {e}"),
+        }
+        reply
+    }
+
+    /// SM_SIMU_CRASH: behaves like a restart of this host: the state number goes up by two
+    /// (durably), the records move to `sm.bak/` for the notifier, and nothing is monitored.
+    /// Only from loopback and a privileged port.
+    pub async fn simu_crash(&self, peer: SocketAddr) {
+        if !is_local(peer) || peer.port() >= 1024 {
+            warn!(%peer, "SM_SIMU_CRASH refused: only from loopback and a privileged port");
+            return;
+        }
+        let dir = self.dir.clone();
+        let done = tokio::task::spawn_blocking(move || -> Result<(i32, usize), StoreError> {
+            let state = dir.state(true)?;
+            let moved = dir.retire()?;
+            Ok((state, moved))
+        })
+        .await;
+        match done {
+            Ok(Ok((state, moved))) => {
+                lock(&self.entries).clear();
+                self.state.store(state, Ordering::Relaxed);
+                self.publish_state();
+                info!(state, moved, "SM_SIMU_CRASH: state bumped, records moved to sm.bak/ (notification of the peers comes with the notifier)");
+            }
+            Ok(Err(e)) => warn!("SM_SIMU_CRASH failed: {e}"),
+            Err(e) => warn!("SM_SIMU_CRASH failed: {e}"),
+        }
+    }
+
+    /// SM_NOTIFY from a peer: calls lockd back for every record that matches the sender by
+    /// name or address and has not seen this state yet. Never waits for lockd.
+    pub fn notify(&self, peer: SocketAddr, sc: &StatChge<'_>) {
+        let from = canonical(peer.ip());
+        if !lock(&self.limiter).allow(from, Instant::now()) {
+            debug!(%peer, "SM_NOTIFY over the rate limit for this address; ignored");
+            return;
+        }
+        let name = sc.mon_name.as_bytes();
+        self.callouts.send(
+            "sm-notify",
+            vec![
+                name.to_vec(),
+                from.to_string().into_bytes(),
+                sc.state.to_string().into_bytes(),
+            ],
+        );
+        let addrs = lock(&self.addrs).clone();
+        let mut matched = 0;
+        let mut entries = lock(&self.entries);
+        for e in entries.iter_mut() {
+            let by_name = same_host(name, &e.record.mon_name);
+            let by_addr = addrs
+                .get(&e.record.mon_name.to_ascii_lowercase())
+                .is_some_and(|v| v.contains(&from));
+            if !(by_name || by_addr) || e.last_state == Some(sc.state) {
+                continue;
+            }
+            if by_name && !by_addr {
+                info!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY matched by name from an address not known for that host");
+            }
+            e.last_state = Some(sc.state);
+            matched += 1;
+            self.callbacks.queue(Callback {
+                mon_name: e.record.mon_name.clone(),
+                state: sc.state,
+                priv_: e.record.priv_,
+                prog: e.record.my_prog,
+                vers: e.record.my_vers,
+                proc_: e.record.my_proc,
+            });
+        }
+        info!(%peer, mon_name = %sc.mon_name, state = sc.state, matched, "SM_NOTIFY");
+    }
+}
+
+/// Every record stored in `file`, in the order they were added.
+fn file_content(entries: &[Entry], file: &str) -> Vec<Record> {
+    entries
+        .iter()
+        .filter(|e| e.file == file)
+        .map(|e| e.record.clone())
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_bounds_a_burst_and_refills() {
+        let mut r = RateLimiter {
+            per_sec: 10.0,
+            burst: 20.0,
+            buckets: HashMap::new(),
+        };
+        let ip = IpAddr::from([198, 51, 100, 9]);
+        let t0 = Instant::now();
+        let allowed = (0..100).filter(|_| r.allow(ip, t0)).count();
+        assert_eq!(allowed, 20);
+        assert!(r.allow(ip, t0 + Duration::from_millis(150)));
+        assert!(r.allow(IpAddr::from([198, 51, 100, 10]), t0), "per address");
+    }
+
+    #[test]
+    fn local_callers() {
+        let p = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(is_local(p("127.0.0.1:40000")));
+        assert!(is_local(p("[::1]:40000")));
+        assert!(is_local(p("[::ffff:127.0.0.1]:9")));
+        assert!(!is_local(p("198.51.100.1:700")));
+        assert!(!is_local(p("[::ffff:198.51.100.1]:700")));
+    }
+}

@@ -1,0 +1,421 @@
+//! Group commit: many concurrent record writes share the expensive directory fsync.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::dir::{Dir, Item, StateDir};
+use crate::error::StoreError;
+use crate::record::Record;
+
+/// How a batch makes its temporary files durable before it renames them into place.
+///
+/// Measured on this project's test machine (ext4 on a virtio disk, 2 CPUs; `cargo run
+/// --release -p nsm-store --example group_commit`), 64 concurrent commits of one file each,
+/// median of 9 rounds on a quiet disk: one `StateDir::write` after another 22.7 ms;
+/// `FsyncEach` 12.6 ms; `FsyncParallel` 7.1 ms; `SyncFs` 4.3 ms. Every mode needed 1 to 2
+/// directory fsyncs for the 64 commits. With other programs writing to the same disk at the
+/// same time (I/O pressure 15-20 %), the same run gave 72-87 ms, 75-80 ms, 62-66 ms and
+/// 55-58 ms: `SyncFs` loses most of its lead, since it flushes their data too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// `fsync` each temporary file in turn. One journal commit per file.
+    FsyncEach,
+    /// `fsync` the temporary files of a batch from up to 8 threads at once (the batch's own
+    /// thread and short-lived helpers), so that the file system commits them together. The
+    /// default: cost grows with the batch, but only with the batch's own files.
+    #[default]
+    FsyncParallel,
+    /// Write every temporary file, then one `syncfs` on the state directory's file system.
+    /// The cheapest on a quiet file system, but `syncfs` also writes back every other dirty
+    /// page of that file system: next to busy NFS exports (a service instance's directory on
+    /// shared storage, or `/var/lib/nfs` on an exported `/`), one SM_MON could wait for
+    /// gigabytes of someone else's data. Not the default for that reason.
+    SyncFs,
+}
+
+/// Counters of a [`Committer`], for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Commit requests received.
+    pub commits: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Files written or removed (after coalescing commits to the same file in one batch).
+    pub files: u64,
+    /// `fsync` calls on temporary files.
+    pub file_fsyncs: u64,
+    /// `syncfs` calls.
+    pub syncfs: u64,
+    /// `fsync` calls on `sm/` or `sm.bak/`.
+    pub dir_fsyncs: u64,
+    /// The largest batch, in requests.
+    pub max_batch: u64,
+}
+
+/// Shared counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    commits: AtomicU64,
+    batches: AtomicU64,
+    files: AtomicU64,
+    file_fsyncs: AtomicU64,
+    syncfs: AtomicU64,
+    dir_fsyncs: AtomicU64,
+    max_batch: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn file_fsync(&self) {
+        self.file_fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn syncfs(&self) {
+        self.syncfs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dir_fsync(&self) {
+        self.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            files: self.files.load(Ordering::Relaxed),
+            file_fsyncs: self.file_fsyncs.load(Ordering::Relaxed),
+            syncfs: self.syncfs.load(Ordering::Relaxed),
+            dir_fsyncs: self.dir_fsyncs.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Request {
+    dir: Dir,
+    file: String,
+    records: Vec<Record>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state_dir: Arc<StateDir>,
+    counters: Counters,
+}
+
+/// Durable record writes with group commit.
+///
+/// A dedicated thread (`nsm-store-commit`; disk I/O never runs on tokio's worker threads)
+/// takes every request queued so far as one batch and hands it to the same code as
+/// [`StateDir::write`]: each file's temporary copy is written and made durable
+/// ([`SyncMode`]), all are renamed into place, each directory touched is fsynced **once**,
+/// and then every waiter is answered. While one batch is on its way to the disk, new requests
+/// queue up and form the next batch, so the number of directory fsyncs grows with the number
+/// of disk round trips, not with the number of commits.
+///
+/// Guarantees:
+/// - a commit whose future resolves `Ok` is on stable storage;
+/// - requests are queued when [`commit`](Self::commit) is called (not when the future is
+///   first polled), and handled in that order: a later commit to a file is never overtaken
+///   by an earlier one. Several commits to the same file in one batch write only the newest
+///   content, and every one of them is answered after it is durable;
+/// - an error is handed to every waiter it concerns (all commits to that file; for a
+///   failed directory fsync, all commits to that directory in the batch), naming the path.
+///
+/// Cloning gives another handle to the same thread. The thread ends when every handle is
+/// dropped and the queue is empty.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl Committer {
+    /// Starts the commit thread with the default [`SyncMode`]. Needs no tokio runtime.
+    pub fn spawn(state_dir: Arc<StateDir>) -> Self {
+        Self::with_mode(state_dir, SyncMode::default())
+    }
+
+    /// Starts the commit thread with the given [`SyncMode`].
+    ///
+    /// If the thread cannot be created, the error is logged and every commit fails with
+    /// [`StoreError::CommitterGone`].
+    pub fn with_mode(state_dir: Arc<StateDir>, mode: SyncMode) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            state_dir,
+            counters: Counters::default(),
+        });
+        let thread_shared = Arc::clone(&shared);
+        if let Err(e) = std::thread::Builder::new()
+            .name("nsm-store-commit".into())
+            .spawn(move || run(&rx, &thread_shared, mode))
+        {
+            tracing::error!(error = %e, "cannot start the record writer thread");
+        }
+        Self { tx, shared }
+    }
+
+    /// Writes `dir/<file>` with exactly `records` (an empty vector removes the file), like
+    /// [`StateDir::write`], in the next batch. The future resolves once the change is durable.
+    pub fn commit(
+        &self,
+        dir: Dir,
+        file: impl Into<String>,
+        records: Vec<Record>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Request {
+                dir,
+                file: file.into(),
+                records,
+                done,
+            })
+            .is_ok();
+        let path = self.shared.state_dir.path().to_owned();
+        async move {
+            if !sent {
+                return Err(StoreError::CommitterGone { path });
+            }
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::CommitterGone { path }),
+            }
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> CommitStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The state directory written to.
+    pub fn state_dir(&self) -> &Arc<StateDir> {
+        &self.shared.state_dir
+    }
+}
+
+fn run(rx: &mpsc::Receiver<Request>, shared: &Shared, mode: SyncMode) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        process(shared, mode, batch);
+    }
+}
+
+/// The commits to one file in a batch.
+struct Pending {
+    dir: Dir,
+    file: String,
+    records: Vec<Record>,
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+fn process(shared: &Shared, mode: SyncMode, batch: Vec<Request>) {
+    let started = Instant::now();
+    let c = &shared.counters;
+    let n = batch.len() as u64;
+    c.batches.fetch_add(1, Ordering::Relaxed);
+    c.commits.fetch_add(n, Ordering::Relaxed);
+    c.max_batch.fetch_max(n, Ordering::Relaxed);
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut index: HashMap<(Dir, String), usize> = HashMap::new();
+    for r in batch {
+        match index.get(&(r.dir, r.file.clone())) {
+            Some(&i) => {
+                // Newer content replaces older; the older waiter is answered with it.
+                pending[i].records = r.records;
+                pending[i].waiters.push(r.done);
+            }
+            None => {
+                index.insert((r.dir, r.file.clone()), pending.len());
+                pending.push(Pending {
+                    dir: r.dir,
+                    file: r.file,
+                    records: r.records,
+                    waiters: vec![r.done],
+                });
+            }
+        }
+    }
+    c.files.fetch_add(pending.len() as u64, Ordering::Relaxed);
+    let items: Vec<Item<'_>> = pending
+        .iter()
+        .map(|p| Item {
+            dir: p.dir,
+            file: &p.file,
+            records: &p.records,
+        })
+        .collect();
+    let results = shared.state_dir.write_batch(&items, mode, c);
+    drop(items);
+    let mut failed = 0;
+    for (p, r) in pending.into_iter().zip(results) {
+        if let Err(e) = &r {
+            failed += 1;
+            tracing::error!(error = %e, "record write failed");
+        }
+        for w in p.waiters {
+            let _ = w.send(r.clone());
+        }
+    }
+    tracing::debug!(
+        commits = n,
+        failed,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "record batch durable"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Instant;
+
+    use super::*;
+
+    fn rec(mon: &str, cookie: u8) -> Record {
+        Record {
+            mon_name: mon.as_bytes().to_vec(),
+            my_name: b"server1".to_vec(),
+            my_prog: 100_021,
+            my_vers: 4,
+            my_proc: 16,
+            priv_: [cookie; 16],
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Committer) {
+        let t = tempfile::tempdir().unwrap();
+        let s = Arc::new(StateDir::open(t.path()).unwrap());
+        (t, Committer::spawn(s))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_share_directory_fsyncs() {
+        let (t, c) = setup();
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let name = format!("client{i}");
+                    c.commit(Dir::Sm, name.clone(), vec![rec(&name, i as u8)])
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let elapsed = start.elapsed();
+        let st = c.stats();
+        println!("64 concurrent commits: {st:?} in {elapsed:?}");
+        assert_eq!(st.commits, 64);
+        assert_eq!(st.files, 64);
+        assert_eq!(st.file_fsyncs, 64);
+        // far fewer directory fsyncs than commits
+        assert!(st.dir_fsyncs <= 16, "{st:?}");
+        assert_eq!(st.dir_fsyncs, st.batches);
+        let (loaded, report) = c.state_dir().load(Dir::Sm).unwrap();
+        assert!(report.is_clean());
+        assert_eq!(loaded.len(), 64);
+        for (file, r) in loaded {
+            let i: u8 = file.strip_prefix("client").unwrap().parse().unwrap();
+            assert_eq!(r, rec(&file, i));
+        }
+        drop(t);
+    }
+
+    #[tokio::test]
+    async fn later_commits_to_a_file_win_and_everyone_is_answered() {
+        let (t, c) = setup();
+        // queued in call order, awaited in reverse
+        let futures: Vec<_> = (0..20u8)
+            .map(|i| c.commit(Dir::Sm, "h", vec![rec("h", i)]))
+            .collect();
+        let last = c.commit(Dir::Sm, "other", vec![]);
+        for f in futures.into_iter().rev() {
+            f.await.unwrap();
+        }
+        last.await.unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("sm/h")).unwrap(),
+            rec("h", 19).to_line()
+        );
+        let st = c.stats();
+        assert_eq!(st.commits, 21);
+        assert!(st.files < st.commits || st.batches == 21, "{st:?}");
+        // then a removal, then a re-add: order holds across batches
+        let a = c.commit(Dir::Sm, "h", vec![]);
+        let b = c.commit(Dir::Sm, "h", vec![rec("h", 99)]);
+        b.await.unwrap();
+        a.await.unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("sm/h")).unwrap(),
+            rec("h", 99).to_line()
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_reach_every_waiter_and_name_the_path() {
+        let (t, c) = setup();
+        let bad1 = c.commit(Dir::Sm, "../escape", vec![rec("x", 1)]);
+        let bad2 = c.commit(Dir::Sm, "../escape", vec![rec("x", 2)]);
+        let good = c.commit(Dir::Bak, "fine", vec![rec("fine", 3)]);
+        for f in [bad1, bad2] {
+            let e = f.await.unwrap_err();
+            assert!(matches!(e, StoreError::Name { .. }), "{e}");
+            assert!(e.to_string().contains("../escape"), "{e}");
+        }
+        good.await.unwrap();
+        // the directory disappears under us: every commit to it fails, naming it
+        std::fs::remove_dir(t.path().join("sm")).unwrap();
+        let fs: Vec<_> = (0..5)
+            .map(|i| c.commit(Dir::Sm, format!("h{i}"), vec![rec("h", i)]))
+            .collect();
+        for f in fs {
+            let e = f.await.unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("{}/sm", t.path().display())),
+                "{e}"
+            );
+        }
+        assert!(t.path().join("sm.bak/fine").exists());
+    }
+
+    #[tokio::test]
+    async fn syncfs_mode_writes_the_same() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Arc::new(StateDir::open(t.path()).unwrap());
+        let c = Committer::with_mode(s, SyncMode::SyncFs);
+        let fs: Vec<_> = (0..8)
+            .map(|i| c.commit(Dir::Bak, format!("h{i}"), vec![rec("h", i)]))
+            .collect();
+        for f in fs {
+            f.await.unwrap();
+        }
+        let st = c.stats();
+        assert_eq!(st.file_fsyncs, 0);
+        assert_eq!(st.syncfs, st.batches);
+        assert_eq!(c.state_dir().load(Dir::Bak).unwrap().0.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn committer_outlives_nothing_it_needs() {
+        let (t, c) = setup();
+        let f = c.commit(Dir::Sm, "h", vec![rec("h", 1)]);
+        drop(c); // the thread finishes the queue before it ends
+        f.await.unwrap();
+        assert!(t.path().join("sm/h").exists());
+    }
+}

@@ -1,0 +1,1165 @@
+//! The state directory: `sm/`, `sm.bak/`, `state`.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use nix::dir::Dir as NixDir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, geteuid, syncfs, unlinkat};
+
+use crate::commit::{Counters, SyncMode};
+use crate::error::{SkipReason, StoreError};
+use crate::name::{self, file_name, is_temp};
+use crate::record::Record;
+
+/// The most bytes read from one record file. nsmd writes one line per `my_name` into a file
+/// (a line is at most 1095 bytes, typically under 100); a bigger file is reported and skipped.
+pub const MAX_FILE_BYTES: usize = 64 * 1024;
+
+/// The most temp files written before they are made durable (bounds open descriptors).
+const SYNC_CHUNK: usize = 64;
+/// Threads fsyncing at once with [`SyncMode::FsyncParallel`].
+const PARALLEL_FSYNCS: usize = 8;
+
+/// `NAME_MAX`: names found by a scan may be this long (nfs-utils may have written them).
+const NAME_MAX: usize = 255;
+
+/// Mode of directories nsmd creates (as nfs-utils' `make install` does).
+const DIR_MODE: u32 = 0o755;
+/// Mode of record files (nfs-utils creates them 0600).
+const RECORD_MODE: u32 = 0o600;
+/// Mode of the state file (nfs-utils: 0644).
+const STATE_MODE: u32 = 0o644;
+
+const STATE_FILE: &str = "state";
+
+/// Which record directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dir {
+    /// `sm/`: the hosts being monitored.
+    Sm,
+    /// `sm.bak/`: the hosts still to be notified of our restart.
+    Bak,
+}
+
+impl Dir {
+    /// The directory's name under the base directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sm => "sm",
+            Self::Bak => "sm.bak",
+        }
+    }
+}
+
+/// What [`StateDir::load`] did not load. Nothing listed here was changed or deleted.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Files that were skipped, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Temporary files (`X.new` of nfs-utils 2.6, `.X.new` of nfs-utils 2.8+ and nsmd) left by
+    /// an interrupted write; never loaded as hosts.
+    pub leftovers: Vec<PathBuf>,
+}
+
+impl LoadReport {
+    /// Whether nothing was skipped and no leftover was found.
+    pub fn is_clean(&self) -> bool {
+        self.skipped.is_empty() && self.leftovers.is_empty()
+    }
+}
+
+/// One skipped file.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was skipped.
+    pub reason: SkipReason,
+}
+
+/// A state directory: `base/sm`, `base/sm.bak`, `base/state`.
+///
+/// Every operation opens the directories afresh (nothing is cached), so replacing or
+/// remounting the directory between calls is seen. Writes through one `StateDir` are
+/// serialised by an internal lock; two `StateDir`s (or two processes) on the same directory
+/// must not write the same file concurrently.
+#[derive(Debug)]
+pub struct StateDir {
+    base: PathBuf,
+    lock: Mutex<()>,
+}
+
+/// One file to write in a batch.
+pub(crate) struct Item<'a> {
+    pub(crate) dir: Dir,
+    pub(crate) file: &'a str,
+    pub(crate) records: &'a [Record],
+}
+
+/// A directory opened for one operation.
+struct OpenDir {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// Owner to give new files: the directory's, when we are root and it is not.
+    chown: Option<(Uid, Gid)>,
+}
+
+impl StateDir {
+    /// Opens (creating `base`, `sm/` and `sm.bak/` if missing, mode 0755 like nfs-utils'
+    /// install) without touching existing files' ownership or modes.
+    pub fn open(base: &Path) -> Result<Self, StoreError> {
+        let base = std::path::absolute(base).map_err(|e| StoreError::io("resolve", base, e))?;
+        mkdir(&base, true)?;
+        for d in [Dir::Sm, Dir::Bak] {
+            mkdir(&base.join(d.name()), false)?;
+        }
+        Ok(Self {
+            base,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The base directory (absolute).
+    pub fn path(&self) -> &Path {
+        &self.base
+    }
+
+    /// The path of a record file.
+    pub fn file_path(&self, dir: Dir, file: &str) -> PathBuf {
+        self.base.join(dir.name()).join(file)
+    }
+
+    fn guard(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn open_base(&self) -> Result<OwnedFd, StoreError> {
+        open_dir_fd(None, &self.base)
+    }
+
+    fn open_dir(&self, base: &OwnedFd, dir: Dir) -> Result<OpenDir, StoreError> {
+        let path = self.base.join(dir.name());
+        let fd = open_dir_fd(Some((base, dir.name())), &path)?;
+        let st = fstat(&fd).map_err(|e| StoreError::io("stat", &path, e))?;
+        let chown = (geteuid().is_root() && st.st_uid != 0)
+            .then(|| (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid)));
+        Ok(OpenDir { fd, path, chown })
+    }
+
+    /// Loads every record in `sm/` (or `sm.bak/` with [`Dir::Bak`]).
+    ///
+    /// Scans regular files only (`lstat`; symlinks, subdirectories, FIFOs and names starting
+    /// with `.` are skipped, as nfs-utils does), one [`Record`] per line, sorted by file name
+    /// and then in file order. A file with an unparsable line, an unusable name, more than
+    /// [`MAX_FILE_BYTES`], no content, or that cannot be read is reported in the
+    /// [`LoadReport`] and skipped as a whole; it is never deleted or modified. Temporary files
+    /// of both naming schemes (`X.new` from nfs-utils 2.6, `.X.new` from 2.8 and nsmd) are
+    /// reported as leftovers and never loaded as hosts.
+    ///
+    /// File names must pass the rules of [`file_name`], except that they may be up to 255
+    /// bytes long (nfs-utils may have written such a name; nsmd cannot rewrite it, since its
+    /// temporary name would not fit). Other names are reported (`SkipReason::BadName`).
+    ///
+    /// Errors only when the directory itself cannot be opened or listed.
+    #[allow(clippy::type_complexity)]
+    pub fn load(&self, dir: Dir) -> Result<(Vec<(String, Record)>, LoadReport), StoreError> {
+        // Not while this process writes: its own temp files would look like leftovers.
+        let _g = self.guard();
+        let base = self.open_base()?;
+        let d = self.open_dir(&base, dir)?;
+        let mut report = LoadReport::default();
+        let mut out = Vec::new();
+        for entry in list(&d)? {
+            let bytes = entry.as_slice();
+            let path = d.path.join(OsStr::from_bytes(bytes));
+            if is_temp(bytes) {
+                report.leftovers.push(path);
+                continue;
+            }
+            if bytes.first() == Some(&b'.') {
+                continue;
+            }
+            match load_file(&d, bytes) {
+                Ok((name, records)) => out.extend(records.into_iter().map(|r| (name.clone(), r))),
+                Err(reason) => report.skipped.push(Skipped { path, reason }),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        for s in &report.skipped {
+            tracing::debug!(path = %s.path.display(), reason = %s.reason, "record file skipped (left as it is)");
+        }
+        for l in &report.leftovers {
+            tracing::debug!(path = %l.display(), "temporary file left by an interrupted write (ignored)");
+        }
+        Ok((out, report))
+    }
+
+    /// The state number per nfs-utils' `nsm_get_state` rules: a missing file or one shorter
+    /// than 4 bytes gives 1 and forces a write (so the result is 3); an even value is made odd
+    /// (+1); with `update`, the number is increased by 2. Whenever it is written, the write
+    /// is atomic and durable (see [`StateDir::write`]; mode 0644). Without `update` and with a
+    /// valid file nothing is written: an even value is made odd in memory only, as
+    /// rpc.statd does.
+    ///
+    /// The file is exactly 4 bytes, the native-endian `int`. Like nfs-utils, only the first
+    /// 4 bytes of a longer file are read. Unlike nfs-utils, a read error other than "missing"
+    /// is an error rather than a reset to 1 (a reset would make the number go down), and so
+    /// is an overflow past `i32::MAX`.
+    pub fn state(&self, update: bool) -> Result<i32, StoreError> {
+        let _g = self.guard();
+        let base = self.open_base()?;
+        let path = self.base.join(STATE_FILE);
+        let (state, write) = match read_state(&base, &path)? {
+            None => (1, true),
+            Some(s) => (if s & 1 == 0 { s.wrapping_add(1) } else { s }, update),
+        };
+        if !write {
+            return Ok(state);
+        }
+        let Some(state) = state.checked_add(2) else {
+            return Err(StoreError::StateOverflow { path, state });
+        };
+        let tmp = temp_name(STATE_FILE);
+        let open = OpenDir {
+            fd: base,
+            path: self.base.clone(),
+            chown: None,
+        };
+        write_temp(&open, &tmp, &state.to_ne_bytes(), STATE_MODE)?;
+        rename_temp(&open, &tmp, STATE_FILE)?;
+        fsync(&open.fd).map_err(|e| StoreError::io("fsync", &self.base, e))?;
+        tracing::debug!(state, path = %path.display(), "state number written");
+        Ok(state)
+    }
+
+    /// Moves every regular, non-dot file of `sm/` to `sm.bak/` (rename, overwriting a file of
+    /// the same name like nfs-utils), then fsyncs `sm.bak/` and `sm/`. Temporary-file
+    /// leftovers (`X.new`) stay in `sm/`. Returns how many files moved.
+    pub fn retire(&self) -> Result<usize, StoreError> {
+        let _g = self.guard();
+        let base = self.open_base()?;
+        let sm = self.open_dir(&base, Dir::Sm)?;
+        let bak = self.open_dir(&base, Dir::Bak)?;
+        let mut moved = 0;
+        let mut result = Ok(());
+        for entry in list(&sm)? {
+            let bytes = entry.as_slice();
+            if bytes.first() == Some(&b'.') || is_temp(bytes) {
+                continue;
+            }
+            match fstatat(&sm.fd, bytes, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_regular(&st) => {}
+                _ => continue,
+            }
+            if let Err(e) = renameat(&sm.fd, bytes, &bak.fd, bytes) {
+                result = Err(StoreError::io(
+                    "rename to sm.bak",
+                    sm.path.join(OsStr::from_bytes(bytes)),
+                    e,
+                ));
+                break;
+            }
+            moved += 1;
+        }
+        fsync(&bak.fd).map_err(|e| StoreError::io("fsync", &bak.path, e))?;
+        fsync(&sm.fd).map_err(|e| StoreError::io("fsync", &sm.path, e))?;
+        result.map(|()| moved)
+    }
+
+    /// Rewrites `sm/<file>` (or `sm.bak/<file>`) durably with exactly these records, one line
+    /// each, in order; an empty slice removes the file. Returns once the change is on stable
+    /// storage.
+    ///
+    /// `file` must pass [`file_name`] and every record [`Record::check`]; otherwise nothing
+    /// is written. The system calls, in order:
+    ///
+    /// 1. `openat(base)`, `openat(dir)` (`O_DIRECTORY`), `fstat(dir)`;
+    /// 2. `unlinkat(".<file>.new")`, a leftover of an interrupted write, if any;
+    /// 3. `openat(".<file>.new", O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600)`,
+    ///    `fchmod(0600)` (whatever the umask), `fchown(uid, gid of the directory)` when
+    ///    running as root and the directory is not root's (the owner nfs-utils' files get
+    ///    after its privilege drop, so rpc.statd and sm-notify can rewrite them);
+    /// 4. `write` until everything is written; `fsync(temp)`; `close`;
+    /// 5. `renameat(".<file>.new", "<file>")`;
+    /// 6. `fsync(dir)`.
+    ///
+    /// Removing is `unlinkat(<file>)` (a missing file is fine) and `fsync(dir)`. The temp
+    /// name starts with a dot, so neither nsmd nor nfs-utils (2.6 or later) loads it.
+    pub fn write(&self, dir: Dir, file: &str, records: &[Record]) -> Result<(), StoreError> {
+        let item = Item { dir, file, records };
+        let mut results = self.write_batch(&[item], SyncMode::FsyncEach, &Counters::default());
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// Writes several files with one directory fsync per directory: every temp file is
+    /// written (and fsynced, or one `syncfs` for all with [`SyncMode::SyncFs`]), then all are
+    /// renamed, then each directory is fsynced once. Returns one result per item, in order.
+    /// The items must name distinct files.
+    pub(crate) fn write_batch(
+        &self,
+        items: &[Item<'_>],
+        mode: SyncMode,
+        counters: &Counters,
+    ) -> Vec<Result<(), StoreError>> {
+        let _g = self.guard();
+        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); items.len()];
+        let base = match self.open_base() {
+            Ok(b) => b,
+            Err(e) => return vec![Err(e); items.len()],
+        };
+        let mut dirs: Vec<(Dir, Result<OpenDir, StoreError>, bool)> = Vec::new();
+        for d in [Dir::Sm, Dir::Bak] {
+            if items.iter().any(|i| i.dir == d) {
+                dirs.push((d, self.open_dir(&base, d), false));
+            }
+        }
+        // Phase 1: temps (or removals); phase 2: make the temps durable. In chunks, so that
+        // a huge batch does not hold too many descriptors open.
+        let mut renames = Vec::new();
+        for chunk in (0..items.len()).collect::<Vec<_>>().chunks(SYNC_CHUNK) {
+            let mut unsynced = Vec::new();
+            for &i in chunk {
+                let item = &items[i];
+                let Some((_, opened, dirty)) = dirs.iter_mut().find(|(d, _, _)| *d == item.dir)
+                else {
+                    continue;
+                };
+                let d = match opened {
+                    Ok(d) => d,
+                    Err(e) => {
+                        results[i] = Err(e.clone());
+                        continue;
+                    }
+                };
+                match prepare(d, item) {
+                    Ok(Some((tmp, file))) => unsynced.push(Unsynced {
+                        index: i,
+                        path: d.path.join(&tmp),
+                        tmp,
+                        file,
+                    }),
+                    Ok(None) => *dirty = true,
+                    Err(e) => results[i] = Err(e),
+                }
+            }
+            if unsynced.is_empty() {
+                continue;
+            }
+            for (i, tmp, r) in sync_temps(&base, &self.base, unsynced, mode, counters) {
+                match r {
+                    Ok(()) => renames.push((i, tmp)),
+                    Err(e) => {
+                        let dir = items[i].dir;
+                        if let Some((_, Ok(d), _)) = dirs.iter().find(|(d, _, _)| *d == dir) {
+                            let _ = unlinkat(&d.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                        }
+                        results[i] = Err(e);
+                    }
+                }
+            }
+        }
+        // Phase 3: renames.
+        for (i, tmp) in renames {
+            let item = &items[i];
+            if let Some((_, Ok(d), dirty)) = dirs.iter_mut().find(|(d, _, _)| *d == item.dir) {
+                match rename_temp(d, &tmp, item.file) {
+                    Ok(()) => *dirty = true,
+                    Err(e) => results[i] = Err(e),
+                }
+            }
+        }
+        // Phase 4: one fsync per directory that changed.
+        for (which, d, dirty) in &dirs {
+            let (Ok(d), true) = (d, *dirty) else { continue };
+            counters.dir_fsync();
+            if let Err(e) = fsync(&d.fd) {
+                let e = StoreError::io("fsync", &d.path, e);
+                for (i, item) in items.iter().enumerate() {
+                    if item.dir == *which && results[i].is_ok() {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+}
+
+/// Validates an item and writes its temp (returning the temp name), or removes the file
+/// (returning `None`).
+fn prepare(d: &OpenDir, item: &Item<'_>) -> Result<Option<(String, File)>, StoreError> {
+    let name = file_name(item.file.as_bytes()).map_err(|source| StoreError::Name {
+        name: item.file.to_owned(),
+        dir: d.path.clone(),
+        source,
+    })?;
+    let tmp = temp_name(name);
+    if item.records.is_empty() {
+        remove(d, &tmp)?;
+        remove(d, name)?;
+        return Ok(None);
+    }
+    let mut content = Vec::new();
+    for (index, r) in item.records.iter().enumerate() {
+        r.check().map_err(|source| StoreError::Record {
+            path: d.path.join(name),
+            index,
+            source,
+        })?;
+        content.extend_from_slice(&r.to_line());
+    }
+    let file = write_temp_unsynced(d, &tmp, &content, RECORD_MODE)?;
+    Ok(Some((tmp, file)))
+}
+
+/// A temp file written but not yet durable.
+struct Unsynced {
+    /// Index of its item.
+    index: usize,
+    /// Its name in the directory.
+    tmp: String,
+    /// Its full path, for errors.
+    path: PathBuf,
+    file: File,
+}
+
+/// Makes written temp files durable according to `mode`; returns each with its result. On
+/// failure the temp file is left for the next write of that file to replace.
+fn sync_temps(
+    base: &OwnedFd,
+    base_path: &Path,
+    files: Vec<Unsynced>,
+    mode: SyncMode,
+    counters: &Counters,
+) -> Vec<(usize, String, Result<(), StoreError>)> {
+    let fsync_one = |u: Unsynced| {
+        counters.file_fsync();
+        let r = u
+            .file
+            .sync_all()
+            .map_err(|e| StoreError::io("fsync", u.path, e));
+        (u.index, u.tmp, r)
+    };
+    match mode {
+        SyncMode::FsyncEach => files.into_iter().map(fsync_one).collect(),
+        SyncMode::FsyncParallel => {
+            let threads = files.len().min(PARALLEL_FSYNCS);
+            let mut lanes: Vec<Vec<Unsynced>> = (0..threads).map(|_| Vec::new()).collect();
+            for (n, f) in files.into_iter().enumerate() {
+                lanes[n % threads].push(f);
+            }
+            let mut lanes = lanes.into_iter();
+            let own = lanes.next().unwrap_or_default();
+            std::thread::scope(|s| {
+                let helpers: Vec<_> = lanes
+                    .map(|lane| s.spawn(|| lane.into_iter().map(fsync_one).collect::<Vec<_>>()))
+                    .collect();
+                let mut out: Vec<_> = own.into_iter().map(fsync_one).collect();
+                for h in helpers {
+                    match h.join() {
+                        Ok(v) => out.extend(v),
+                        Err(p) => std::panic::resume_unwind(p),
+                    }
+                }
+                out
+            })
+        }
+        SyncMode::SyncFs => {
+            counters.syncfs();
+            let r = syncfs(base).map_err(|e| StoreError::io("syncfs", base_path, e));
+            files
+                .into_iter()
+                .map(|u| (u.index, u.tmp, r.clone()))
+                .collect()
+        }
+    }
+}
+
+/// `.<name>.new`.
+fn temp_name(name: &str) -> String {
+    format!(".{name}{}", name::TEMP_SUFFIX)
+}
+
+fn remove(d: &OpenDir, name: &str) -> Result<(), StoreError> {
+    match unlinkat(&d.fd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(StoreError::io("unlink", d.path.join(name), e)),
+    }
+}
+
+/// Creates the temp file exclusively, sets mode and owner, writes `content`; no fsync.
+fn write_temp_unsynced(
+    d: &OpenDir,
+    tmp: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<File, StoreError> {
+    let path = || d.path.join(tmp);
+    remove(d, tmp)?;
+    let fd = openat(
+        &d.fd,
+        tmp,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(|e| StoreError::io("create", path(), e))?;
+    let result = (|| {
+        fchmod(&fd, Mode::from_bits_truncate(mode))
+            .map_err(|e| StoreError::io("chmod", path(), e))?;
+        if let Some((uid, gid)) = d.chown {
+            fchown(&fd, Some(uid), Some(gid)).map_err(|e| StoreError::io("chown", path(), e))?;
+        }
+        let mut file = File::from(fd);
+        file.write_all(content)
+            .map_err(|e| StoreError::io("write", path(), e))?;
+        Ok(file)
+    })();
+    if result.is_err() {
+        let _ = unlinkat(&d.fd, tmp, UnlinkatFlags::NoRemoveDir);
+    }
+    result
+}
+
+fn write_temp(d: &OpenDir, tmp: &str, content: &[u8], mode: u32) -> Result<(), StoreError> {
+    let file = write_temp_unsynced(d, tmp, content, mode)?;
+    file.sync_all()
+        .map_err(|e| StoreError::io("fsync", d.path.join(tmp), e))
+}
+
+fn rename_temp(d: &OpenDir, tmp: &str, name: &str) -> Result<(), StoreError> {
+    renameat(&d.fd, tmp, &d.fd, name).map_err(|e| {
+        let _ = unlinkat(&d.fd, tmp, UnlinkatFlags::NoRemoveDir);
+        StoreError::io("rename", d.path.join(name), e)
+    })
+}
+
+/// Reads the state file: `None` when missing or shorter than 4 bytes.
+fn read_state(base: &OwnedFd, path: &Path) -> Result<Option<i32>, StoreError> {
+    let fd = match openat(
+        base,
+        STATE_FILE,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => {
+            tracing::info!(path = %path.display(), "initializing NSM state");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(StoreError::StateUnreadable {
+                path: path.to_owned(),
+                source: Arc::new(e.into()),
+            });
+        }
+    };
+    let mut buf = Vec::with_capacity(4);
+    File::from(fd)
+        .take(4)
+        .read_to_end(&mut buf)
+        .map_err(|e| StoreError::StateUnreadable {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        })?;
+    match <[u8; 4]>::try_from(buf.as_slice()) {
+        Ok(b) => Ok(Some(i32::from_ne_bytes(b))),
+        Err(_) => {
+            tracing::warn!(path = %path.display(), len = buf.len(), "state file shorter than 4 bytes; initializing NSM state");
+            Ok(None)
+        }
+    }
+}
+
+/// Creates a directory (mode exactly 0755) if it is missing; checks it is a directory.
+fn mkdir(path: &Path, recursive: bool) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(StoreError::NotADirectory {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io("stat", path, e)),
+    }
+    match std::fs::DirBuilder::new()
+        .recursive(recursive)
+        .mode(DIR_MODE)
+        .create(path)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return mkdir(path, false),
+        Err(e) => return Err(StoreError::io("create directory", path, e)),
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))
+        .map_err(|e| StoreError::io("chmod", path, e))
+}
+
+fn open_dir_fd(at: Option<(&OwnedFd, &str)>, path: &Path) -> Result<OwnedFd, StoreError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let r = match at {
+        Some((base, name)) => openat(base, name, flags, Mode::empty()),
+        None => nix::fcntl::open(path, flags, Mode::empty()),
+    };
+    r.map_err(|e| match e {
+        Errno::ENOTDIR => StoreError::NotADirectory {
+            path: path.to_owned(),
+        },
+        e => StoreError::io("open directory", path, e),
+    })
+}
+
+/// The names in a directory (without `.` and `..`).
+fn list(d: &OpenDir) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut dir = NixDir::openat(
+        &d.fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StoreError::io("open directory", &d.path, e))?;
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(|e| StoreError::io("list directory", &d.path, e))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+fn is_regular(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+fn kind(st: &FileStat) -> &'static str {
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => "directory",
+        SFlag::S_IFLNK => "symbolic link",
+        SFlag::S_IFIFO => "FIFO",
+        SFlag::S_IFSOCK => "socket",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        _ => "unknown file type",
+    }
+}
+
+/// Reads and parses one record file (never modifies it).
+fn load_file(d: &OpenDir, bytes: &[u8]) -> Result<(String, Vec<Record>), SkipReason> {
+    let name = name::checked(bytes, NAME_MAX)
+        .map_err(SkipReason::BadName)?
+        .to_owned();
+    let st = fstatat(&d.fd, bytes, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(|e| SkipReason::Unreadable(Arc::new(e.into())))?;
+    if !is_regular(&st) {
+        return Err(SkipReason::NotRegular { kind: kind(&st) });
+    }
+    // O_NOFOLLOW + O_NONBLOCK + fstat: the file cannot be swapped for a symlink or a FIFO
+    // between the lstat above and the read.
+    let fd = openat(
+        &d.fd,
+        bytes,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SkipReason::Unreadable(Arc::new(e.into())))?;
+    let st = fstat(&fd).map_err(|e| SkipReason::Unreadable(Arc::new(e.into())))?;
+    if !is_regular(&st) {
+        return Err(SkipReason::NotRegular { kind: kind(&st) });
+    }
+    let mut content = Vec::new();
+    File::from(fd)
+        .take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut content)
+        .map_err(|e| SkipReason::Unreadable(Arc::new(e)))?;
+    if content.len() > MAX_FILE_BYTES {
+        return Err(SkipReason::TooLarge {
+            size: u64::try_from(st.st_size)
+                .unwrap_or(0)
+                .max(content.len() as u64),
+            max: MAX_FILE_BYTES,
+        });
+    }
+    if content.is_empty() {
+        return Err(SkipReason::Empty);
+    }
+    let records = content
+        .split_inclusive(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| {
+            Record::parse_line(line).map_err(|error| SkipReason::BadLine { line: i + 1, error })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((name, records))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::{MetadataExt, symlink};
+
+    use super::*;
+    use crate::{NameError, ParseError};
+
+    fn rec(mon: &str, my: &str, cookie: u8) -> Record {
+        Record {
+            mon_name: mon.as_bytes().to_vec(),
+            my_name: my.as_bytes().to_vec(),
+            my_prog: 100_021,
+            my_vers: 4,
+            my_proc: 16,
+            priv_: [cookie; 16],
+        }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// Every entry of a tree with its bytes (or its kind), to prove nothing changed.
+    fn snapshot(p: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            let content = if ft.is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else if ft.is_symlink() {
+                std::fs::read_link(e.path())
+                    .unwrap()
+                    .into_os_string()
+                    .into_vec()
+            } else {
+                format!("{ft:?}").into_bytes()
+            };
+            out.push((e.path(), content));
+        }
+        out.sort();
+        out
+    }
+
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn open_creates_layout_0755_and_keeps_existing() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("a/b/nfs");
+        let s = StateDir::open(&base).unwrap();
+        assert_eq!(s.path(), base);
+        for d in ["", "sm", "sm.bak"] {
+            assert_eq!(mode(&base.join(d)), 0o755, "{d}");
+        }
+        std::fs::set_permissions(base.join("sm"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        StateDir::open(&base).unwrap();
+        assert_eq!(mode(&base.join("sm")), 0o700, "existing modes are kept");
+        std::fs::write(t.path().join("file"), b"").unwrap();
+        assert!(matches!(
+            StateDir::open(&t.path().join("file")),
+            Err(StoreError::NotADirectory { .. })
+        ));
+    }
+
+    #[test]
+    fn write_load_remove() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        let a = [rec("client1", "server1", 1), rec("client1", "server2", 2)];
+        s.write(Dir::Sm, "client1", &a).unwrap();
+        s.write(Dir::Bak, "client2", &[rec("client2", "server1", 3)])
+            .unwrap();
+        let path = t.path().join("sm/client1");
+        assert_eq!(mode(&path), 0o600);
+        let mut expected = a[0].to_line();
+        expected.extend(a[1].to_line());
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        let (loaded, report) = s.load(Dir::Sm).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(
+            loaded,
+            vec![
+                ("client1".into(), a[0].clone()),
+                ("client1".into(), a[1].clone())
+            ]
+        );
+        let (bak, _) = s.load(Dir::Bak).unwrap();
+        assert_eq!(bak.len(), 1);
+        // rewrite with fewer lines, then remove
+        s.write(Dir::Sm, "client1", &a[1..]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), a[1].to_line());
+        s.write(Dir::Sm, "client1", &[]).unwrap();
+        assert!(!path.exists());
+        s.write(Dir::Sm, "client1", &[]).unwrap();
+        // no temp left anywhere
+        assert_eq!(std::fs::read_dir(t.path().join("sm")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn invalid_input_writes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        for bad in ["../x", "a/b", ".hidden", "", "x.new", "a b"] {
+            let e = s.write(Dir::Sm, bad, &[rec("x", "y", 0)]).unwrap_err();
+            assert!(matches!(e, StoreError::Name { .. }), "{bad}: {e}");
+        }
+        let e = s
+            .write(Dir::Sm, "ok", &[rec("ok", "y", 0), rec("o k", "y", 0)])
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                StoreError::Record {
+                    index: 1,
+                    source: ParseError::BadNameByte { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("sm/ok"), "{e}");
+        assert_eq!(std::fs::read_dir(t.path().join("sm")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn state_follows_nfs_utils_rules() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        let f = t.path().join("state");
+        let disk = || std::fs::read(&f).unwrap();
+        // missing -> 1 -> forced write of 3, with or without update
+        assert_eq!(s.state(false).unwrap(), 3);
+        assert_eq!(disk(), 3i32.to_ne_bytes());
+        assert_eq!(mode(&f), 0o644);
+        assert_eq!(s.state(false).unwrap(), 3);
+        assert_eq!(s.state(true).unwrap(), 5);
+        assert_eq!(s.state(true).unwrap(), 7);
+        assert_eq!(disk(), 7i32.to_ne_bytes());
+        // even: odd in memory only without update; 4 -> 7 with update (as sm-notify)
+        std::fs::write(&f, 8i32.to_ne_bytes()).unwrap();
+        assert_eq!(s.state(false).unwrap(), 9);
+        assert_eq!(disk(), 8i32.to_ne_bytes());
+        std::fs::write(&f, 4i32.to_ne_bytes()).unwrap();
+        assert_eq!(s.state(true).unwrap(), 7);
+        // short files (Debian ships an empty one) start again
+        for short in [&b""[..], b"\x09", b"\x09\x00\x00"] {
+            std::fs::write(&f, short).unwrap();
+            assert_eq!(s.state(false).unwrap(), 3);
+            assert_eq!(disk(), 3i32.to_ne_bytes());
+        }
+        // a longer file: the first 4 bytes count, nothing written without update
+        std::fs::write(&f, b"\x0b\x00\x00\x00\x99").unwrap();
+        assert_eq!(s.state(false).unwrap(), 11);
+        assert_eq!(disk().len(), 5);
+        assert_eq!(s.state(true).unwrap(), 13);
+        assert_eq!(disk(), 13i32.to_ne_bytes());
+        // cannot grow any more
+        std::fs::write(&f, i32::MAX.to_ne_bytes()).unwrap();
+        assert_eq!(s.state(false).unwrap(), i32::MAX);
+        assert!(matches!(
+            s.state(true),
+            Err(StoreError::StateOverflow {
+                state: i32::MAX,
+                ..
+            })
+        ));
+        assert_eq!(disk(), i32::MAX.to_ne_bytes());
+        // unreadable is an error, not a reset
+        std::fs::remove_file(&f).unwrap();
+        std::fs::create_dir(&f).unwrap();
+        let e = s.state(true).unwrap_err();
+        assert!(matches!(e, StoreError::StateUnreadable { .. }), "{e}");
+        assert!(f.is_dir());
+        // no temp left behind
+        assert!(!t.path().join(".state.new").exists());
+    }
+
+    #[test]
+    fn hostile_files_are_reported_skipped_and_untouched() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        let sm = t.path().join("sm");
+        let good = rec("good", "server1", 7);
+        s.write(Dir::Sm, "good", std::slice::from_ref(&good))
+            .unwrap();
+        let line = good.to_line();
+        let w = |name: &str, content: &[u8]| std::fs::write(sm.join(name), content).unwrap();
+        let mut long = line.clone();
+        long.splice(75..75, vec![b'x'; 2000]);
+        w("long-line", &long);
+        w("missing-fields", b"0100007f 000186b5 00000003\n");
+        w("non-hex", &[&b"zz"[..], &line[2..]].concat());
+        let mut nul = line.clone();
+        nul[71] = 0;
+        w("nul", &nul);
+        w("one-bad-line", &[&line[..], b"garbage\n"].concat());
+        w("empty", b"");
+        w("blank-line", &[&line[..], b"\n"].concat());
+        File::create(sm.join("huge"))
+            .unwrap()
+            .set_len(10 << 20)
+            .unwrap();
+        symlink("/etc/passwd", sm.join("passwd-link")).unwrap();
+        std::fs::create_dir(sm.join("subdir")).unwrap();
+        std::fs::write(sm.join("subdir/inner"), &line).unwrap();
+        nix::unistd::mkfifo(&sm.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        w("hôte-ünïcode", &line);
+        w("bad-unicode-content-ü", b"\xff\xfe\n");
+        std::fs::write(sm.join(OsStr::from_bytes(b"not-utf8-\xff")), &line).unwrap();
+        std::fs::write(sm.join(OsStr::from_bytes(b"ctl\x1bname")), &line).unwrap();
+        w("nbsp\u{a0}name", &line);
+        w(".hidden", &line);
+        w("client1.new", &line);
+        w(".client1.new", &line);
+        let before = snapshot(&sm);
+
+        let (loaded, report) = s.load(Dir::Sm).unwrap();
+        assert_eq!(
+            loaded,
+            vec![
+                ("good".to_owned(), good.clone()),
+                ("hôte-ünïcode".to_owned(), good.clone())
+            ]
+        );
+        let reason = |name: &[u8]| {
+            let p = sm.join(OsStr::from_bytes(name));
+            report
+                .skipped
+                .iter()
+                .find(|s| s.path == p)
+                .map(|s| s.reason.clone())
+                .unwrap_or_else(|| panic!("{} not reported: {report:#?}", p.display()))
+        };
+        assert!(matches!(
+            reason(b"long-line"),
+            SkipReason::BadLine {
+                line: 1,
+                error: ParseError::LineTooLong { .. }
+            }
+        ));
+        assert!(matches!(
+            reason(b"missing-fields"),
+            SkipReason::BadLine { .. }
+        ));
+        assert!(matches!(
+            reason(b"non-hex"),
+            SkipReason::BadLine {
+                error: ParseError::BadHex { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            reason(b"nul"),
+            SkipReason::BadLine {
+                error: ParseError::BadNameByte { byte: 0, .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            reason(b"one-bad-line"),
+            SkipReason::BadLine { line: 2, .. }
+        ));
+        assert!(matches!(
+            reason(b"blank-line"),
+            SkipReason::BadLine { line: 2, .. }
+        ));
+        assert!(matches!(reason(b"empty"), SkipReason::Empty));
+        assert!(matches!(
+            reason(b"huge"),
+            SkipReason::TooLarge { size, .. } if size == 10 << 20
+        ));
+        assert!(matches!(
+            reason(b"passwd-link"),
+            SkipReason::NotRegular {
+                kind: "symbolic link"
+            }
+        ));
+        assert!(matches!(
+            reason(b"subdir"),
+            SkipReason::NotRegular { kind: "directory" }
+        ));
+        assert!(matches!(
+            reason(b"fifo"),
+            SkipReason::NotRegular { kind: "FIFO" }
+        ));
+        assert!(matches!(
+            reason(b"bad-unicode-content-\xc3\xbc"),
+            SkipReason::BadLine { .. }
+        ));
+        assert!(matches!(
+            reason(b"not-utf8-\xff"),
+            SkipReason::BadName(NameError::NotUtf8 { .. })
+        ));
+        assert!(matches!(
+            reason(b"ctl\x1bname"),
+            SkipReason::BadName(NameError::Control { offset: 3 })
+        ));
+        assert!(matches!(
+            reason("nbsp\u{a0}name".as_bytes()),
+            SkipReason::BadName(NameError::Control { offset: 4 })
+        ));
+        assert_eq!(report.skipped.len(), 15, "{report:#?}");
+        let mut leftovers = report.leftovers.clone();
+        leftovers.sort();
+        assert_eq!(
+            leftovers,
+            vec![sm.join(".client1.new"), sm.join("client1.new")]
+        );
+        // every message names the problem
+        for s in &report.skipped {
+            assert!(!s.reason.to_string().is_empty());
+        }
+        assert_eq!(snapshot(&sm), before, "load changed the directory");
+    }
+
+    #[test]
+    fn interrupted_write_leaves_old_file_and_is_not_a_host() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        let old = rec("client1", "server1", 1);
+        s.write(Dir::Sm, "client1", std::slice::from_ref(&old))
+            .unwrap();
+        // A crash after the temp file was written, before the rename: a complete temp, and
+        // a torn one for another host that was never renamed either.
+        let new = rec("client1", "server1", 2);
+        std::fs::write(t.path().join("sm/.client1.new"), new.to_line()).unwrap();
+        std::fs::write(t.path().join("sm/.client2.new"), &new.to_line()[..40]).unwrap();
+        // and nfs-utils 2.6's naming
+        std::fs::write(t.path().join("sm/client3.new"), new.to_line()).unwrap();
+        let (loaded, report) = s.load(Dir::Sm).unwrap();
+        assert_eq!(loaded, vec![("client1".to_owned(), old.clone())]);
+        assert_eq!(report.leftovers.len(), 3);
+        assert!(report.skipped.is_empty());
+        // The next write replaces the stale temp.
+        s.write(Dir::Sm, "client1", std::slice::from_ref(&new))
+            .unwrap();
+        assert_eq!(
+            s.load(Dir::Sm).unwrap().0,
+            vec![("client1".to_owned(), new)]
+        );
+        assert!(!t.path().join("sm/.client1.new").exists());
+        // retire leaves the leftovers where they are
+        assert_eq!(s.retire().unwrap(), 1);
+        assert!(t.path().join("sm/client3.new").exists());
+        assert!(!t.path().join("sm.bak/client3.new").exists());
+    }
+
+    #[test]
+    fn retire_moves_regular_files_and_overwrites() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        s.write(Dir::Sm, "a", &[rec("a", "me", 1)]).unwrap();
+        s.write(Dir::Sm, "b", &[rec("b", "me", 2)]).unwrap();
+        s.write(Dir::Bak, "b", &[rec("b", "old", 3)]).unwrap();
+        s.write(Dir::Bak, "c", &[rec("c", "me", 4)]).unwrap();
+        std::fs::create_dir(t.path().join("sm/dir")).unwrap();
+        symlink("a", t.path().join("sm/link")).unwrap();
+        std::fs::write(t.path().join("sm/.dot"), b"x").unwrap();
+        assert_eq!(s.retire().unwrap(), 2);
+        let (bak, report) = s.load(Dir::Bak).unwrap();
+        assert!(report.is_clean());
+        assert_eq!(
+            bak,
+            vec![
+                ("a".to_owned(), rec("a", "me", 1)),
+                ("b".to_owned(), rec("b", "me", 2)),
+                ("c".to_owned(), rec("c", "me", 4)),
+            ]
+        );
+        let mut left: Vec<_> = std::fs::read_dir(t.path().join("sm"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".dot", "dir", "link"]);
+        assert_eq!(s.retire().unwrap(), 0);
+    }
+
+    #[test]
+    fn batch_failures_stay_with_their_items() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        std::fs::remove_dir(t.path().join("sm.bak")).unwrap();
+        let recs: Vec<Vec<Record>> = (0..150u8)
+            .map(|i| vec![rec(&format!("h{i}"), "me", i)])
+            .collect();
+        let names: Vec<String> = (0..150).map(|i| format!("h{i}")).collect();
+        let mut items: Vec<Item<'_>> = (0..150)
+            .map(|i| Item {
+                dir: Dir::Sm,
+                file: &names[i],
+                records: &recs[i],
+            })
+            .collect();
+        // The last item's directory is missing: the chunk before it must still be synced.
+        items.push(Item {
+            dir: Dir::Sm,
+            file: "bad/name",
+            records: &recs[0],
+        });
+        items.push(Item {
+            dir: Dir::Bak,
+            file: "gone",
+            records: &recs[0],
+        });
+        for mode in [
+            SyncMode::FsyncEach,
+            SyncMode::FsyncParallel,
+            SyncMode::SyncFs,
+        ] {
+            let counters = Counters::default();
+            let results = s.write_batch(&items, mode, &counters);
+            assert_eq!(results.len(), 152);
+            assert!(results[..150].iter().all(Result::is_ok), "{mode:?}");
+            assert!(matches!(&results[150], Err(StoreError::Name { .. })));
+            assert!(
+                matches!(&results[151], Err(StoreError::Io { path, .. }) if path.ends_with("sm.bak")),
+                "{:?}",
+                results[151]
+            );
+            let (loaded, report) = s.load(Dir::Sm).unwrap();
+            assert!(report.is_clean(), "{report:?}");
+            assert_eq!(loaded.len(), 150);
+            let st = counters.snapshot();
+            assert_eq!(st.dir_fsyncs, 1, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn new_files_get_the_directory_owner_when_root() {
+        if !geteuid().is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        nix::unistd::chown(
+            &t.path().join("sm"),
+            Some(Uid::from_raw(4242)),
+            Some(Gid::from_raw(4343)),
+        )
+        .unwrap();
+        s.write(Dir::Sm, "h", &[rec("h", "me", 1)]).unwrap();
+        s.write(Dir::Bak, "h", &[rec("h", "me", 1)]).unwrap();
+        let m = std::fs::metadata(t.path().join("sm/h")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4242, 4343));
+        let m = std::fs::metadata(t.path().join("sm.bak/h")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0));
+        // the state file stays ours (nfs-utils: root)
+        s.state(true).unwrap();
+        let m = std::fs::metadata(t.path().join("state")).unwrap();
+        assert_eq!(m.uid(), 0);
+    }
+}
