@@ -1,6 +1,8 @@
 //! The parts of the nsmd binaries that are not protocol: listeners, rpcbind registration,
 //! and logging.
 
+pub mod config;
 pub mod listen;
 pub mod logging;
+pub mod privileges;
 pub mod register;

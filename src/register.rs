@@ -26,6 +26,12 @@ impl Registration {
         }
     }
 
+    /// Uses this rpcbind (e.g. another AF_LOCAL socket path).
+    pub fn with_rpcbind(mut self, rpcbind: Rpcbind) -> Self {
+        self.rpcbind = rpcbind;
+        self
+    }
+
     /// Clears stale registrations, then registers every listener. Failures are logged with
     /// what to do; serving goes on either way.
     pub async fn register(&self) -> bool {

@@ -43,7 +43,10 @@ fn fail() -> Answer {
 
 fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -84,13 +87,15 @@ fn server(lab: &Lab, name: &str, addr: &str, answer_callbacks: bool) -> Server {
     let host = lab.host(name, &[addr]).unwrap();
     let rpcbind = host.start_rpcbind().unwrap();
     let lockd = LockdStandIn::start(&host, answer_callbacks);
-    host.write_file("/run/proc/sys/fs/nfs/nsm_local_state", "0").unwrap();
+    host.write_file("/run/proc/sys/fs/nfs/nsm_local_state", "0")
+        .unwrap();
     let (nsmd, port) = spawn_nsmd(
         &host,
         "nsmd",
         &["-P", "/var/lib/nfs/nsmd", "--proc-root", "/run/proc"],
     );
-    nsmd.wait_for_log_line("registered program 100024", T).unwrap();
+    nsmd.wait_for_log_line("registered program 100024", T)
+        .unwrap();
     Server {
         host,
         lockd,
@@ -113,7 +118,12 @@ fn every_procedure_and_its_effect() {
     let state = in_netns(&s.host, || stat_state(local));
     assert_eq!(state % 2, 1, "the state number is odd while running");
     assert_eq!(
-        String::from_utf8(s.host.read_file("/run/proc/sys/fs/nfs/nsm_local_state").unwrap()).unwrap(),
+        String::from_utf8(
+            s.host
+                .read_file("/run/proc/sys/fs/nfs/nsm_local_state")
+                .unwrap()
+        )
+        .unwrap(),
         state.to_string(),
         "nsm_local_state written"
     );
@@ -122,7 +132,10 @@ fn every_procedure_and_its_effect() {
         // SM_MON: durable record in the nfs-utils format, then success with the state.
         assert_eq!(mon(local, 1, b"client1.example.test", C1), succ(state));
         let f = sm.join("client1.example.test");
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), line("client1.example.test", C1));
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            line("client1.example.test", C1)
+        );
         // Same cookie again: success, nothing rewritten.
         let before = std::fs::metadata(&f).unwrap().modified().unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -130,7 +143,10 @@ fn every_procedure_and_its_effect() {
         assert_eq!(std::fs::metadata(&f).unwrap().modified().unwrap(), before);
         // New cookie: rewritten.
         assert_eq!(mon(local, 3, b"client1.example.test", C2), succ(state));
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), line("client1.example.test", C2));
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            line("client1.example.test", C2)
+        );
         // Over TCP, as the kernel sends it.
         let m = call(4, SM, 1, 2, &mon_args(b"client2", b"server1", C1));
         assert_eq!(answer(4, &tcp_exchange(local, &m).unwrap()), succ(state));
@@ -140,23 +156,45 @@ fn every_procedure_and_its_effect() {
         let m = call(5, SM, 1, 1, &xdr_string(b"anyhost.example.test"));
         assert_eq!(answer(5, &udp_exchange(local, &m).unwrap()), succ(state));
         let m = call(6, SM, 1, 1, &xdr_string(b"a/b"));
-        assert_eq!(answer(6, &udp_exchange(local, &m).unwrap()), Answer::Accepted(0, vec![1, state as u32]));
+        assert_eq!(
+            answer(6, &udp_exchange(local, &m).unwrap()),
+            Answer::Accepted(0, vec![1, state as u32])
+        );
 
         // Refused names write nothing anywhere.
         let before = tree(&s.host.nfs_dir());
         let long = vec![b'a'; 1025];
-        for (i, bad) in [&b"../../etc/x"[..], b"a/b", b".x", b"..", &long].into_iter().enumerate() {
+        for (i, bad) in [&b"../../etc/x"[..], b"a/b", b".x", b"..", &long]
+            .into_iter()
+            .enumerate()
+        {
             let m = call(10 + i as u32, SM, 1, 2, &mon_args(bad, b"server1", C1));
             let r = udp_exchange(local, &m).unwrap();
-            let want = if bad.len() > 1024 { Answer::Accepted(4, vec![]) } else { fail() };
-            assert_eq!(answer(10 + i as u32, &r), want, "{:?}", bad.escape_ascii().to_string());
+            let want = if bad.len() > 1024 {
+                Answer::Accepted(4, vec![])
+            } else {
+                fail()
+            };
+            assert_eq!(
+                answer(10 + i as u32, &r),
+                want,
+                "{:?}",
+                bad.escape_ascii().to_string()
+            );
         }
         // A callback program other than lockd's is refused.
         let mut a = mon_args(b"client3", b"server1", C1);
         let at = a.len() - 16 - 12;
         a[at..at + 4].copy_from_slice(&100_005u32.to_be_bytes());
-        assert_eq!(answer(20, &udp_exchange(local, &call(20, SM, 1, 2, &a)).unwrap()), fail());
-        assert_eq!(tree(&s.host.nfs_dir()), before, "nothing written by refused SM_MONs");
+        assert_eq!(
+            answer(20, &udp_exchange(local, &call(20, SM, 1, 2, &a)).unwrap()),
+            fail()
+        );
+        assert_eq!(
+            tree(&s.host.nfs_dir()),
+            before,
+            "nothing written by refused SM_MONs"
+        );
         assert!(!Path::new("/etc/x").exists());
 
         // SM_SIMU_CRASH from an unprivileged port: refused, nothing changes.
@@ -179,14 +217,23 @@ fn every_procedure_and_its_effect() {
         let remote: SocketAddr = format!("198.51.100.30:{}", s.port).parse().unwrap();
         let mut a = xdr_string(b"client1.example.test");
         a.extend_from_slice(&7u32.to_be_bytes());
-        assert_eq!(answer(31, &udp_exchange(remote, &call(31, SM, 1, 6, &a)).unwrap()), Answer::Accepted(0, vec![]));
+        assert_eq!(
+            answer(31, &udp_exchange(remote, &call(31, SM, 1, 6, &a)).unwrap()),
+            Answer::Accepted(0, vec![])
+        );
     });
     let got = s.lockd.wait_for(1, T);
     assert_eq!(got.len(), 1, "{}", s.nsmd.log_tail(30));
     let (from, vers, proc_, args) = &got[0];
-    assert!(from.ip().is_loopback() && from.port() < 1024, "callback from {from}");
+    assert!(
+        from.ip().is_loopback() && from.port() < 1024,
+        "callback from {from}"
+    );
     assert_eq!((*vers, *proc_), (3, 16));
-    assert_eq!(parse_status(args), (b"client1.example.test".to_vec(), 7, C2));
+    assert_eq!(
+        parse_status(args),
+        (b"client1.example.test".to_vec(), 7, C2)
+    );
     // The same state again: no second callback. A new state: one more.
     in_netns(&cli, || {
         let remote: SocketAddr = format!("198.51.100.30:{}", s.port).parse().unwrap();
@@ -198,7 +245,10 @@ fn every_procedure_and_its_effect() {
     });
     let got = s.lockd.wait_for(3, Duration::from_secs(2));
     assert_eq!(got.len(), 2, "one callback per new state: {got:?}");
-    assert_eq!(parse_status(&got[1].3), (b"client1.example.test".to_vec(), 9, C2));
+    assert_eq!(
+        parse_status(&got[1].3),
+        (b"client1.example.test".to_vec(), 9, C2)
+    );
 
     in_netns(&s.host, || {
         // SM_UNMON and SM_UNMON_ALL remove durably and answer the state.
@@ -235,7 +285,10 @@ fn every_procedure_and_its_effect() {
 
 #[test]
 fn debian_sm_notify_reaches_lockd_through_nsmd_and_a_hung_lockd_blocks_nothing() {
-    if !require("debian_sm_notify_reaches_lockd_through_nsmd_and_a_hung_lockd_blocks_nothing", &["rpcbind", "sm-notify"]) {
+    if !require(
+        "debian_sm_notify_reaches_lockd_through_nsmd_and_a_hung_lockd_blocks_nothing",
+        &["rpcbind", "sm-notify"],
+    ) {
         return;
     }
     let lab = Lab::new("smnotify").unwrap();
@@ -257,12 +310,24 @@ fn debian_sm_notify_reaches_lockd_through_nsmd_and_a_hung_lockd_blocks_nothing()
     )
     .unwrap();
     let out = cli
-        .run(&["/usr/sbin/sm-notify", "-d", "-f", "-P", "/var/lib/nfs"], Duration::from_secs(30))
+        .run(
+            &["/usr/sbin/sm-notify", "-d", "-f", "-P", "/var/lib/nfs"],
+            Duration::from_secs(30),
+        )
         .unwrap();
     let smlog = String::from_utf8_lossy(&out.stderr);
-    let cli_state = i32::from_ne_bytes(cli.read_file("/var/lib/nfs/state").unwrap()[..4].try_into().unwrap());
+    let cli_state = i32::from_ne_bytes(
+        cli.read_file("/var/lib/nfs/state").unwrap()[..4]
+            .try_into()
+            .unwrap(),
+    );
     let got = s.lockd.wait_for(1, T);
-    assert_eq!(got.len(), 1, "sm-notify: {smlog}\nnsmd: {}", s.nsmd.log_tail(30));
+    assert_eq!(
+        got.len(),
+        1,
+        "sm-notify: {smlog}\nnsmd: {}",
+        s.nsmd.log_tail(30)
+    );
     assert_eq!(parse_status(&got[0].3), (b"cli".to_vec(), cli_state, C1));
 
     // This lockd never answers: the callback is retried in the background while NULL and
@@ -274,7 +339,10 @@ fn debian_sm_notify_reaches_lockd_through_nsmd_and_a_hung_lockd_blocks_nothing()
             assert_eq!(answer(100 + i, &r), Answer::Accepted(0, vec![]));
             let name = format!("peer{i}");
             assert_eq!(mon(local, 200 + i, name.as_bytes(), C1), succ(state));
-            assert!(started.elapsed() < Duration::from_secs(2), "blocked behind the hung lockd");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "blocked behind the hung lockd"
+            );
         }
     });
 }

@@ -1,75 +1,35 @@
-//! `nsmd`: the NSM daemon (a drop-in for rpc.statd, under construction).
-//!
-//! Today: serves SM_NULL on UDP and TCP, IPv4 and IPv6, registers program 100024 version 1
-//! with rpcbind, and unregisters on SIGTERM/SIGINT.
+//! `nsmd`: the NSM daemon, a drop-in for rpc.statd (see `nsmd --help` and the README).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{ArgAction, Parser};
+use clap::Parser;
+use nsm_rpc::rpcbind::Rpcbind;
 use nsm_rpc::server::{Limits, Server};
 use nsm_statd::{Instance, InstanceConfig, NsmService};
+use nsmd::config::{StatdArgs, StatdConfig};
 use nsmd::listen::{Listeners, bind_listeners};
+use nsmd::logging::LogLevel;
+use nsmd::privileges::drop_to_owner_of_sm;
 use nsmd::register::Registration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-/// nsmd: a userspace NSM (rpc.statd) for Linux NFS.
-///
-/// Serves the NSM program (100024, version 1) on UDP and TCP, IPv4 and IPv6, and registers it
-/// with the local rpcbind: monitors hosts for lockd (SM_MON, SM_UNMON, SM_UNMON_ALL) in
-/// nfs-utils-compatible record files, answers SM_STAT, and calls lockd back when a monitored
-/// host reports a reboot (SM_NOTIFY). Options take rpc.statd's letters.
-#[derive(Debug, Parser)]
-#[command(
-    name = "nsmd",
-    version,
-    disable_version_flag = true,
-    disable_help_flag = true
-)]
-struct Args {
-    /// Stay in the foreground. Accepted for rpc.statd compatibility: nsmd always runs in the
-    /// foreground today (run it under systemd, or background it yourself).
-    #[arg(short = 'F', long = "foreground")]
-    foreground: bool,
-
-    /// Log to stderr with debug detail (the default logs at info level to stderr).
-    #[arg(short = 'd', long = "no-syslog")]
-    debug: bool,
-
-    /// Listen on this port (UDP and TCP, IPv4 and IPv6); default: one free port for all four.
-    #[arg(short = 'p', long = "port", value_parser = clap::value_parser!(u16).range(1..))]
-    port: Option<u16>,
-
-    /// State directory; created if missing.
-    #[arg(
-        short = 'P',
-        long = "state-directory-path",
-        value_name = "DIR",
-        default_value = "/var/lib/nfs"
-    )]
-    state_dir: PathBuf,
-
-    /// nsmd only: prefix of the /proc paths nsmd writes (nsm_local_state), so tests can point
-    /// them at plain files.
-    #[arg(long = "proc-root", value_name = "DIR", default_value = "/proc")]
-    proc_root: PathBuf,
-
-    /// Print the version and exit.
-    #[arg(short = 'v', short_alias = 'V', long = "version", action = ArgAction::Version)]
-    version: Option<bool>,
-
-    /// Print this help and exit.
-    #[arg(short = 'h', short_alias = '?', long = "help", action = ArgAction::Help)]
-    help: Option<bool>,
-}
-
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    nsmd::logging::init(args.debug);
-    match run(args) {
+    let args = StatdArgs::parse();
+    let cfg = match nsmd::config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nsmd: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let log = nsmd::logging::init(cfg.debug.any());
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    match run(&args, cfg, log) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -79,35 +39,59 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+/// Everything before the runtime starts runs on the only thread: daemonising and dropping
+/// privileges must happen before any other thread exists.
+fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
+    if !cfg.foreground {
+        // Keep stderr: nsmd logs there (no syslog yet).
+        nix::unistd::daemon(true, true).context("cannot go into the background (use -F)")?;
+    }
+    nsm_store::StateDir::open(&cfg.state_dir).with_context(|| {
+        format!(
+            "cannot use the state directory {} (pass another with -P)",
+            cfg.state_dir.display()
+        )
+    })?;
+    apply_nlm_ports(&cfg);
+    drop_to_owner_of_sm(&cfg.state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args))
+    rt.block_on(serve(args, cfg, log))
 }
 
-async fn serve(args: Args) -> Result<()> {
+/// `-T` / `-U` / `[lockd]`: tell the kernel lockd's ports, if lockd is loaded.
+fn apply_nlm_ports(cfg: &StatdConfig) {
+    for (path, port) in cfg.nlm_port_writes() {
+        if !path.exists() {
+            warn!(
+                path = %path.display(),
+                "lockd port {port} not set: the file does not exist (is the lockd module loaded?)"
+            );
+            continue;
+        }
+        match std::fs::write(&path, port.to_string()) {
+            Ok(()) => info!(path = %path.display(), port, "lockd port set"),
+            Err(e) => warn!(path = %path.display(), "cannot set lockd's port {port}: {e}"),
+        }
+    }
+}
+
+async fn serve(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot catch SIGUSR1")?;
 
-    let Listeners { udp, tcp } = bind_listeners(args.port)?;
-    let endpoints: Vec<_> = udp
-        .iter()
-        .map(|s| (false, s.local_addr()))
-        .chain(tcp.iter().map(|s| (true, s.local_addr())))
-        .map(|(tcp, a)| a.map(|a| (tcp, a)))
-        .collect::<std::io::Result<_>>()
-        .context("cannot read the address of a listener")?;
-
-    let mut cfg = InstanceConfig::new("node", args.state_dir.clone());
-    cfg.nsm_local_state = Some(args.proc_root.join("sys/fs/nfs/nsm_local_state"));
-    let (instance, report) = Instance::open(cfg).with_context(|| {
+    let mut icfg = InstanceConfig::new("node", cfg.state_dir.clone());
+    icfg.nsm_local_state = Some(cfg.proc_root.nsm_local_state());
+    icfg.ha_callout = cfg.ha_callout.clone();
+    let (instance, report) = Instance::open(icfg).with_context(|| {
         format!(
             "cannot use the state directory {} (pass another with -P)",
-            args.state_dir.display()
+            cfg.state_dir.display()
         )
     })?;
     for s in &report.skipped {
@@ -116,7 +100,19 @@ async fn serve(args: Args) -> Result<()> {
     for p in &report.leftovers {
         warn!(path = %p.display(), "temporary file of an interrupted write ignored");
     }
-    let server = Server::new(Arc::new(NsmService::new(instance)), Limits::default());
+
+    let Listeners { udp, tcp } = bind_listeners(cfg.port)?;
+    let endpoints: Vec<_> = udp
+        .iter()
+        .map(|s| (false, s.local_addr()))
+        .chain(tcp.iter().map(|s| (true, s.local_addr())))
+        .map(|(tcp, a)| a.map(|a| (tcp, a)))
+        .collect::<std::io::Result<_>>()
+        .context("cannot read the address of a listener")?;
+    let server = Server::new(
+        Arc::new(NsmService::new(instance.clone())),
+        Limits::default(),
+    );
     for s in udp {
         server.serve_udp(s);
     }
@@ -128,32 +124,46 @@ async fn serve(args: Args) -> Result<()> {
         .map(|(tcp, a)| format!("{} {a}", nsm_xdr::rpcbind::netid(*tcp, a.is_ipv6())))
         .collect();
     info!(
-        state_dir = %args.state_dir.display(),
+        state_dir = %cfg.state_dir.display(),
         "serving program 100024 version 1 on {}",
         shown.join(", ")
     );
+    if !cfg.no_notify {
+        info!(
+            "nsmd has no notifier yet: peers are not notified at start (as with -L); run sm-notify for that"
+        );
+    }
 
-    let reg = Arc::new(Registration::new(
-        nsm_xdr::nsm::SM_PROG,
-        nsm_xdr::nsm::SM_VERS,
-        endpoints,
-    ));
+    let reg = Arc::new(
+        Registration::new(nsm_xdr::nsm::SM_PROG, nsm_xdr::nsm::SM_VERS, endpoints).with_rpcbind(
+            Rpcbind {
+                socket: cfg.rpcbind_socket.clone(),
+                ..Rpcbind::default()
+            },
+        ),
+    );
     // Registration runs beside the signal handlers: a slow rpcbind never delays a shutdown.
     let registering = tokio::spawn({
         let reg = reg.clone();
-        async move { reg.register().await }
+        async move {
+            reg.register().await;
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                warn!("cannot tell systemd nsmd is ready: {e}");
+            }
+        }
     });
 
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => {
-                // rpc.statd exits on SIGHUP; nsmd keeps serving (nothing to reload yet).
-                info!("SIGHUP: nothing to reload; still serving");
+            _ = hup.recv() => reload(args, &cfg, &instance, &log),
+            _ = usr1.recv() => {
+                info!("SIGUSR1: nsmd has no notifier yet; run sm-notify to notify peers");
             }
         }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     registering.abort();
     reg.unregister().await;
     if !server.shutdown(Duration::from_secs(5)).await {
@@ -163,12 +173,38 @@ async fn serve(args: Args) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_well_formed() {
-        super::Args::command().debug_assert();
+/// SIGHUP: re-reads nfs.conf (rpc.statd exits on SIGHUP). The log level and the HA callout
+/// change at once; settings that need new sockets or another directory need a restart.
+fn reload(args: &StatdArgs, running: &StatdConfig, instance: &Instance, log: &LogLevel) {
+    let new = match nsmd::config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("SIGHUP: configuration not reloaded, keeping the current one: {e}");
+            return;
+        }
+    };
+    for w in &new.warnings {
+        warn!("{w}");
+    }
+    log.set_debug(new.debug.any());
+    instance.set_ha_callout(new.ha_callout.clone());
+    let mut restart = Vec::new();
+    if new.port != running.port {
+        restart.push("port");
+    }
+    if new.state_dir != running.state_dir {
+        restart.push("state-directory-path");
+    }
+    if (new.nlm_tcp_port, new.nlm_udp_port) != (running.nlm_tcp_port, running.nlm_udp_port) {
+        restart.push("lockd ports");
+    }
+    if restart.is_empty() {
+        info!(file = %new.config_file.display(), "SIGHUP: configuration reloaded");
+    } else {
+        warn!(
+            file = %new.config_file.display(),
+            "SIGHUP: configuration reloaded; changes to {} take effect when nsmd restarts",
+            restart.join(", ")
+        );
     }
 }

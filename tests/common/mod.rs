@@ -177,7 +177,8 @@ impl LockdStandIn {
         std::thread::spawn(move || {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
             let port = sock.local_addr().unwrap().port();
             for vers in [1u32, 3, 4] {
                 let mut args = Vec::new();
@@ -187,12 +188,18 @@ impl LockdStandIn {
                 let set = call(0x5e7 + vers, 100_000, 2, 1, &args);
                 let r = udp_exchange("127.0.0.1:111".parse().unwrap(), &set)
                     .expect("rpcbind answers PMAP SET");
-                assert_eq!(answer(0x5e7 + vers, &r), Answer::Accepted(0, vec![1]), "PMAP SET");
+                assert_eq!(
+                    answer(0x5e7 + vers, &r),
+                    Answer::Accepted(0, vec![1]),
+                    "PMAP SET"
+                );
             }
             tx.send(port).unwrap();
             let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 let m = &buf[..n];
                 if n < 40 || word(m, 1) != 0 || word(m, 3) != 100_021 {
                     continue;
@@ -204,9 +211,15 @@ impl LockdStandIn {
                 if m.len() < verf_at + 8 {
                     continue;
                 }
-                let verf_len = u32::from_be_bytes(m[verf_at + 4..verf_at + 8].try_into().unwrap()) as usize;
+                let verf_len =
+                    u32::from_be_bytes(m[verf_at + 4..verf_at + 8].try_into().unwrap()) as usize;
                 let args_at = verf_at + 8 + verf_len.div_ceil(4) * 4;
-                c.lock().unwrap().push((from, vers, proc_, m.get(args_at..).unwrap_or_default().to_vec()));
+                c.lock().unwrap().push((
+                    from,
+                    vers,
+                    proc_,
+                    m.get(args_at..).unwrap_or_default().to_vec(),
+                ));
                 if replies {
                     let mut reply = Vec::new();
                     for w in [word(m, 0), 1, 0, 0, 0, 0] {
@@ -216,7 +229,9 @@ impl LockdStandIn {
                 }
             }
         });
-        let port = rx.recv_timeout(Duration::from_secs(10)).expect("lockd stand-in started");
+        let port = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("lockd stand-in started");
         Self { calls, port, stop }
     }
 

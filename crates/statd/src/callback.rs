@@ -157,7 +157,10 @@ async fn deliver(policy: &CallbackPolicy, cb: &Callback) -> bool {
             };
             let Some(port) = getport(rpcbind, cb.prog, cb.vers, IPPROTO_UDP, &lookup).await? else {
                 return Err(ClientError::NotAccepted {
-                    peer: format!("rpcbind at {rpcbind} (program {} version {} not registered)", cb.prog, cb.vers),
+                    peer: format!(
+                        "rpcbind at {rpcbind} (program {} version {} not registered)",
+                        cb.prog, cb.vers
+                    ),
                     stat: nsm_rpc::AcceptStat::ProgUnavail,
                 });
             };

@@ -109,7 +109,7 @@ pub struct Instance {
     addrs: Arc<Mutex<HashMap<Vec<u8>, Vec<IpAddr>>>>,
     resolving: Arc<Semaphore>,
     callbacks: Callbacks,
-    callouts: Callouts,
+    callouts: Mutex<Callouts>,
     limiter: Mutex<RateLimiter>,
     nsm_local_state: Option<PathBuf>,
 }
@@ -134,10 +134,7 @@ impl Instance {
         let state = dir.state(false)?;
         let (loaded, report) = dir.load(Dir::Sm)?;
         let committer = Committer::spawn(dir.clone());
-        let callouts = match &cfg.ha_callout {
-            Some(p) => Callouts::spawn(p.clone(), 1024, Duration::from_secs(60)),
-            None => Callouts::none(),
-        };
+        let callouts = Mutex::new(callouts_for(cfg.ha_callout.clone()));
         let rate = f64::from(cfg.notify_rate.max(1));
         let inst = Arc::new(Self {
             name: cfg.name,
@@ -198,6 +195,16 @@ impl Instance {
         self.len() == 0
     }
 
+    /// Uses another HA callout program (or none) for events from now on; events already
+    /// queued still go to the previous one.
+    pub fn set_ha_callout(&self, program: Option<PathBuf>) {
+        *lock(&self.callouts) = callouts_for(program);
+    }
+
+    fn callout(&self, kind: &'static str, args: Vec<Vec<u8>>) {
+        lock(&self.callouts).send(kind, args);
+    }
+
     /// The callback queue (for counters).
     pub fn callbacks(&self) -> &Callbacks {
         &self.callbacks
@@ -227,7 +234,9 @@ impl Instance {
         };
         let (addrs, sem) = (self.addrs.clone(), self.resolving.clone());
         tokio::spawn(async move {
-            let Ok(_permit) = sem.acquire().await else { return };
+            let Ok(_permit) = sem.acquire().await else {
+                return;
+            };
             let found = tokio::time::timeout(
                 Duration::from_secs(10),
                 tokio::net::lookup_host((host.as_str(), 0)),
@@ -332,7 +341,10 @@ impl Instance {
                 }
             };
             let content = file_content(&entries, &file);
-            (self.committer.commit(Dir::Sm, file.clone(), content), previous)
+            (
+                self.committer.commit(Dir::Sm, file.clone(), content),
+                previous,
+            )
         };
         if let Err(e) = commit.await {
             warn!(mon_name = %m.mon_id.mon_name, "SM_MON failed: cannot record it durably: {e}");
@@ -348,7 +360,7 @@ impl Instance {
             return Self::fail();
         }
         self.resolve_later(mon_name);
-        self.callouts.send(
+        self.callout(
             "add-client",
             vec![record.mon_name.clone(), record.my_name.clone()],
         );
@@ -359,7 +371,11 @@ impl Instance {
     }
 
     /// Removes the records `pred` selects, durably; returns how many.
-    async fn remove(&self, what: &str, pred: impl Fn(&Record) -> bool) -> Result<Vec<Record>, StoreError> {
+    async fn remove(
+        &self,
+        what: &str,
+        pred: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<Record>, StoreError> {
         let (commits, removed) = {
             let mut entries = lock(&self.entries);
             let mut removed = Vec::new();
@@ -393,7 +409,9 @@ impl Instance {
 
     /// SM_UNMON: stops monitoring one (mon_name, my_name, callback) registration.
     pub async fn unmon(&self, peer: SocketAddr, id: &MonId<'_>) -> SmStat {
-        let reply = SmStat { state: self.state() };
+        let reply = SmStat {
+            state: self.state(),
+        };
         if !is_local(peer) {
             warn!(%peer, "SM_UNMON from a non-loopback address ignored");
             return reply;
@@ -411,18 +429,21 @@ impl Instance {
         match r {
             Ok(removed) => {
                 for rec in removed {
-                    self.callouts
-                        .send("del-client", vec![rec.mon_name, my_name.clone()]);
+                    self.callout("del-client", vec![rec.mon_name, my_name.clone()]);
                 }
             }
-            Err(e) => warn!(mon_name = %id.mon_name, "SM_UNMON: cannot update the record file: {e}"),
+            Err(e) => {
+                warn!(mon_name = %id.mon_name, "SM_UNMON: cannot update the record file: {e}")
+            }
         }
         reply
     }
 
     /// SM_UNMON_ALL: stops monitoring everything registered by this my_name and callback.
     pub async fn unmon_all(&self, peer: SocketAddr, my: &MyId<'_>) -> SmStat {
-        let reply = SmStat { state: self.state() };
+        let reply = SmStat {
+            state: self.state(),
+        };
         if !is_local(peer) {
             warn!(%peer, "SM_UNMON_ALL from a non-loopback address ignored");
             return reply;
@@ -437,8 +458,10 @@ impl Instance {
         match r {
             Ok(removed) => {
                 for rec in removed {
-                    self.callouts
-                        .send("del-client", vec![rec.mon_name, my.my_name.as_bytes().to_vec()]);
+                    self.callout(
+                        "del-client",
+                        vec![rec.mon_name, my.my_name.as_bytes().to_vec()],
+                    );
                 }
             }
             Err(e) => warn!("SM_UNMON_ALL: cannot update a record file: {e}"),
@@ -466,7 +489,11 @@ impl Instance {
                 lock(&self.entries).clear();
                 self.state.store(state, Ordering::Relaxed);
                 self.publish_state();
-                info!(state, moved, "SM_SIMU_CRASH: state bumped, records moved to sm.bak/ (notification of the peers comes with the notifier)");
+                info!(
+                    state,
+                    moved,
+                    "SM_SIMU_CRASH: state bumped, records moved to sm.bak/ (notification of the peers comes with the notifier)"
+                );
             }
             Ok(Err(e)) => warn!("SM_SIMU_CRASH failed: {e}"),
             Err(e) => warn!("SM_SIMU_CRASH failed: {e}"),
@@ -482,7 +509,7 @@ impl Instance {
             return;
         }
         let name = sc.mon_name.as_bytes();
-        self.callouts.send(
+        self.callout(
             "sm-notify",
             vec![
                 name.to_vec(),
@@ -516,6 +543,13 @@ impl Instance {
             });
         }
         info!(%peer, mon_name = %sc.mon_name, state = sc.state, matched, "SM_NOTIFY");
+    }
+}
+
+fn callouts_for(program: Option<PathBuf>) -> Callouts {
+    match program {
+        Some(p) => Callouts::spawn(p, 1024, Duration::from_secs(60)),
+        None => Callouts::none(),
     }
 }
 

@@ -22,7 +22,13 @@ pub enum NameError {
 /// its shape). Other control characters are refused by [`check_my_name`].
 pub fn sanitize_my_name(name: &[u8]) -> Vec<u8> {
     name.iter()
-        .map(|&b| if matches!(b, b' ' | b'\t' | b'\r' | b'\n') { b'_' } else { b })
+        .map(|&b| {
+            if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+                b'_'
+            } else {
+                b
+            }
+        })
         .collect()
 }
 
@@ -82,7 +88,10 @@ mod tests {
         assert!(same_host(b"client1.example.test", b"CLIENT1"));
         assert!(!same_host(b"client1.a.test", b"client1.b.test"));
         assert!(!same_host(b"client", b"client1.example.test"));
-        assert!(!same_host(b"192", b"192.0.2.7"), "an address is not a short name");
+        assert!(
+            !same_host(b"192", b"192.0.2.7"),
+            "an address is not a short name"
+        );
     }
 
     #[test]

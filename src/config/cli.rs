@@ -1,0 +1,155 @@
+//! The `nsmd` command line: every option of rpc.statd 2.6.2 (`utils/statd/statd.c`, short
+//! options `h?vVFNH:dn:p:o:P:LT:U:` and its long names), plus a few nsmd-only long options.
+//!
+//! Flags are kept as given (`None`/`false` when absent) so that [`super::resolve`] can apply
+//! "flag beats nfs.conf beats default".
+
+// The doc comments of `StatdArgs` are its --help text, where `[statd]` is a section name, not
+// a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// Parses a port for `-p`, `-o`, `-T` and `-U`: 1..=65535, as rpc.statd accepts (which reads
+/// it with `atoi`, so nsmd is stricter about trailing garbage).
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u64>() {
+        Ok(n @ 1..=65535) => Ok(u16::try_from(n).map_err(|e| e.to_string())?),
+        Ok(_) => Err("port out of range: expected 1..=65535".to_owned()),
+        Err(_) => Err("not a port number: expected an integer in 1..=65535".to_owned()),
+    }
+}
+
+/// nsmd: a userspace NSM (rpc.statd) for Linux NFS.
+///
+/// Takes rpc.statd's options. Settings come from the flags, then from nfs.conf (sections
+/// [statd] and [lockd], as rpc.statd reads them), then from the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]
+#[command(
+    name = "nsmd",
+    version,
+    disable_version_flag = true,
+    disable_help_flag = true,
+    after_help = "nfs.conf: [statd] port, outgoing-port, name, state-directory-path, \
+                  ha-callout, no-notify, debug; [lockd] port, udp-port. The environment \
+                  variable RPC_STATD_NO_NOTIFY=1 (a positive integer) acts like -L."
+)]
+pub struct StatdArgs {
+    /// Stay in the foreground. Without -F nsmd forks into the background at start (logs keep
+    /// going to the stderr it was started with).
+    #[arg(short = 'F', long = "foreground")]
+    pub foreground: bool,
+
+    /// Log with debug detail (rpc.statd: every debug facility) to stderr. nsmd always logs to
+    /// stderr: at info level unless -d or [statd] debug asks for more.
+    #[arg(short = 'd', long = "no-syslog")]
+    pub no_syslog: bool,
+
+    /// Listen on PORT (UDP and TCP, IPv4 and IPv6) instead of a free port chosen at start.
+    /// [nfs.conf: statd.port]
+    #[arg(short = 'p', long = "port", value_name = "PORT", value_parser = parse_port)]
+    pub port: Option<u16>,
+
+    /// Source port of the SM_NOTIFY messages sent at startup (rpc.statd passes it to
+    /// sm-notify); must differ from -p. Not used yet: nsmd has no notifier.
+    /// [nfs.conf: statd.outgoing-port]
+    #[arg(
+        short = 'o',
+        long = "outgoing-port",
+        value_name = "PORT",
+        value_parser = parse_port
+    )]
+    pub outgoing_port: Option<u16>,
+
+    /// The host name the SM_NOTIFY messages sent at startup carry, and the address they are
+    /// sent from (rpc.statd passes it to sm-notify as -v). Not used yet: nsmd has no notifier.
+    /// [nfs.conf: statd.name]
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// State directory (monitor records in sm/ and sm.bak/, the state number in state);
+    /// created if missing. [default: /var/lib/nfs] [nfs.conf: statd.state-directory-path]
+    #[arg(short = 'P', long = "state-directory-path", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Refused. rpc.statd treats -N as a deprecated way to run sm-notify (it prints a warning
+    /// and executes sm-notify instead of starting); nsmd does not run sm-notify: run
+    /// nsm-notify (coming with nsmd's notifier), or sm-notify, instead.
+    #[arg(short = 'N', long = "notify-mode")]
+    pub notify_mode: bool,
+
+    /// High-availability callout: run PROG add-client|del-client|sm-notify ... as monitored
+    /// peers come and go and SM_NOTIFY arrives; run without a shell, off the request path,
+    /// one event at a time. [nfs.conf: statd.ha-callout]
+    #[arg(short = 'H', long = "ha-callout", value_name = "PROG")]
+    pub ha_callout: Option<PathBuf>,
+
+    /// Do not notify peers at startup (rpc.statd: do not run sm-notify). nsmd has no notifier
+    /// yet, so this changes nothing today. [nfs.conf: statd.no-notify; environment:
+    /// RPC_STATD_NO_NOTIFY]
+    #[arg(short = 'L', long = "no-notify")]
+    pub no_notify: bool,
+
+    /// lockd's TCP port, to be written to /proc/sys/fs/nfs/nlm_tcpport (and nlm_udpport unless
+    /// -U or [lockd] udp-port is set) at start, if lockd is loaded. [nfs.conf: lockd.port]
+    #[arg(short = 'T', long = "nlm-port", value_name = "PORT", value_parser = parse_port)]
+    pub nlm_port: Option<u16>,
+
+    /// lockd's UDP port, written to /proc/sys/fs/nfs/nlm_udpport at start, if lockd is loaded.
+    /// [nfs.conf: lockd.udp-port]
+    #[arg(
+        short = 'U',
+        long = "nlm-udp-port",
+        value_name = "PORT",
+        value_parser = parse_port
+    )]
+    pub nlm_udp_port: Option<u16>,
+
+    /// Read this nfs.conf, then the drop-ins FILE.d/*.conf. A missing file means no
+    /// configuration. [default: /etc/nfs.conf]
+    #[arg(
+        long = "config",
+        value_name = "FILE",
+        help_heading = "nsmd-only options"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Prefix of every /proc path nsmd reads or writes (nsm_local_state, nlm_tcpport,
+    /// nlm_udpport, nlm_end_grace, nfsd's unlock_ip and unlock_filesystem); for tests.
+    /// [default: /proc]
+    #[arg(
+        long = "proc-root",
+        value_name = "DIR",
+        help_heading = "nsmd-only options"
+    )]
+    pub proc_root: Option<PathBuf>,
+
+    /// The local rpcbind's AF_LOCAL socket, used to register and unregister when it exists
+    /// (otherwise rpcbind at 127.0.0.1 port 111). [default: /run/rpcbind.sock]
+    #[arg(
+        long = "rpcbind-socket",
+        value_name = "PATH",
+        help_heading = "nsmd-only options"
+    )]
+    pub rpcbind_socket: Option<PathBuf>,
+
+    /// Print the version and exit.
+    #[arg(short = 'v', short_alias = 'V', long = "version", action = ArgAction::Version)]
+    pub version: Option<bool>,
+
+    /// Print this help and exit.
+    #[arg(short = 'h', short_alias = '?', long = "help", action = ArgAction::HelpLong)]
+    pub help: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::StatdArgs::command().debug_assert();
+    }
+}
