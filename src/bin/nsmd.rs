@@ -46,12 +46,17 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         // Keep stderr: nsmd logs there (no syslog yet).
         nix::unistd::daemon(true, true).context("cannot go into the background (use -F)")?;
     }
-    nsm_store::StateDir::open(&cfg.state_dir).with_context(|| {
-        format!(
-            "cannot use the state directory {} (pass another with -P)",
-            cfg.state_dir.display()
-        )
-    })?;
+    // As root, before dropping privileges (as nfs-utils): create the directories and the
+    // `state` file, which stay root's (only sm/ and sm.bak/ belong to the statd user,
+    // CVE-2019-3689).
+    nsm_store::StateDir::open(&cfg.state_dir)
+        .and_then(|d| d.state(false))
+        .with_context(|| {
+            format!(
+                "cannot use the state directory {} (pass another with -P)",
+                cfg.state_dir.display()
+            )
+        })?;
     apply_nlm_ports(&cfg);
     drop_to_owner_of_sm(&cfg.state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

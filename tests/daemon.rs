@@ -1,0 +1,241 @@
+//! The daemon around the protocol, black-box: the HA callout, dropping privileges,
+//! systemd readiness, SIGHUP, nfs.conf, and going into the background without -F.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::{
+    Answer, LockdStandIn, NSMD, answer, call, in_netns, mon_args, parse_status, spawn_nsmd,
+    udp_exchange, xdr_string,
+};
+use nsm_testhost::{Host, Lab, Signal, require};
+
+const T: Duration = Duration::from_secs(10);
+const COOKIE: [u8; 16] = [7; 16];
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn notify(host: &Host, to: SocketAddr, name: &[u8], state: u32) {
+    in_netns(host, || {
+        let mut a = xdr_string(name);
+        a.extend_from_slice(&state.to_be_bytes());
+        let r = udp_exchange(to, &call(state, 100_024, 1, 6, &a)).unwrap();
+        assert_eq!(answer(state, &r), Answer::Accepted(0, vec![]));
+    });
+}
+
+#[test]
+fn ha_callout_gets_nfs_utils_events() {
+    if !require("ha_callout_gets_nfs_utils_events", &["rpcbind"]) {
+        return;
+    }
+    let lab = Lab::new("callout").unwrap();
+    let h = lab.host("srv", &["198.51.100.50/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    let script = h
+        .write_file(
+            "/run/callout.sh",
+            "#!/bin/sh\necho \"$@\" >> /run/callout.log\n",
+        )
+        .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (nsmd, port) = spawn_nsmd(
+        &h,
+        "nsmd",
+        &["-P", "/var/lib/nfs/n", "-H", "/run/callout.sh"],
+    );
+    nsmd.wait_for_log_line("registered program", T).unwrap();
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    in_netns(&h, || {
+        let r = udp_exchange(
+            local,
+            &call(1, 100_024, 1, 2, &mon_args(b"client1", b"srv", COOKIE)),
+        )
+        .unwrap();
+        assert!(matches!(answer(1, &r), Answer::Accepted(0, w) if w[0] == 0));
+    });
+    notify(&h, local, b"client1", 5);
+    in_netns(&h, || {
+        let mut a = xdr_string(b"client1");
+        a.extend(xdr_string(b"srv"));
+        for w in [100_021u32, 3, 16] {
+            a.extend_from_slice(&w.to_be_bytes());
+        }
+        udp_exchange(local, &call(2, 100_024, 1, 3, &a)).unwrap();
+    });
+    let log = || String::from_utf8(h.read_file("/run/callout.log").unwrap_or_default()).unwrap();
+    wait_until("three callout events", || log().lines().count() >= 3);
+    assert_eq!(
+        log(),
+        "add-client client1 srv\nsm-notify client1 127.0.0.1 5\ndel-client client1 srv\n"
+    );
+}
+
+#[test]
+fn drops_to_the_owner_of_sm_and_still_calls_lockd_from_a_privileged_port() {
+    if !require(
+        "drops_to_the_owner_of_sm_and_still_calls_lockd_from_a_privileged_port",
+        &["rpcbind"],
+    ) {
+        return;
+    }
+    let lab = Lab::new("privs").unwrap();
+    let h = lab.host("srv", &["198.51.100.51/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    let lockd = LockdStandIn::start(&h, true);
+    // Debian's layout: sm/ and sm.bak/ belong to statd, the directory and `state` to root.
+    let base = h.nfs_dir().join("dropped");
+    let statd = nix::unistd::User::from_name("statd")
+        .unwrap()
+        .expect("Debian's statd user");
+    for d in ["sm", "sm.bak"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+        chown(
+            base.join(d),
+            Some(statd.uid.as_raw()),
+            Some(statd.gid.as_raw()),
+        )
+        .unwrap();
+    }
+    let (nsmd, port) = spawn_nsmd(&h, "nsmd", &["-P", "/var/lib/nfs/dropped"]);
+    nsmd.wait_for_log_line("registered program", T).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", nsmd.pid())).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let uid = statd.uid.as_raw().to_string();
+    assert_eq!(field("Uid:"), [uid.as_str(); 4], "{status}");
+    assert_eq!(
+        field("CapEff:"),
+        ["0000000000000400"],
+        "only CAP_NET_BIND_SERVICE"
+    );
+    assert_eq!(field("CapPrm:"), ["0000000000000400"]);
+    assert_eq!(field("CapBnd:"), ["0000000000000000"], "empty bounding set");
+    assert_eq!(field("Groups:"), Vec::<String>::new());
+
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    in_netns(&h, || {
+        let r = udp_exchange(
+            local,
+            &call(1, 100_024, 1, 2, &mon_args(b"client1", b"srv", COOKIE)),
+        )
+        .unwrap();
+        assert!(
+            matches!(answer(1, &r), Answer::Accepted(0, w) if w[0] == 0),
+            "SM_MON as statd"
+        );
+    });
+    let meta = std::fs::metadata(base.join("sm/client1")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        statd.uid.as_raw()
+    );
+    notify(&h, local, b"client1", 9);
+    let got = lockd.wait_for(1, T);
+    assert_eq!(got.len(), 1, "{}", nsmd.log_tail(20));
+    assert!(
+        got[0].0.port() < 1024,
+        "callback from a privileged port: {}",
+        got[0].0
+    );
+    assert_eq!(parse_status(&got[0].3), (b"client1".to_vec(), 9, COOKIE));
+}
+
+#[test]
+fn systemd_readiness_sighup_and_nfs_conf() {
+    if !require(
+        "systemd_readiness_sighup_and_nfs_conf",
+        &["rpcbind", "rpcinfo"],
+    ) {
+        return;
+    }
+    let lab = Lab::new("sysd").unwrap();
+    let h = lab.host("srv", &["198.51.100.52/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    h.write_file(
+        "/run/nfs.conf",
+        "[statd]\n  port = 4712\n  state-directory-path = /var/lib/nfs/fromconf\n",
+    )
+    .unwrap();
+    let sock_path = h.run_dir().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(T)).unwrap();
+    let nsmd = h
+        .spawn_env(
+            "nsmd",
+            &[NSMD, "-F", "-d", "--config", "/run/nfs.conf"],
+            &[("NOTIFY_SOCKET", "/run/notify.sock")],
+        )
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 from nsmd");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // nfs.conf applied: port and state directory.
+    let regs = h.wait_registered(100_024, T).unwrap();
+    assert!(regs.iter().all(|r| r.port == 4712), "{regs:?}");
+    assert!(h.nfs_dir().join("fromconf/sm").is_dir());
+    // SIGHUP: reloads (and warns about what needs a restart) instead of exiting.
+    h.write_file(
+        "/run/nfs.conf",
+        "[statd]\n  port = 4713\n  state-directory-path = /var/lib/nfs/fromconf\n",
+    )
+    .unwrap();
+    nsmd.signal(Signal::Hup).unwrap();
+    nsmd.wait_for_log_line("SIGHUP: configuration reloaded", T)
+        .unwrap();
+    assert!(
+        nsmd.log().contains("take effect when nsmd restarts"),
+        "{}",
+        nsmd.log_tail(10)
+    );
+    let out = h
+        .run_ok(&["/usr/sbin/rpcinfo", "-u", "127.0.0.1", "100024", "1"], T)
+        .unwrap();
+    assert!(out.contains("ready and waiting"));
+    assert!(nsmd.is_running());
+    nsmd.signal(Signal::Term).unwrap();
+    assert!(nsmd.wait(T).unwrap().success());
+    let n = sock.recv(&mut buf).expect("STOPPING=1 from nsmd");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+#[test]
+fn without_dash_f_it_goes_into_the_background() {
+    if !require(
+        "without_dash_f_it_goes_into_the_background",
+        &["rpcbind", "rpcinfo"],
+    ) {
+        return;
+    }
+    let lab = Lab::new("bg").unwrap();
+    let h = lab.host("srv", &["198.51.100.53/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    // The command returns while the daemon keeps serving (the host kills it on drop).
+    let out = h
+        .run(&[NSMD, "-p", "4714", "-P", "/var/lib/nfs/bg"], T)
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    h.wait_registered(100_024, T).unwrap();
+    let out = h
+        .run_ok(&["/usr/sbin/rpcinfo", "-t", "127.0.0.1", "100024", "1"], T)
+        .unwrap();
+    assert!(out.contains("ready and waiting"));
+}
