@@ -346,3 +346,80 @@ fn debian_sm_notify_reaches_lockd_through_nsmd_and_a_hung_lockd_blocks_nothing()
         }
     });
 }
+
+#[test]
+fn callbacks_never_leave_loopback() {
+    if !require("callbacks_never_leave_loopback", &["rpcbind", "tshark"]) {
+        return;
+    }
+    let lab = Lab::new("loopcb").unwrap();
+    let s = server(&lab, "srv", "198.51.100.45/24", true);
+    let cli = lab.host("cli", &["198.51.100.46/24"]).unwrap();
+    let iface = s.host.iface().to_owned();
+    let cap = s
+        .host
+        .spawn(
+            "tshark",
+            &[
+                "/usr/bin/tshark",
+                "-i",
+                &iface,
+                "-f",
+                "udp or tcp",
+                "-w",
+                "/run/eth.pcap",
+            ],
+        )
+        .unwrap();
+    cap.wait_for_log_line("Capturing on", T).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let local: SocketAddr = format!("127.0.0.1:{}", s.port).parse().unwrap();
+    // Records whose names point at the client's address, by name and as an address literal.
+    in_netns(&s.host, || {
+        assert!(matches!(mon(local, 1, b"cli", C1), Answer::Accepted(0, w) if w[0] == 0));
+        assert!(matches!(mon(local, 2, b"198.51.100.46", C2), Answer::Accepted(0, w) if w[0] == 0));
+    });
+    in_netns(&cli, || {
+        let remote: SocketAddr = format!("198.51.100.45:{}", s.port).parse().unwrap();
+        for (xid, name) in [(3u32, &b"cli"[..]), (4, b"198.51.100.46")] {
+            let mut a = xdr_string(name);
+            a.extend_from_slice(&11u32.to_be_bytes());
+            udp_exchange(remote, &call(xid, SM, 1, 6, &a)).unwrap();
+        }
+    });
+    assert_eq!(
+        s.lockd.wait_for(2, T).len(),
+        2,
+        "both records called back on loopback"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    cap.signal(nsm_testhost::Signal::Int).unwrap();
+    cap.wait(T).unwrap();
+    let count = |filter: &str| {
+        s.host
+            .run_ok(
+                &[
+                    "/usr/bin/tshark",
+                    "-r",
+                    "/run/eth.pcap",
+                    "-d",
+                    &format!("udp.port=={},rpc", s.port),
+                    "-Y",
+                    filter,
+                ],
+                T,
+            )
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert!(
+        count("rpc.program == 100024") >= 4,
+        "the notifications are on the wire"
+    );
+    assert_eq!(
+        count("rpc.program == 100021 || nlm"),
+        0,
+        "no NLM packet outside loopback"
+    );
+}
