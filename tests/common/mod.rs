@@ -35,15 +35,7 @@ pub fn spawn_nsmd(host: &Host, name: &str, args: &[&str]) -> (Proc, u16) {
 
 /// Runs `f` on a thread that joined `host`'s network namespace (sockets it opens live there).
 pub fn in_netns<T: Send>(host: &Host, f: impl FnOnce() -> T + Send) -> T {
-    let ns = File::open(host.netns_path()).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    host.in_netns(f).unwrap()
 }
 
 /// An RPC CALL with AUTH_NONE, built word by word (RFC 5531 §9).

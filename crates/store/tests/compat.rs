@@ -13,7 +13,6 @@
 //! `nsm_testhost::require`).
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -155,15 +154,7 @@ fn captured_state_file_is_what_nsmd_writes() {
 
 /// Runs `f` on a thread that joined `host`'s network namespace.
 fn in_netns<R: Send>(host: &Host, f: impl FnOnce() -> R + Send) -> R {
-    let ns = File::open(host.netns_path()).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    host.in_netns(f).unwrap()
 }
 
 fn xdr_string(v: &mut Vec<u8>, s: &[u8]) {

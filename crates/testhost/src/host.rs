@@ -630,6 +630,30 @@ impl Host {
         }
     }
 
+    /// Runs `f` on a new thread that joined this host's network namespace (only its network
+    /// namespace: the file system is the caller's), and returns its result. Sockets `f` opens
+    /// live in the host's network; a panic in `f` is propagated.
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+        let ns = fs::File::open(self.netns_path()).map_err(|source| Error::Io {
+            context: format!("open {}", self.netns_path().display()),
+            source,
+        })?;
+        thread::scope(|s| {
+            let t = s.spawn(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map(|()| f())
+                    .map_err(|e| Error::Io {
+                        context: "setns(CLONE_NEWNET)".to_owned(),
+                        source: e.into(),
+                    })
+            });
+            match t.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
     /// Adds a (secondary, e.g. service) address to the host's lab interface; IPv6 without DAD.
     pub fn add_addr(&self, cidr: &str) -> Result<(), Error> {
         self.shared.addr_cmd("add", cidr)
