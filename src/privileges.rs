@@ -72,3 +72,128 @@ pub fn drop_to_owner_of_sm(state_dir: &Path) -> Result<Dropped> {
     );
     Ok(Dropped::To(uid, gid))
 }
+
+/// Whether [`drop_to_owner_of_sm`] will give up root for this state directory.
+pub fn will_drop(state_dir: &Path) -> bool {
+    getuid().is_root()
+        && std::fs::symlink_metadata(state_dir.join("sm")).is_ok_and(|m| m.uid() != 0)
+}
+
+/// The environment variable that turns an nsmd process into the state helper.
+pub const HELPER_ENV: &str = "NSMD_STATE_HELPER";
+const HELPER_KERNEL_ENV: &str = "NSMD_STATE_HELPER_KERNEL";
+
+/// A root helper process that does the only two things nsmd needs root for after it dropped
+/// privileges: bumping the state number in the root-owned `state` file, and writing the
+/// kernel's root-owned `nsm_local_state`. It is nsmd itself, re-executed before the drop with
+/// every capability removed (uid 0 alone may write root's own files), and it answers one line
+/// per request on a socket pair until nsmd exits.
+#[derive(Debug)]
+pub struct StateHelper {
+    conn: std::sync::Mutex<(std::io::BufReader<UnixStream>, UnixStream)>,
+    _child: std::process::Child,
+}
+
+use std::io::{BufRead, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+impl StateHelper {
+    /// Starts the helper for `state_dir` and the kernel file `nsm_local_state`.
+    pub fn spawn(state_dir: &Path, nsm_local_state: &Path) -> Result<Self> {
+        let (ours, theirs) = UnixStream::pair().context("socketpair for the state helper")?;
+        let exe = std::env::current_exe().context("cannot find nsmd's own executable")?;
+        let child = Command::new(&exe)
+            .env(HELPER_ENV, state_dir)
+            .env(HELPER_KERNEL_ENV, nsm_local_state)
+            .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
+            .stdout(Stdio::from(OwnedFd::from(theirs)))
+            .spawn()
+            .with_context(|| format!("cannot start the state helper {}", exe.display()))?;
+        let reader = std::io::BufReader::new(ours.try_clone()?);
+        Ok(Self {
+            conn: std::sync::Mutex::new((reader, ours)),
+            _child: child,
+        })
+    }
+
+    fn request(&self, line: &str) -> std::result::Result<i32, String> {
+        let mut c = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        writeln!(c.1, "{line}").map_err(|e| format!("state helper gone: {e}"))?;
+        let mut reply = String::new();
+        c.0.read_line(&mut reply)
+            .map_err(|e| format!("state helper gone: {e}"))?;
+        match reply.trim_end().split_once(' ') {
+            Some(("ok", n)) => n
+                .parse()
+                .map_err(|_| format!("state helper said {reply:?}")),
+            Some(("err", msg)) => Err(msg.to_owned()),
+            _ => Err(format!("state helper exited or said {reply:?}")),
+        }
+    }
+}
+
+impl nsm_statd::StateAuthority for StateHelper {
+    fn bump(&self) -> std::result::Result<i32, String> {
+        self.request("bump")
+    }
+
+    fn publish(&self, state: i32) -> std::result::Result<(), String> {
+        self.request(&format!("publish {state}")).map(drop)
+    }
+}
+
+/// The helper's main loop (nsmd started with [`HELPER_ENV`] set): one request per line on
+/// stdin, one answer per line on stdout, until end of input.
+pub fn helper_main() -> std::process::ExitCode {
+    use nsm_statd::StateAuthority;
+    let (Some(dir), Some(kernel)) = (
+        std::env::var_os(HELPER_ENV),
+        std::env::var_os(HELPER_KERNEL_ENV),
+    ) else {
+        return std::process::ExitCode::FAILURE;
+    };
+    // Nothing but uid 0: enough for root's own files, nothing else.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        let _ = caps::clear(None, set);
+    }
+    let authority = match nsm_store::StateDir::open(Path::new(&dir)) {
+        Ok(d) => nsm_statd::DirectAuthority {
+            dir: std::sync::Arc::new(d),
+            nsm_local_state: Some(kernel.into()),
+        },
+        Err(e) => {
+            eprintln!("nsmd state helper: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        let r = match line.split_once(' ') {
+            None if line == "bump" => authority.bump(),
+            Some(("publish", n)) => match n.parse::<i32>() {
+                Ok(n) => authority.publish(n).map(|()| n),
+                Err(_) => Err("bad state number".to_owned()),
+            },
+            _ => Err("unknown request".to_owned()),
+        };
+        let reply = match r {
+            Ok(n) => format!("ok {n}\n"),
+            Err(e) => format!("err {}\n", e.replace('\n', " ")),
+        };
+        if out
+            .write_all(reply.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}

@@ -17,6 +17,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 fn main() -> std::process::ExitCode {
+    if std::env::var_os(nsmd::privileges::HELPER_ENV).is_some() {
+        return nsmd::privileges::helper_main();
+    }
     let args = StatdArgs::parse();
     let cfg = match nsmd::config::load(&args) {
         Ok(c) => c,
@@ -58,13 +61,24 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
             )
         })?;
     apply_nlm_ports(&cfg);
+    // After the drop, bumping `state` and writing the kernel's nsm_local_state need root:
+    // a helper that can do only that keeps it.
+    let authority: Option<Arc<dyn nsm_statd::StateAuthority>> =
+        if nsmd::privileges::will_drop(&cfg.state_dir) {
+            Some(Arc::new(nsmd::privileges::StateHelper::spawn(
+                &cfg.state_dir,
+                &cfg.proc_root.nsm_local_state(),
+            )?))
+        } else {
+            None
+        };
     drop_to_owner_of_sm(&cfg.state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args, cfg, log))
+    rt.block_on(serve(args, cfg, log, authority))
 }
 
 /// `-T` / `-U` / `[lockd]`: tell the kernel lockd's ports, if lockd is loaded.
@@ -84,7 +98,12 @@ fn apply_nlm_ports(cfg: &StatdConfig) {
     }
 }
 
-async fn serve(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
+async fn serve(
+    args: &StatdArgs,
+    cfg: StatdConfig,
+    log: LogLevel,
+    authority: Option<Arc<dyn nsm_statd::StateAuthority>>,
+) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
@@ -93,6 +112,7 @@ async fn serve(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> 
     let mut icfg = InstanceConfig::new("node", cfg.state_dir.clone());
     icfg.nsm_local_state = Some(cfg.proc_root.nsm_local_state());
     icfg.ha_callout = cfg.ha_callout.clone();
+    icfg.authority = authority;
     let (instance, report) = Instance::open(icfg).with_context(|| {
         format!(
             "cannot use the state directory {} (pass another with -P)",

@@ -19,6 +19,42 @@ use crate::callback::{Callback, CallbackPolicy, Callbacks};
 use crate::callout::Callouts;
 use crate::names::{canonical, check_my_name, ip_literal, same_host, sanitize_my_name};
 
+/// Who may change the state number and tell the kernel about it. Both need root on a
+/// Debian-style directory (the base directory and `state` stay root's, CVE-2019-3689; the
+/// kernel's `nsm_local_state` is root's), while nsmd itself runs as the owner of `sm/`: the
+/// binary then passes a privileged helper here.
+pub trait StateAuthority: Send + Sync + std::fmt::Debug {
+    /// Bumps the state by two (nfs-utils' rules), durably, tells the kernel, returns it.
+    fn bump(&self) -> Result<i32, String>;
+    /// Tells the kernel the state (skipped when its file does not exist).
+    fn publish(&self, state: i32) -> Result<(), String>;
+}
+
+/// The state directory and the kernel file written directly, by this process.
+#[derive(Debug)]
+pub struct DirectAuthority {
+    /// The state directory.
+    pub dir: Arc<StateDir>,
+    /// `/proc/sys/fs/nfs/nsm_local_state` (or a stand-in).
+    pub nsm_local_state: Option<PathBuf>,
+}
+
+impl StateAuthority for DirectAuthority {
+    fn bump(&self) -> Result<i32, String> {
+        let state = self.dir.state(true).map_err(|e| e.to_string())?;
+        self.publish(state)?;
+        Ok(state)
+    }
+
+    fn publish(&self, state: i32) -> Result<(), String> {
+        match &self.nsm_local_state {
+            Some(path) if path.exists() => std::fs::write(path, state.to_string())
+                .map_err(|e| format!("cannot write {}: {e}", path.display())),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How an instance is set up.
 #[derive(Debug, Clone)]
 pub struct InstanceConfig {
@@ -35,6 +71,8 @@ pub struct InstanceConfig {
     pub ha_callout: Option<PathBuf>,
     /// SM_NOTIFYs accepted per second from one address (burst: twice that).
     pub notify_rate: u32,
+    /// Who bumps and publishes the state; `None`: this process, directly.
+    pub authority: Option<Arc<dyn StateAuthority>>,
 }
 
 impl InstanceConfig {
@@ -47,6 +85,7 @@ impl InstanceConfig {
             callback: CallbackPolicy::default(),
             ha_callout: None,
             notify_rate: 10,
+            authority: None,
         }
     }
 }
@@ -111,7 +150,7 @@ pub struct Instance {
     callbacks: Callbacks,
     callouts: Mutex<Callouts>,
     limiter: Mutex<RateLimiter>,
-    nsm_local_state: Option<PathBuf>,
+    authority: Arc<dyn StateAuthority>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +175,12 @@ impl Instance {
         let committer = Committer::spawn(dir.clone());
         let callouts = Mutex::new(callouts_for(cfg.ha_callout.clone()));
         let rate = f64::from(cfg.notify_rate.max(1));
+        let authority = cfg.authority.unwrap_or_else(|| {
+            Arc::new(DirectAuthority {
+                dir: dir.clone(),
+                nsm_local_state: cfg.nsm_local_state.clone(),
+            })
+        });
         let inst = Arc::new(Self {
             name: cfg.name,
             dir,
@@ -160,7 +205,7 @@ impl Instance {
                 burst: 2.0 * rate,
                 buckets: HashMap::new(),
             }),
-            nsm_local_state: cfg.nsm_local_state,
+            authority,
         });
         inst.publish_state();
         let names: Vec<Vec<u8>> = lock(&inst.entries)
@@ -211,14 +256,8 @@ impl Instance {
     }
 
     fn publish_state(&self) {
-        let Some(path) = &self.nsm_local_state else {
-            return;
-        };
-        if !path.exists() {
-            return;
-        }
-        if let Err(e) = std::fs::write(path, self.state().to_string()) {
-            warn!(path = %path.display(), "cannot tell the kernel the NSM state: {e}");
+        if let Err(e) = self.authority.publish(self.state()) {
+            warn!("cannot tell the kernel the NSM state: {e}");
         }
     }
 
@@ -477,10 +516,10 @@ impl Instance {
             warn!(%peer, "SM_SIMU_CRASH refused: only from loopback and a privileged port");
             return;
         }
-        let dir = self.dir.clone();
-        let done = tokio::task::spawn_blocking(move || -> Result<(i32, usize), StoreError> {
-            let state = dir.state(true)?;
-            let moved = dir.retire()?;
+        let (dir, authority) = (self.dir.clone(), self.authority.clone());
+        let done = tokio::task::spawn_blocking(move || -> Result<(i32, usize), String> {
+            let state = authority.bump()?;
+            let moved = dir.retire().map_err(|e| e.to_string())?;
             Ok((state, moved))
         })
         .await;
@@ -488,7 +527,6 @@ impl Instance {
             Ok(Ok((state, moved))) => {
                 lock(&self.entries).clear();
                 self.state.store(state, Ordering::Relaxed);
-                self.publish_state();
                 info!(
                     state,
                     moved,

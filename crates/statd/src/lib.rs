@@ -21,7 +21,7 @@ use nsm_xdr::nsm::{
 use nsm_xdr::{Decode, Encode, from_bytes};
 use tracing::debug;
 
-pub use instance::{Instance, InstanceConfig};
+pub use instance::{DirectAuthority, Instance, InstanceConfig, StateAuthority};
 
 /// The NSM program of one nsmd process, serving one instance.
 #[derive(Debug)]
