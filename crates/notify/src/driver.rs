@@ -1,0 +1,743 @@
+//! The tokio driver of the [`Scheduler`]: sockets, DNS, rpcbind and SM_NOTIFY on the wire.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use nsm_rpc::client::{CallOptions, ClientError, bind_privileged, next_xid};
+use nsm_rpc::msg::{self, AcceptStat, CallHeader, OpaqueAuth, ReplyBody};
+use nsm_rpc::rpcbind::{getaddr, getport};
+use nsm_xdr::nsm::{SM_MAXSTRLEN, SM_NOTIFY, SM_PROG, SM_VERS, SmString, StatChge};
+use nsm_xdr::rpcbind::IPPROTO_UDP;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::scheduler::{AckResult, Action, Outcome, PeerId, PeerReport, Policy, Scheduler};
+
+/// rpcbind's port.
+const RPCBIND_PORT: u16 = 111;
+
+/// Why the notifier cannot start. Each message says what to check.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NotifyError {
+    /// A UDP socket could not be created.
+    #[error("cannot create a UDP socket for {family} SM_NOTIFYs: {source}")]
+    Socket {
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// A socket option failed.
+    #[error("cannot set {option} on the {family} SM_NOTIFY socket: {source}")]
+    SocketOption {
+        /// The option.
+        option: &'static str,
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// `SO_BINDTODEVICE` failed.
+    #[error(
+        "cannot bind the SM_NOTIFY socket to device {device}: {source} (does the interface \
+         exist? binding to a device needs CAP_NET_RAW)"
+    )]
+    Device {
+        /// The interface name.
+        device: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The source address (and port) could not be bound.
+    #[error(
+        "cannot bind the SM_NOTIFY source address {addr}: {source} (is the port free? is the \
+         address one of this host's?)"
+    )]
+    Bind {
+        /// What was bound.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+    /// No privileged port was free, or there is no right to bind one.
+    #[error(
+        "cannot bind a privileged source port (600-1023) at {ip}: {source} (run as root or \
+         with CAP_NET_BIND_SERVICE, or choose an unprivileged port with -p)"
+    )]
+    Privileged {
+        /// The source address.
+        ip: IpAddr,
+        /// The last error.
+        source: io::Error,
+    },
+    /// A name to send does not fit in `mon_name<1024>`.
+    #[error(
+        "mon_name {name:?} for peer {peer} is longer than {SM_MAXSTRLEN} bytes: choose a \
+         shorter name"
+    )]
+    NameTooLong {
+        /// The peer's label.
+        peer: String,
+        /// The name.
+        name: String,
+    },
+    /// The source addresses given contain none to send from.
+    #[error("no socket to send SM_NOTIFYs from (no IPv4 or IPv6 source could be set up)")]
+    NoSocket,
+    /// A socket could not be handed to the runtime.
+    #[error("cannot register the SM_NOTIFY socket with the async runtime: {0}")]
+    Runtime(io::Error),
+}
+
+/// Where SM_NOTIFYs leave from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// The source addresses: the first IPv4 and the first IPv6 one are used, one socket
+    /// each (with `IP_FREEBIND`, so an address that is not up yet can be bound). Empty: the
+    /// IPv4 and IPv6 wildcards (IPv6 only if the host has it).
+    pub addrs: Vec<IpAddr>,
+    /// The source port; `None`: a privileged port (600–1023), as sm-notify without `-p`.
+    pub port: Option<u16>,
+    /// `SO_BINDTODEVICE`: send only through this interface.
+    pub device: Option<String>,
+}
+
+/// The bound sockets, made by [`bind_sources`] (as root, before dropping privileges).
+#[derive(Debug)]
+pub struct Sources {
+    /// The IPv4 socket.
+    pub v4: Option<std::net::UdpSocket>,
+    /// The IPv6 socket (`IPV6_V6ONLY`).
+    pub v6: Option<std::net::UdpSocket>,
+}
+
+fn family_name(v6: bool) -> &'static str {
+    if v6 { "IPv6" } else { "IPv4" }
+}
+
+fn bind_one(ip: IpAddr, spec: &SourceSpec, explicit: bool) -> Result<Socket, NotifyError> {
+    let family = family_name(ip.is_ipv6());
+    let domain = if ip.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )
+    .map_err(|source| NotifyError::Socket { family, source })?;
+    let opt = |option, r: io::Result<()>| {
+        r.map_err(|source| NotifyError::SocketOption {
+            option,
+            family,
+            source,
+        })
+    };
+    if ip.is_ipv6() {
+        opt("IPV6_V6ONLY", s.set_only_v6(true))?;
+    }
+    if explicit {
+        if ip.is_ipv6() {
+            opt("IPV6_FREEBIND", s.set_freebind_v6(true))?;
+        } else {
+            opt("IP_FREEBIND", s.set_freebind_v4(true))?;
+        }
+    }
+    if let Some(dev) = &spec.device {
+        s.bind_device(Some(dev.as_bytes()))
+            .map_err(|source| NotifyError::Device {
+                device: dev.clone(),
+                source,
+            })?;
+    }
+    match spec.port {
+        Some(port) => {
+            let addr = SocketAddr::new(ip, port);
+            s.bind(&SockAddr::from(addr))
+                .map_err(|source| NotifyError::Bind { addr, source })?;
+        }
+        None => {
+            bind_privileged(&s, ip).map_err(|source| NotifyError::Privileged { ip, source })?;
+        }
+    }
+    Ok(s)
+}
+
+/// Creates and binds the sockets SM_NOTIFYs leave from (see [`SourceSpec`]).
+pub fn bind_sources(spec: &SourceSpec) -> Result<Sources, NotifyError> {
+    let mut out = Sources { v4: None, v6: None };
+    if spec.addrs.is_empty() {
+        out.v4 = Some(bind_one(IpAddr::V4(Ipv4Addr::UNSPECIFIED), spec, false)?.into());
+        match bind_one(IpAddr::V6(Ipv6Addr::UNSPECIFIED), spec, false) {
+            Ok(s) => out.v6 = Some(s.into()),
+            Err(e) => debug!("no IPv6 socket, IPv6 peers will not be notified: {e}"),
+        }
+        return Ok(out);
+    }
+    if let Some(ip) = spec.addrs.iter().find(|a| a.is_ipv4()) {
+        out.v4 = Some(bind_one(*ip, spec, true)?.into());
+    }
+    if let Some(ip) = spec.addrs.iter().find(|a| a.is_ipv6()) {
+        out.v6 = Some(bind_one(*ip, spec, true)?.into());
+    }
+    Ok(out)
+}
+
+/// One peer to notify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// How logs and the summary call it (nsm-notify: the `sm.bak/` file name).
+    pub label: String,
+    /// The host name (or address literal) to resolve to the peer's addresses.
+    pub host: String,
+    /// The mon_names to send, in order; each must be acknowledged.
+    pub names: Vec<String>,
+}
+
+/// How the notifier runs.
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    /// The state number to announce.
+    pub state: i32,
+    /// Retry policy.
+    pub policy: Policy,
+    /// Each port lookup (GETPORT / GETADDR) gives up after this long.
+    pub rpc_timeout: Duration,
+    /// Each name lookup gives up after this long.
+    pub dns_timeout: Duration,
+    /// Log a progress line this often (nsm-notify: with `-d`).
+    pub progress_every: Option<Duration>,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        Self {
+            state: 0,
+            policy: Policy::default(),
+            rpc_timeout: Duration::from_secs(5),
+            dns_timeout: Duration::from_secs(10),
+            progress_every: None,
+        }
+    }
+}
+
+/// One peer in the [`Summary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSummary {
+    /// The peer.
+    pub target: Target,
+    /// What happened.
+    pub report: PeerReport,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The state number announced.
+    pub state: i32,
+    /// How long the run took.
+    pub elapsed: Duration,
+    /// Every peer, in the order given.
+    pub peers: Vec<PeerSummary>,
+}
+
+impl Summary {
+    fn count(&self, o: Option<Outcome>) -> usize {
+        self.peers.iter().filter(|p| p.report.outcome == o).count()
+    }
+
+    /// Peers that acknowledged every name.
+    pub fn acked(&self) -> usize {
+        self.count(Some(Outcome::Acked))
+    }
+
+    /// Peers given up when the budget ran out.
+    pub fn gave_up(&self) -> usize {
+        self.count(Some(Outcome::GaveUp))
+    }
+
+    /// The summary as one JSON object.
+    pub fn to_json(&self) -> String {
+        let mut s = format!(
+            "{{\"state\":{},\"elapsed_ms\":{},\"acked\":{},\"gave_up\":{},\"peers\":[",
+            self.state,
+            self.elapsed.as_millis(),
+            self.acked(),
+            self.gave_up()
+        );
+        for (i, p) in self.peers.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let r = &p.report;
+            let names: Vec<String> = p.target.names.iter().map(|n| json_str(n)).collect();
+            s.push_str(&format!(
+                "{{\"peer\":{},\"host\":{},\"names\":[{}],\"outcome\":{},\"acked_names\":{},\
+                 \"finished_ms\":{},\"notifies\":{},\"timeouts\":{},\"lookups\":{},\
+                 \"dns_failures\":{},\"port_lookups\":{},\"port_failures\":{},\"last_error\":{}}}",
+                json_str(&p.target.label),
+                json_str(&p.target.host),
+                names.join(","),
+                r.outcome
+                    .map_or_else(|| "null".to_owned(), |o| json_str(&o.to_string())),
+                r.acked_names,
+                r.finished_after
+                    .map_or_else(|| "null".to_owned(), |d| d.as_millis().to_string()),
+                r.stats.notifies,
+                r.stats.timeouts,
+                r.stats.lookups,
+                r.stats.dns_failures,
+                r.stats.port_lookups,
+                r.stats.port_failures,
+                r.stats
+                    .last_error
+                    .as_deref()
+                    .map_or_else(|| "null".to_owned(), json_str),
+            ));
+        }
+        s.push_str("]}");
+        s
+    }
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if u32::from(c) < 0x20 => o.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+enum Event {
+    Resolved(PeerId, Result<Vec<SocketAddr>, String>),
+    Port(PeerId, SocketAddr, Result<Option<u16>, String>),
+}
+
+/// The notifier: a [`Scheduler`] driven over real sockets.
+#[derive(Debug)]
+pub struct Notifier {
+    cfg: NotifierConfig,
+    sources: Sources,
+    targets: Vec<Target>,
+}
+
+impl Notifier {
+    /// Checks the names and keeps everything for [`Notifier::run`].
+    pub fn new(
+        cfg: NotifierConfig,
+        sources: Sources,
+        targets: Vec<Target>,
+    ) -> Result<Self, NotifyError> {
+        if sources.v4.is_none() && sources.v6.is_none() {
+            return Err(NotifyError::NoSocket);
+        }
+        for t in &targets {
+            if let Some(n) = t.names.iter().find(|n| n.len() > SM_MAXSTRLEN) {
+                return Err(NotifyError::NameTooLong {
+                    peer: t.label.clone(),
+                    name: n.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            cfg,
+            sources,
+            targets,
+        })
+    }
+
+    /// Notifies every target; calls `on_finished(target, outcome, acked_names)` as soon as a
+    /// target acknowledged its last name or was given up (nsm-notify removes the peer's
+    /// `sm.bak/` file there). Returns when every target finished.
+    pub async fn run<F>(self, mut on_finished: F) -> Result<Summary, NotifyError>
+    where
+        F: FnMut(&Target, Outcome, usize),
+    {
+        let started = std::time::Instant::now();
+        let Self {
+            cfg,
+            sources,
+            targets,
+        } = self;
+        let to_tokio = |s: Option<std::net::UdpSocket>| s.map(UdpSocket::from_std).transpose();
+        let sock4 = to_tokio(sources.v4).map_err(NotifyError::Runtime)?;
+        let sock6 = to_tokio(sources.v6).map_err(NotifyError::Runtime)?;
+        let src_ip = |s: &Option<UdpSocket>| {
+            s.as_ref()
+                .and_then(|s| s.local_addr().ok())
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified())
+        };
+        let (src4, src6) = (src_ip(&sock4), src_ip(&sock6));
+        let (has4, has6) = (sock4.is_some(), sock6.is_some());
+        for (s, fam) in [(&sock4, "IPv4"), (&sock6, "IPv6")] {
+            if let Some(a) = s.as_ref().and_then(|s| s.local_addr().ok()) {
+                info!("sending {fam} SM_NOTIFYs from {a}, state {}", cfg.state);
+            }
+        }
+
+        let mut sched = Scheduler::new(cfg.policy.clone());
+        for t in &targets {
+            sched.add_peer(t.names.clone());
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let mut xids: HashMap<u32, (PeerId, usize)> = HashMap::new();
+        let mut buf4 = vec![0u8; 4096];
+        let mut buf6 = vec![0u8; 4096];
+        let mut progress = cfg.progress_every.map(|d| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let rpc_opts = |src: Option<IpAddr>| CallOptions {
+            timeout: cfg.rpc_timeout,
+            retransmit: Duration::from_millis(500),
+            max_retransmit: Duration::from_secs(2),
+            source: src,
+            privileged_port: false,
+            max_reply: 4096,
+        };
+
+        loop {
+            let now = std::time::Instant::now();
+            for action in sched.poll(now) {
+                match action {
+                    Action::Resolve(id) => {
+                        let t = &targets[id];
+                        debug!(peer = %t.label, "looking up {}", t.host);
+                        let (host, tx, timeout) = (t.host.clone(), tx.clone(), cfg.dns_timeout);
+                        tokio::spawn(async move {
+                            let r = resolve(&host, has4, has6, timeout).await;
+                            let _ = tx.send(Event::Resolved(id, r));
+                        });
+                    }
+                    Action::GetPort(id, addr) => {
+                        let t = &targets[id];
+                        debug!(peer = %t.label, "asking rpcbind at {addr} for statd's port");
+                        let opts = rpc_opts(if addr.is_ipv6() { src6 } else { src4 });
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let r = statd_port(addr, &opts).await.map_err(|e| e.to_string());
+                            let _ = tx.send(Event::Port(id, addr, r));
+                        });
+                    }
+                    Action::SendNotify {
+                        peer,
+                        addr,
+                        port,
+                        name,
+                        name_index,
+                        attempt,
+                    } => {
+                        let t = &targets[peer];
+                        let dest = SocketAddr::new(addr.ip(), port);
+                        let xid = next_xid();
+                        let call = encode_notify(xid, &name, cfg.state);
+                        xids.insert(xid, (peer, name_index));
+                        let sock = if dest.is_ipv6() { &sock6 } else { &sock4 };
+                        debug!(
+                            peer = %t.label,
+                            "SM_NOTIFY #{attempt} to {dest}: mon_name {name}, state {}, xid {xid:#010x}",
+                            cfg.state
+                        );
+                        if attempt > 1 && name_index == 0 {
+                            info!(peer = %t.label, "retrying SM_NOTIFY to {dest} (attempt {attempt})");
+                        }
+                        match sock {
+                            Some(s) => {
+                                if let Err(e) = s.send_to(&call, dest).await {
+                                    info!(peer = %t.label, "cannot send SM_NOTIFY to {dest}: {e}; will retry");
+                                }
+                            }
+                            None => warn!(peer = %t.label, "no socket for {dest}"),
+                        }
+                    }
+                    Action::GiveUp(id) => {
+                        let t = &targets[id];
+                        let r = &sched.report()[id];
+                        warn!(
+                            peer = %t.label,
+                            "Unable to notify {}, giving up: {} (after {} SM_NOTIFYs, {} port \
+                             lookups, {} name lookups; the entry stays in the notify list)",
+                            t.label,
+                            r.stats.last_error.as_deref().unwrap_or("no answer"),
+                            r.stats.notifies,
+                            r.stats.port_lookups,
+                            r.stats.lookups
+                        );
+                        on_finished(t, Outcome::GaveUp, r.acked_names);
+                    }
+                }
+            }
+            if sched.is_finished() {
+                break;
+            }
+            let wake = sched.next_wake().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                ev = rx.recv() => {
+                    let now = std::time::Instant::now();
+                    match ev {
+                        Some(Event::Resolved(id, r)) => {
+                            match &r {
+                                Ok(a) => debug!(peer = %targets[id].label, "addresses: {a:?}"),
+                                Err(e) => info!(peer = %targets[id].label, "{e}; will retry"),
+                            }
+                            sched.on_resolved(id, r, now);
+                        }
+                        Some(Event::Port(id, addr, r)) => {
+                            match &r {
+                                Ok(Some(p)) => debug!(peer = %targets[id].label, "statd at {addr} is on port {p}"),
+                                Ok(None) => info!(peer = %targets[id].label, "statd is not registered with rpcbind at {addr}; will retry"),
+                                Err(e) => info!(peer = %targets[id].label, "port lookup failed: {e}; will retry"),
+                            }
+                            sched.on_port(id, addr, r, now);
+                        }
+                        None => {}
+                    }
+                }
+                r = recv(sock4.as_ref(), &mut buf4) => {
+                    on_reply(r, &buf4, &mut xids, &mut sched, &targets, &mut on_finished);
+                }
+                r = recv(sock6.as_ref(), &mut buf6) => {
+                    on_reply(r, &buf6, &mut xids, &mut sched, &targets, &mut on_finished);
+                }
+                () = sleep_until(wake) => {}
+                () = tick(progress.as_mut()) => {
+                    let r = sched.report();
+                    let done = r.iter().filter(|p| p.outcome == Some(Outcome::Acked)).count();
+                    info!(
+                        "progress: {done} of {} peers acknowledged, {} still being tried",
+                        r.len(),
+                        r.iter().filter(|p| p.outcome.is_none()).count()
+                    );
+                }
+            }
+        }
+
+        let report = sched.report();
+        let peers = targets
+            .into_iter()
+            .zip(report)
+            .map(|(target, report)| PeerSummary { target, report })
+            .collect();
+        Ok(Summary {
+            state: cfg.state,
+            elapsed: started.elapsed(),
+            peers,
+        })
+    }
+}
+
+fn on_reply<F: FnMut(&Target, Outcome, usize)>(
+    r: io::Result<(usize, SocketAddr)>,
+    buf: &[u8],
+    xids: &mut HashMap<u32, (PeerId, usize)>,
+    sched: &mut Scheduler,
+    targets: &[Target],
+    on_finished: &mut F,
+) {
+    let (n, from) = match r {
+        Ok(x) => x,
+        Err(e) => {
+            // ICMP errors of earlier sends surface here; the retry timer covers them.
+            debug!("receive on the SM_NOTIFY socket: {e}");
+            return;
+        }
+    };
+    let Ok(reply) = msg::parse_reply(&buf[..n]) else {
+        debug!("ignoring a malformed datagram from {from}");
+        return;
+    };
+    let Some(&(peer, name_index)) = xids.get(&reply.xid) else {
+        debug!(
+            "ignoring a reply from {from} with unknown xid {:#010x}",
+            reply.xid
+        );
+        return;
+    };
+    if !matches!(reply.body, ReplyBody::Accepted(AcceptStat::Success(_))) {
+        info!(peer = %targets[peer].label, "SM_NOTIFY refused by {from}: {:?}; will retry", reply.body.map(|_| ()));
+        return;
+    }
+    let t = &targets[peer];
+    match sched.on_ack(peer, name_index, std::time::Instant::now()) {
+        AckResult::Ignored => {}
+        AckResult::NextName => debug!(
+            peer = %t.label,
+            "{from} acknowledged mon_name {}", t.names[name_index]
+        ),
+        AckResult::Done => {
+            info!(
+                peer = %t.label,
+                "{} acknowledged (from {from}, mon_name {})",
+                t.label,
+                t.names.join(", then ")
+            );
+            xids.retain(|_, (p, _)| *p != peer);
+            on_finished(t, Outcome::Acked, t.names.len());
+        }
+    }
+}
+
+async fn recv(s: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    match s {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(i: Option<&mut tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The SM_NOTIFY call: 100024/1/6 with AUTH_NONE and `stat_chge { name, state }`.
+fn encode_notify(xid: u32, name: &str, state: i32) -> BytesMut {
+    let h = CallHeader {
+        xid,
+        prog: SM_PROG,
+        vers: SM_VERS,
+        proc_: SM_NOTIFY,
+        cred: OpaqueAuth::NONE,
+        verf: OpaqueAuth::NONE,
+    };
+    let mut out = BytesMut::with_capacity(48 + name.len());
+    // Lengths were checked in Notifier::new; an over-long name would be sent empty.
+    let mon_name = SmString::new(name.as_bytes()).unwrap_or_else(|_| SmString::default());
+    msg::encode_call(&h, &StatChge { mon_name, state }, &mut out);
+    out
+}
+
+/// Every address of `host` of a family there is a socket for, as rpcbind addresses.
+async fn resolve(
+    host: &str,
+    v4: bool,
+    v6: bool,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, String> {
+    let found = tokio::time::timeout(timeout, tokio::net::lookup_host((host, RPCBIND_PORT)))
+        .await
+        .map_err(|_| format!("looking up {host} took longer than {timeout:?}"))?
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in found {
+        if ((a.is_ipv4() && v4) || (a.is_ipv6() && v6)) && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{host} has no address of a family SM_NOTIFYs can be sent from ({})",
+            match (v4, v6) {
+                (true, false) => "IPv4 only",
+                (false, true) => "IPv6 only",
+                _ => "IPv4 or IPv6",
+            }
+        ));
+    }
+    Ok(out)
+}
+
+/// statd's UDP port at the rpcbind `addr`: GETPORT (v2) for IPv4, GETADDR (v4, then v3) for
+/// IPv6.
+async fn statd_port(addr: SocketAddr, opts: &CallOptions) -> Result<Option<u16>, ClientError> {
+    if addr.is_ipv4() {
+        return getport(addr, SM_PROG, SM_VERS, IPPROTO_UDP, opts).await;
+    }
+    let r = match getaddr(addr, 4, SM_PROG, SM_VERS, "udp6", opts).await {
+        Err(ClientError::NotAccepted {
+            stat: AcceptStat::ProgMismatch { .. },
+            ..
+        }) => getaddr(addr, 3, SM_PROG, SM_VERS, "udp6", opts).await,
+        r => r,
+    };
+    Ok(r?.map(|a| a.port()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_bytes() {
+        let b = encode_notify(0x0102_0304, "svc", 7);
+        let w = |i: usize| u32::from_be_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!(
+            (0..10).map(w).collect::<Vec<_>>(),
+            [0x0102_0304, 0, 2, 100_024, 1, 6, 0, 0, 0, 0]
+        );
+        assert_eq!(&b[40..], &[0, 0, 0, 3, b's', b'v', b'c', 0, 0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn json_escapes() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+
+    /// An SM_NOTIFY sent on a socket from `bind_sources` leaves from the bound address, and
+    /// a statd's reply to it parses as success.
+    #[tokio::test]
+    async fn notify_leaves_from_the_bound_source_and_reply_parses() {
+        let statd = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let statd_port = statd.local_addr().unwrap().port();
+        let sources = bind_sources(&SourceSpec {
+            addrs: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            port: Some(0),
+            device: None,
+        })
+        .unwrap();
+        let sock = UdpSocket::from_std(sources.v4.unwrap()).unwrap();
+        let xid = next_xid();
+        sock.send_to(&encode_notify(xid, "svc", 5), ("127.0.0.1", statd_port))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = statd.recv_from(&mut buf).await.unwrap();
+        assert_eq!(from.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(n, 52);
+        let mut reply = Vec::new();
+        for w in [xid, 1, 0, 0, 0, 0] {
+            reply.extend_from_slice(&w.to_be_bytes());
+        }
+        statd.send_to(&reply, from).await.unwrap();
+        let (n, _) = sock.recv_from(&mut buf).await.unwrap();
+        let r = msg::parse_reply(&buf[..n]).unwrap();
+        assert_eq!(r.xid, xid);
+        assert!(matches!(
+            r.body,
+            ReplyBody::Accepted(AcceptStat::Success(_))
+        ));
+    }
+}

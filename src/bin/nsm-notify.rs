@@ -1,0 +1,397 @@
+//! `nsm-notify`: a drop-in for nfs-utils' `sm-notify`, built on the `nsm-notify` engine.
+//!
+//! Takes every sm-notify option (`-d -f -m -n -p -v -P`) and the `[sm-notify]` keys of
+//! nfs.conf, with sm-notify's semantics (see reference/nfs-utils-statd.md §5 in the design notes):
+//! run-once lock, `sm/` retired to `sm.bak/`, the state bumped by 2 only when there is
+//! someone to notify, `nsm_local_state` written, lockd's grace lifted when there is nobody.
+//! Differences: peers are notified in parallel, with a backoff that doubles up to 120 s; a
+//! numeric `-v` is sent as given (no reverse lookup); a peer is notified once per `sm.bak/`
+//! file (all its lines share the destination) with each of its names; a restart in the same
+//! boot resumes the remaining peers without bumping the state again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nsm_notify::{
+    Notifier, NotifierConfig, Outcome, Policy, SourceSpec, Target, bind_sources, default_names,
+};
+use nsm_store::{Dir, Record, StateDir};
+use nsmd::config::cli::parse_port;
+use nsmd::config::{
+    DEFAULT_STATE_DIR, NfsConf, SmNotifyConfig, SmNotifyOverrides, nfsconf, resolve_sm_notify,
+};
+use nsmd::privileges::drop_to_owner_of_sm;
+use tracing::{error, info, warn};
+
+/// The run-once lock of sm-notify.
+const DEFAULT_PID_FILE: &str = "/run/sm-notify.pid";
+/// In the state directory: the boot and state number of the last bump (a dot name: neither
+/// nsmd nor nfs-utils loads it).
+const BOOT_MARKER: &str = ".nsm-notify-boot";
+
+/// nsm-notify: tell every host in the notify list (`sm.bak/`) that this host restarted.
+///
+/// Settings come from the flags, then from nfs.conf ([sm-notify] retry-time, outgoing-port,
+/// outgoing-addr, lift-grace, update-state, force, debug; [statd] state-directory-path),
+/// then from sm-notify's defaults.
+#[derive(Debug, Parser)]
+#[command(name = "nsm-notify", version, disable_version_flag = true)]
+struct Args {
+    /// Stay in the foreground and log with debug detail (and progress) to stderr.
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Run even if the run-once lock (/run/sm-notify.pid) exists.
+    #[arg(short = 'f')]
+    force: bool,
+    /// Keep retrying for MINUTES (default 15); 0 retries forever. [sm-notify.retry-time]
+    #[arg(short = 'm', value_name = "MINUTES")]
+    retry_minutes: Option<u32>,
+    /// Do not bump the state number (also skips the run-once check). [sm-notify.update-state]
+    #[arg(short = 'n')]
+    no_update: bool,
+    /// Send from this port instead of a privileged one. [sm-notify.outgoing-port]
+    #[arg(short = 'p', value_name = "PORT", value_parser = parse_port)]
+    port: Option<u16>,
+    /// Send from the address(es) NAME resolves to, with NAME as mon_name (sent as given,
+    /// also when it is an address). [sm-notify.outgoing-addr]
+    #[arg(short = 'v', value_name = "NAME")]
+    name: Option<String>,
+    /// The state directory (default /var/lib/nfs). [statd.state-directory-path]
+    #[arg(short = 'P', value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// nsmd-only: read this nfs.conf (and its .d directory) instead of /etc/nfs.conf.
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// nsmd-only: the root of the /proc files written (nsm_local_state, nlm_end_grace).
+    #[arg(long = "proc-root", value_name = "DIR")]
+    proc_root: Option<PathBuf>,
+    /// nsmd-only: the run-once lock file. sm-notify checks /run/sm-notify.pid only with the
+    /// default state directory; a lock file given here is checked whatever the directory.
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// nsmd-only: the mon_names to send, in order (repeat the option); replaces the default
+    /// (the -v name or each record's my_name, then its short name).
+    #[arg(long = "mon-name", value_name = "NAME")]
+    mon_names: Vec<String>,
+    /// nsmd-only: do not send the short name after a name with a dot.
+    #[arg(long = "no-short-name")]
+    no_short_name: bool,
+    /// nsmd-only: send only through this interface (SO_BINDTODEVICE).
+    #[arg(long = "bind-device", value_name = "IFACE")]
+    bind_device: Option<String>,
+    /// nsmd-only: how many peers are tried for the first time at once.
+    #[arg(long = "window", value_name = "N", default_value_t = 64)]
+    window: usize,
+    /// nsmd-only: print a JSON summary of every peer's outcome to stdout at the end.
+    #[arg(long = "json")]
+    json: bool,
+    /// nsmd-only, for tests: the retry budget in seconds (overrides -m; 0 retries forever).
+    #[arg(long = "retry-seconds", value_name = "SECONDS", hide = true)]
+    retry_seconds: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(nfsconf::DEFAULT_PATH));
+    let conf = match NfsConf::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nsm-notify: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let flags = SmNotifyOverrides {
+        debug: args.debug,
+        force: args.force,
+        retry_minutes: args.retry_minutes,
+        no_update_state: args.no_update,
+        outgoing_port: args.port,
+        outgoing_addr: args.name.clone(),
+        state_dir: args.state_dir.clone(),
+        proc_root: args.proc_root.clone(),
+    };
+    let cfg = resolve_sm_notify(&flags, &conf);
+    nsmd::logging::init(cfg.debug.any());
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    match run(&args, &cfg) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The run-once lock: `false` when another run already holds it (exit 0, as sm-notify).
+fn run_once(args: &Args, cfg: &SmNotifyConfig) -> Result<bool> {
+    let applies = args.pid_file.is_some() || cfg.state_dir == Path::new(DEFAULT_STATE_DIR);
+    if !applies {
+        return Ok(true);
+    }
+    let path = args
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PID_FILE));
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    if cfg.force || !cfg.update_state {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    match o.open(&path) {
+        Ok(mut f) => {
+            writeln!(f, "{}", std::process::id())
+                .with_context(|| format!("cannot write the lock file {}", path.display()))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            info!(
+                "Already notifying clients; Exiting! ({} exists; -f runs anyway)",
+                path.display()
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot create the lock file {} (choose another with --pid-file)",
+                path.display()
+            )
+        }),
+    }
+}
+
+/// The source addresses of `-v`: the address itself, or what the name resolves to.
+fn source_addrs(name: &str) -> Result<Vec<IpAddr>> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let addrs: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("my_name {name} is unusable: it does not resolve (check -v / outgoing-addr)")
+        })?
+        .map(|a| a.ip())
+        .collect();
+    if addrs.is_empty() {
+        bail!("my_name {name} is unusable: it resolves to no address");
+    }
+    Ok(addrs)
+}
+
+/// This boot's id, from `<proc-root>/sys/kernel/random/boot_id`, else from /proc.
+fn boot_id(proc_root: &Path) -> Option<String> {
+    [proc_root, Path::new("/proc")]
+        .iter()
+        .find_map(|r| std::fs::read_to_string(r.join("sys/kernel/random/boot_id")).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The state to announce: bumped by 2, unless this boot already bumped it to the value on
+/// disk (a restart resumes the remaining peers with the same number).
+fn announce_state(dir: &StateDir, cfg: &SmNotifyConfig) -> Result<i32> {
+    let ctx = || {
+        format!(
+            "cannot read or update the state number in {} (pass another directory with -P)",
+            dir.path().display()
+        )
+    };
+    if !cfg.update_state {
+        return dir.state(false).with_context(ctx);
+    }
+    let marker = dir.path().join(BOOT_MARKER);
+    let boot = boot_id(&cfg.proc_root.0);
+    if let (Some(boot), Ok(m)) = (&boot, std::fs::read_to_string(&marker)) {
+        let current = dir.state(false).with_context(ctx)?;
+        if m.trim() == format!("{boot} {current}") {
+            info!("state {current} was already announced in this boot: resuming without a bump");
+            return Ok(current);
+        }
+    }
+    let state = dir.state(true).with_context(ctx)?;
+    if let Some(boot) = boot {
+        let tmp = dir.path().join(format!("{BOOT_MARKER}.new"));
+        let r = std::fs::write(&tmp, format!("{boot} {state}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &marker));
+        if let Err(e) = r {
+            warn!(
+                "cannot write {}: {e}; a restart in this boot would bump the state again",
+                marker.display()
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// Writes `text` to a /proc file if it exists (as nfs-utils: silently skipped otherwise).
+fn write_proc(path: &Path, text: &str) {
+    if !path.exists() {
+        info!("{} does not exist: not written", path.display());
+        return;
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        warn!("cannot write {text:?} to {}: {e}", path.display());
+    }
+}
+
+/// The mon_names for one record.
+fn record_names(args: &Args, cfg: &SmNotifyConfig, r: &Record) -> Vec<String> {
+    if !args.mon_names.is_empty() {
+        return args.mon_names.clone();
+    }
+    let base = cfg
+        .outgoing_addr
+        .clone()
+        .unwrap_or_else(|| String::from_utf8_lossy(&r.my_name).into_owned());
+    if args.no_short_name {
+        vec![base]
+    } else {
+        default_names(&base)
+    }
+}
+
+fn run(args: &Args, cfg: &SmNotifyConfig) -> Result<ExitCode> {
+    if !run_once(args, cfg)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sources = match &cfg.outgoing_addr {
+        Some(name) => source_addrs(name)?,
+        None => Vec::new(),
+    };
+    let dir = StateDir::open(&cfg.state_dir).with_context(|| {
+        format!(
+            "cannot use the state directory {} (pass another with -P)",
+            cfg.state_dir.display()
+        )
+    })?;
+    let moved = dir
+        .retire()
+        .with_context(|| format!("cannot move {}/sm to sm.bak", dir.path().display()))?;
+    info!("{moved} file(s) moved from sm/ to sm.bak/");
+    let (records, _report) = dir
+        .load(Dir::Bak)
+        .with_context(|| format!("cannot read {}/sm.bak", dir.path().display()))?;
+    let mut files: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for (file, r) in records {
+        files.entry(file).or_default().push(r);
+    }
+    if files.is_empty() {
+        info!("no one to notify; the state number stays as it is");
+        if cfg.lift_grace {
+            write_proc(&cfg.proc_root.nlm_end_grace(), "Y");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let state = announce_state(&dir, cfg)?;
+    write_proc(&cfg.proc_root.nsm_local_state(), &state.to_string());
+    info!("notifying {} peer(s) of state {state}", files.len());
+
+    if !cfg.foreground {
+        // Keep stderr: nsm-notify logs there.
+        nix::unistd::daemon(false, true).context("cannot go into the background (use -d)")?;
+    }
+    // Sockets as root, then drop privileges, before any thread exists.
+    let socks = bind_sources(&SourceSpec {
+        addrs: sources,
+        port: cfg.outgoing_port,
+        device: args.bind_device.clone(),
+    })?;
+    drop_to_owner_of_sm(dir.path())?;
+
+    let mut targets = Vec::new();
+    let mut recs = Vec::new();
+    let mut index = HashMap::new();
+    for (file, rs) in files {
+        index.insert(file.clone(), recs.len());
+        let mut names: Vec<String> = Vec::new();
+        for r in &rs {
+            for n in record_names(args, cfg, r) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        targets.push(Target {
+            label: file.clone(),
+            host: file,
+            names,
+        });
+        recs.push(rs);
+    }
+    let budget = match args.retry_seconds {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => cfg.retry_time,
+    };
+    let ncfg = NotifierConfig {
+        state,
+        policy: Policy {
+            budget,
+            window: args.window,
+            ..Policy::default()
+        },
+        progress_every: cfg.foreground.then_some(Duration::from_secs(5)),
+        ..NotifierConfig::default()
+    };
+    let notifier = Notifier::new(ncfg, socks, targets)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = rt.block_on(notifier.run(|t, outcome, acked| {
+        let Some(i) = index.get(&t.label).copied() else {
+            return;
+        };
+        let remaining: Vec<Record> = match outcome {
+            Outcome::Acked => Vec::new(),
+            Outcome::GaveUp if acked == 0 => return,
+            Outcome::GaveUp => {
+                let done = &t.names[..acked];
+                recs[i]
+                    .iter()
+                    .filter(|r| !record_names(args, cfg, r).iter().all(|n| done.contains(n)))
+                    .cloned()
+                    .collect()
+            }
+        };
+        if remaining.len() == recs[i].len() {
+            return;
+        }
+        match dir.write(Dir::Bak, &t.label, &remaining) {
+            Ok(()) if remaining.is_empty() => info!("{} removed from sm.bak", t.label),
+            Ok(()) => info!("acknowledged records of {} removed from sm.bak", t.label),
+            Err(e) => error!(
+                "cannot update {}: {e}; the peer will be notified again next time",
+                dir.file_path(Dir::Bak, &t.label).display()
+            ),
+        }
+    }))?;
+    if args.json {
+        println!("{}", summary.to_json());
+    }
+    info!(
+        "done: {} of {} peer(s) acknowledged, {} given up, in {:.1?}",
+        summary.acked(),
+        summary.peers.len(),
+        summary.gave_up(),
+        summary.elapsed
+    );
+    Ok(if summary.acked() == summary.peers.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
