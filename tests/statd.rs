@@ -423,3 +423,103 @@ fn callbacks_never_leave_loopback() {
         "no NLM packet outside loopback"
     );
 }
+
+#[test]
+fn notifies_the_previous_boots_peers_at_start_like_rpc_statd() {
+    if !require(
+        "notifies_the_previous_boots_peers_at_start_like_rpc_statd",
+        &["rpcbind", "rpc.statd"],
+    ) {
+        return;
+    }
+    let lab = Lab::new("atstart").unwrap();
+    let srv = lab.host("srv", &["198.51.100.60/24"]).unwrap();
+    let cli = lab.host("cli", &["198.51.100.61/24"]).unwrap();
+    let _rpcbind_srv = srv.start_rpcbind().unwrap();
+    let _rpcbind_cli = cli.start_rpcbind().unwrap();
+    // The client: Debian's rpc.statd monitors the server "srv" for its lockd (the stand-in).
+    let lockd = LockdStandIn::start(&cli, true);
+    let statd = cli
+        .spawn(
+            "rpc.statd",
+            &[
+                "/usr/sbin/rpc.statd",
+                "-F",
+                "-d",
+                "-L",
+                "-p",
+                "32765",
+                "-P",
+                "/var/lib/nfs",
+            ],
+        )
+        .unwrap();
+    cli.wait_registered(SM, T).unwrap();
+    in_netns(&cli, || {
+        let r = udp_exchange(
+            "127.0.0.1:32765".parse().unwrap(),
+            &call(1, SM, 1, 2, &mon_args(b"srv", b"cli", C1)),
+        )
+        .unwrap();
+        assert!(
+            matches!(answer(1, &r), Answer::Accepted(0, w) if w[0] == 0),
+            "client statd monitors srv"
+        );
+    });
+    // The server's previous boot monitored the client (lockd's record: mon_name cli, my_name srv).
+    let hex: String = C2.iter().map(|b| format!("{b:02x}")).collect();
+    let addr = format!("{:08x}", u32::from_ne_bytes([127, 0, 0, 1]));
+    srv.write_file(
+        "/var/lib/nfs/nsmd/sm/cli",
+        format!("{addr} 000186b5 00000003 00000010 {hex} cli srv\n"),
+    )
+    .unwrap();
+    let state_before: i32 = 3;
+    srv.write_file("/var/lib/nfs/nsmd/state", state_before.to_ne_bytes())
+        .unwrap();
+    // nsmd without -L: notifies, then serves with the bumped state and nothing loaded.
+    let nsmd = srv
+        .spawn(
+            "nsmd",
+            &[
+                common::NSMD,
+                "-F",
+                "-d",
+                "-P",
+                "/var/lib/nfs/nsmd",
+                "--proc-root",
+                "/run/proc",
+            ],
+        )
+        .unwrap();
+    nsmd.wait_for_log_line("registered program 100024", T)
+        .unwrap();
+    assert!(
+        nsmd.log().contains("records=0"),
+        "sm/ was retired before loading: {}",
+        nsmd.log_tail(20)
+    );
+    let got = lockd.wait_for(1, T);
+    assert_eq!(
+        got.len(),
+        1,
+        "nsmd: {}\nclient statd: {}",
+        nsmd.log_tail(30),
+        statd.log_tail(10)
+    );
+    assert_eq!(
+        parse_status(&got[0].3),
+        (b"srv".to_vec(), state_before + 2, C1)
+    );
+    let state_file = srv.read_file("/var/lib/nfs/nsmd/state").unwrap();
+    assert_eq!(
+        i32::from_ne_bytes(state_file[..4].try_into().unwrap()),
+        state_before + 2
+    );
+    let bak = srv.nfs_dir().join("nsmd/sm.bak");
+    let deadline = Instant::now() + T;
+    while !files(&bak).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(files(&bak).is_empty(), "the acknowledged peer left sm.bak/");
+}

@@ -49,6 +49,9 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         // Keep stderr: nsmd logs there (no syslog yet).
         nix::unistd::daemon(true, true).context("cannot go into the background (use -F)")?;
     }
+    if !cfg.no_notify {
+        notify_at_start(&cfg);
+    }
     // As root, before dropping privileges (as nfs-utils): create the directories and the
     // `state` file, which stay root's (only sm/ and sm.bak/ belong to the statd user,
     // CVE-2019-3689).
@@ -79,6 +82,44 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(serve(args, cfg, log, authority))
+}
+
+/// Notifies the peers of the previous boot, as rpc.statd runs sm-notify: `nsm-notify` (next to
+/// `nsmd`) moves `sm/` to `sm.bak/`, bumps the state and goes into the background to notify;
+/// nsmd waits only for that first part (so it loads the records and the state afterwards, as
+/// rpc.statd does), never for the peers.
+fn notify_at_start(cfg: &StatdConfig) {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("nsm-notify")));
+    let Some(exe) = exe.filter(|p| p.exists()) else {
+        warn!(
+            "nsm-notify was not found next to nsmd: peers are not notified of this restart (install it, or pass -L)"
+        );
+        return;
+    };
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("-P")
+        .arg(&cfg.state_dir)
+        .arg("--proc-root")
+        .arg(&cfg.proc_root.0)
+        .arg("--config")
+        .arg(&cfg.config_file)
+        .stdin(std::process::Stdio::null());
+    if let Some(name) = &cfg.name {
+        cmd.arg("-v").arg(name);
+    }
+    if let Some(port) = cfg.outgoing_port {
+        cmd.arg("-p").arg(port.to_string());
+    }
+    info!(program = %exe.display(), "notifying the peers of the previous boot");
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            warn!(program = %exe.display(), "nsm-notify failed ({s}): peers may not be notified of this restart")
+        }
+        Err(e) => warn!(program = %exe.display(), "cannot run nsm-notify: {e}"),
+    }
 }
 
 /// `-T` / `-U` / `[lockd]`: tell the kernel lockd's ports, if lockd is loaded.
@@ -153,11 +194,6 @@ async fn serve(
         "serving program 100024 version 1 on {}",
         shown.join(", ")
     );
-    if !cfg.no_notify {
-        info!(
-            "nsmd has no notifier yet: peers are not notified at start (as with -L); run sm-notify for that"
-        );
-    }
 
     let reg = Arc::new(
         Registration::new(nsm_xdr::nsm::SM_PROG, nsm_xdr::nsm::SM_VERS, endpoints).with_rpcbind(
@@ -184,7 +220,10 @@ async fn serve(
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => reload(args, &cfg, &instance, &log),
             _ = usr1.recv() => {
-                info!("SIGUSR1: nsmd has no notifier yet; run sm-notify to notify peers");
+                // As rpc.statd re-runs sm-notify (which usually stops at its run-once lock).
+                info!("SIGUSR1: running nsm-notify again");
+                let c = cfg.clone();
+                tokio::task::spawn_blocking(move || notify_at_start(&c));
             }
         }
     }

@@ -53,7 +53,7 @@ pub struct StatdArgs {
     pub port: Option<u16>,
 
     /// Source port of the SM_NOTIFY messages sent at startup (rpc.statd passes it to
-    /// sm-notify); must differ from -p. Not used yet: nsmd has no notifier.
+    /// sm-notify); must differ from -p. nsmd passes it to nsm-notify as -p.
     /// [nfs.conf: statd.outgoing-port]
     #[arg(
         short = 'o',
@@ -64,7 +64,7 @@ pub struct StatdArgs {
     pub outgoing_port: Option<u16>,
 
     /// The host name the SM_NOTIFY messages sent at startup carry, and the address they are
-    /// sent from (rpc.statd passes it to sm-notify as -v). Not used yet: nsmd has no notifier.
+    /// sent from (rpc.statd passes it to sm-notify as -v); nsmd passes it to nsm-notify as -v.
     /// [nfs.conf: statd.name]
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
@@ -75,8 +75,7 @@ pub struct StatdArgs {
     pub state_dir: Option<PathBuf>,
 
     /// Refused. rpc.statd treats -N as a deprecated way to run sm-notify (it prints a warning
-    /// and executes sm-notify instead of starting); nsmd does not run sm-notify: run
-    /// nsm-notify (coming with nsmd's notifier), or sm-notify, instead.
+    /// and executes sm-notify instead of starting); run nsm-notify (or sm-notify) instead.
     #[arg(short = 'N', long = "notify-mode")]
     pub notify_mode: bool,
 
@@ -86,9 +85,9 @@ pub struct StatdArgs {
     #[arg(short = 'H', long = "ha-callout", value_name = "PROG")]
     pub ha_callout: Option<PathBuf>,
 
-    /// Do not notify peers at startup (rpc.statd: do not run sm-notify). nsmd has no notifier
-    /// yet, so this changes nothing today. [nfs.conf: statd.no-notify; environment:
-    /// RPC_STATD_NO_NOTIFY]
+    /// Do not notify peers at startup. Without -L, nsmd runs nsm-notify (next to nsmd) first,
+    /// as rpc.statd runs sm-notify: it moves sm/ to sm.bak/, bumps the state, and notifies in
+    /// the background. [nfs.conf: statd.no-notify; environment: RPC_STATD_NO_NOTIFY]
     #[arg(short = 'L', long = "no-notify")]
     pub no_notify: bool,
 

@@ -56,8 +56,7 @@ impl fmt::Display for ConfigError {
             Self::NfsConf(e) => write!(f, "nfs.conf: {e}"),
             Self::NotifyMode => f.write_str(
                 "-N (--notify-mode) is not supported: rpc.statd treats it as a deprecated way \
-                 to run sm-notify; nsmd does not run sm-notify. Run nsm-notify (coming with \
-                 nsmd's notifier) or sm-notify directly",
+                 to run sm-notify. Run nsm-notify (or sm-notify) directly",
             ),
             Self::SamePorts {
                 port,

@@ -29,8 +29,8 @@ pub const NO_NOTIFY_ENV: &str = "RPC_STATD_NO_NOTIFY";
 /// Everything nsmd needs to know from its flags, nfs.conf and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatdConfig {
-    /// `-F`. nsmd always stays in the foreground; kept for the notifier (`-F` makes
-    /// rpc.statd run sm-notify in the foreground and wait for it).
+    /// `-F`: stay in the foreground (without it nsmd forks into the background). Unlike
+    /// rpc.statd, `-F` does not make the start wait for the notification of every peer.
     pub foreground: bool,
     /// `-d`: log to stderr with every debug facility.
     pub no_syslog: bool,

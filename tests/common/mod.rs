@@ -13,9 +13,10 @@ use nsm_testhost::{Host, Proc};
 /// The nsmd binary under test.
 pub const NSMD: &str = env!("CARGO_BIN_EXE_nsmd");
 
-/// Starts `nsmd -F -d ARGS` in `host` and waits until it serves; returns it and its port.
+/// Starts `nsmd -F -d -L ARGS` in `host` (no notification at start) and waits until it
+/// serves; returns it and its port.
 pub fn spawn_nsmd(host: &Host, name: &str, args: &[&str]) -> (Proc, u16) {
-    let mut argv = vec![NSMD, "-F", "-d"];
+    let mut argv = vec![NSMD, "-F", "-d", "-L"];
     argv.extend_from_slice(args);
     let p = host.spawn(name, &argv).unwrap();
     let line = p
