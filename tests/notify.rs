@@ -299,3 +299,136 @@ fn nobody_to_notify_lifts_grace_and_keeps_the_state() {
         "no state file written when nobody is notified"
     );
 }
+
+/// A dual-stack service name reaches an IPv4-only and an IPv6-only client in one run, each
+/// from the service's address of that family.
+#[test]
+fn a_dual_stack_service_reaches_ipv4_and_ipv6_clients_in_one_run() {
+    if !require(
+        "a_dual_stack_service_reaches_ipv4_and_ipv6_clients_in_one_run",
+        &["rpcbind", "rpc.statd"],
+    ) {
+        return;
+    }
+    const V6: &str = "2001:db8::100";
+    let lab = Lab::new("dualstack").unwrap();
+    lab.add_name(SERVICE_ADDR, &[SERVICE]).unwrap();
+    lab.add_name(V6, &[SERVICE]).unwrap();
+    let srv = lab
+        .host("srv", &["198.51.100.60/24", "2001:db8::60/64"])
+        .unwrap();
+    srv.add_addr(&format!("{SERVICE_ADDR}/24")).unwrap();
+    srv.add_addr(&format!("{V6}/64")).unwrap();
+    let statd_bin = tool_path("rpc.statd").unwrap();
+    let mut clients = Vec::new();
+    for (name, addr) in [("cli4", "198.51.100.61/24"), ("cli6", "2001:db8::61/64")] {
+        let h = lab.host(name, &[addr]).unwrap();
+        let rpcbind = h.start_rpcbind().unwrap();
+        let lockd = LockdStandIn::start(&h, true);
+        h.write_file("/var/lib/nfs/c/sm.bak/.keep", "").unwrap();
+        h.write_file("/var/lib/nfs/c/sm/.keep", "").unwrap();
+        let statd = h
+            .spawn(
+                "rpc.statd",
+                &[
+                    statd_bin.to_str().unwrap(),
+                    "-F",
+                    "-d",
+                    "-L",
+                    "-p",
+                    "32765",
+                    "-P",
+                    "/var/lib/nfs/c",
+                ],
+            )
+            .unwrap();
+        h.wait_registered(100_024, T).unwrap();
+        in_netns(&h, || {
+            let m = call(
+                1,
+                100_024,
+                1,
+                2,
+                &mon_args(SERVICE.as_bytes(), name.as_bytes(), COOKIE),
+            );
+            let r = answer(
+                1,
+                &udp_exchange("127.0.0.1:32765".parse().unwrap(), &m).unwrap(),
+            );
+            assert!(
+                matches!(&r, Answer::Accepted(0, w) if w[0] == 0),
+                "{name}: {r:?}"
+            );
+        });
+        let iface = h.iface().to_owned();
+        let cap = h
+            .spawn(
+                "tshark",
+                &[
+                    "/usr/bin/tshark",
+                    "-i",
+                    &iface,
+                    "-f",
+                    "udp dst port 32765",
+                    "-w",
+                    "/run/in.pcap",
+                ],
+            )
+            .unwrap();
+        cap.wait_for_log_line("Capturing on", T).unwrap();
+        srv.write_file(&format!("/var/lib/nfs/s/sm/{name}"), line(name, "srv"))
+            .unwrap();
+        clients.push((h, rpcbind, lockd, statd));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    srv.write_file("/var/lib/nfs/s/state", 7i32.to_ne_bytes())
+        .unwrap();
+    let out = srv
+        .run(
+            &[
+                NSM_NOTIFY,
+                "-d",
+                "-v",
+                SERVICE,
+                "-P",
+                "/var/lib/nfs/s",
+                "--proc-root",
+                "/run/proc",
+                "--pid-file",
+                "/run/nsm-notify.pid",
+                "--no-short-name",
+                "--retry-seconds",
+                "20",
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(state_of(&srv, "/var/lib/nfs/s/state"), 9);
+    assert!(files(&srv.nfs_dir().join("s/sm.bak")).is_empty(), "{log}");
+    for ((h, _rpcbind, lockd, statd), want_src) in clients.iter().zip([SERVICE_ADDR, V6]) {
+        let got = lockd.wait_for(1, T);
+        assert_eq!(got.len(), 1, "{}: {}\n{log}", h.name(), statd.log_tail(10));
+        assert_eq!(
+            parse_status(&got[0].3),
+            (SERVICE.as_bytes().to_vec(), 9, COOKIE),
+            "{}",
+            h.name()
+        );
+        // rpc.statd logs the sender of every SM_NOTIFY ("check_default: access by ADDR").
+        let senders: Vec<String> = statd
+            .log()
+            .lines()
+            .filter_map(|l| l.split("access by ").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+            .filter(|a| !a.starts_with("127.") && a != "::1")
+            .collect();
+        assert!(
+            !senders.is_empty() && senders.iter().all(|a| a == want_src),
+            "{}: SM_NOTIFY from {senders:?}",
+            h.name()
+        );
+    }
+}
