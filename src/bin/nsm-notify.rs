@@ -21,7 +21,7 @@ use clap::Parser;
 use nsm_notify::{
     Notifier, NotifierConfig, Outcome, Policy, SourceSpec, Target, bind_sources, default_names,
 };
-use nsm_store::{Dir, Record, StateDir};
+use nsm_store::{Committer, Dir, Record, StateDir};
 use nsmd::config::cli::parse_port;
 use nsmd::config::{
     DEFAULT_STATE_DIR, NfsConf, SmNotifyConfig, SmNotifyOverrides, nfsconf, resolve_sm_notify,
@@ -351,34 +351,55 @@ fn run(args: &Args, cfg: &SmNotifyConfig) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = rt.block_on(notifier.run(|t, outcome, acked| {
-        let Some(i) = index.get(&t.label).copied() else {
-            return;
-        };
-        let remaining: Vec<Record> = match outcome {
-            Outcome::Acked => Vec::new(),
-            Outcome::GaveUp if acked == 0 => return,
-            Outcome::GaveUp => {
-                let done = &t.names[..acked];
-                recs[i]
-                    .iter()
-                    .filter(|r| !record_names(args, cfg, r).iter().all(|n| done.contains(n)))
-                    .cloned()
-                    .collect()
-            }
-        };
-        if remaining.len() == recs[i].len() {
-            return;
+    // Removing acknowledged peers from sm.bak/ goes through the store's group commit: the
+    // fsyncs of many acknowledgements share batches, off the event loop, so a large peer list
+    // never waits on the disk between replies.
+    let committer = Committer::spawn(std::sync::Arc::new(dir));
+    let summary = rt.block_on(async {
+        let mut pending = Vec::new();
+        let summary = notifier
+            .run(|t, outcome, acked| {
+                let Some(i) = index.get(&t.label).copied() else {
+                    return;
+                };
+                let remaining: Vec<Record> = match outcome {
+                    Outcome::Acked => Vec::new(),
+                    Outcome::GaveUp if acked == 0 => return,
+                    Outcome::GaveUp => {
+                        let done = &t.names[..acked];
+                        recs[i]
+                            .iter()
+                            .filter(|r| {
+                                !record_names(args, cfg, r).iter().all(|n| done.contains(n))
+                            })
+                            .cloned()
+                            .collect()
+                    }
+                };
+                if remaining.len() == recs[i].len() {
+                    return;
+                }
+                let label = t.label.clone();
+                let path = committer.state_dir().file_path(Dir::Bak, &label);
+                let gone = remaining.is_empty();
+                let commit = committer.commit(Dir::Bak, label.clone(), remaining);
+                pending.push(tokio::spawn(async move {
+                    match commit.await {
+                        Ok(()) if gone => info!("{label} removed from sm.bak"),
+                        Ok(()) => info!("acknowledged records of {label} removed from sm.bak"),
+                        Err(e) => error!(
+                            "cannot update {}: {e}; the peer will be notified again next time",
+                            path.display()
+                        ),
+                    }
+                }));
+            })
+            .await;
+        for p in pending {
+            let _ = p.await;
         }
-        match dir.write(Dir::Bak, &t.label, &remaining) {
-            Ok(()) if remaining.is_empty() => info!("{} removed from sm.bak", t.label),
-            Ok(()) => info!("acknowledged records of {} removed from sm.bak", t.label),
-            Err(e) => error!(
-                "cannot update {}: {e}; the peer will be notified again next time",
-                dir.file_path(Dir::Bak, &t.label).display()
-            ),
-        }
-    }))?;
+        summary
+    })?;
     if args.json {
         println!("{}", summary.to_json());
     }
