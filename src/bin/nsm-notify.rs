@@ -9,7 +9,6 @@
 //! file (all its lines share the destination) with each of its names; a restart in the same
 //! boot resumes the remaining peers without bumping the state again.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -18,10 +17,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nsm_notify::{
-    Notifier, NotifierConfig, Outcome, Policy, SourceSpec, Target, bind_sources, default_names,
-};
-use nsm_store::{Committer, Dir, Record, StateDir};
+use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources, default_names};
+use nsm_store::{Record, StateDir};
 use nsmd::config::cli::parse_port;
 use nsmd::config::{
     DEFAULT_STATE_DIR, NfsConf, SmNotifyConfig, SmNotifyOverrides, nfsconf, resolve_sm_notify,
@@ -281,13 +278,8 @@ fn run(args: &Args, cfg: &SmNotifyConfig) -> Result<ExitCode> {
         .retire()
         .with_context(|| format!("cannot move {}/sm to sm.bak", dir.path().display()))?;
     info!("{moved} file(s) moved from sm/ to sm.bak/");
-    let (records, _report) = dir
-        .load(Dir::Bak)
+    let files = nsm_statd::bak::load_bak(&dir)
         .with_context(|| format!("cannot read {}/sm.bak", dir.path().display()))?;
-    let mut files: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-    for (file, r) in records {
-        files.entry(file).or_default().push(r);
-    }
     if files.is_empty() {
         info!("no one to notify; the state number stays as it is");
         if cfg.lift_grace {
@@ -311,26 +303,6 @@ fn run(args: &Args, cfg: &SmNotifyConfig) -> Result<ExitCode> {
     })?;
     drop_to_owner_of_sm(dir.path())?;
 
-    let mut targets = Vec::new();
-    let mut recs = Vec::new();
-    let mut index = HashMap::new();
-    for (file, rs) in files {
-        index.insert(file.clone(), recs.len());
-        let mut names: Vec<String> = Vec::new();
-        for r in &rs {
-            for n in record_names(args, cfg, r) {
-                if !names.contains(&n) {
-                    names.push(n);
-                }
-            }
-        }
-        targets.push(Target {
-            label: file.clone(),
-            host: file,
-            names,
-        });
-        recs.push(rs);
-    }
     let budget = match args.retry_seconds {
         Some(0) => None,
         Some(s) => Some(Duration::from_secs(s)),
@@ -346,60 +318,18 @@ fn run(args: &Args, cfg: &SmNotifyConfig) -> Result<ExitCode> {
         progress_every: cfg.foreground.then_some(Duration::from_secs(5)),
         ..NotifierConfig::default()
     };
-    let notifier = Notifier::new(ncfg, socks, targets)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    // Removing acknowledged peers from sm.bak/ goes through the store's group commit: the
-    // fsyncs of many acknowledgements share batches, off the event loop, so a large peer list
-    // never waits on the disk between replies.
-    let committer = Committer::spawn(std::sync::Arc::new(dir));
-    let summary = rt.block_on(async {
-        let mut pending = Vec::new();
-        let summary = notifier
-            .run(|t, outcome, acked| {
-                let Some(i) = index.get(&t.label).copied() else {
-                    return;
-                };
-                let remaining: Vec<Record> = match outcome {
-                    Outcome::Acked => Vec::new(),
-                    Outcome::GaveUp if acked == 0 => return,
-                    Outcome::GaveUp => {
-                        let done = &t.names[..acked];
-                        recs[i]
-                            .iter()
-                            .filter(|r| {
-                                !record_names(args, cfg, r).iter().all(|n| done.contains(n))
-                            })
-                            .cloned()
-                            .collect()
-                    }
-                };
-                if remaining.len() == recs[i].len() {
-                    return;
-                }
-                let label = t.label.clone();
-                let path = committer.state_dir().file_path(Dir::Bak, &label);
-                let gone = remaining.is_empty();
-                let commit = committer.commit(Dir::Bak, label.clone(), remaining);
-                pending.push(tokio::spawn(async move {
-                    match commit.await {
-                        Ok(()) if gone => info!("{label} removed from sm.bak"),
-                        Ok(()) => info!("acknowledged records of {label} removed from sm.bak"),
-                        Err(e) => error!(
-                            "cannot update {}: {e}; the peer will be notified again next time",
-                            path.display()
-                        ),
-                    }
-                }));
-            })
-            .await;
-        for p in pending {
-            let _ = p.await;
-        }
-        summary
-    })?;
+    let summary = rt.block_on(nsm_statd::bak::notify_bak(
+        std::sync::Arc::new(dir),
+        files,
+        |r| record_names(args, cfg, r),
+        ncfg,
+        socks,
+        None,
+    ))?;
     if args.json {
         println!("{}", summary.to_json());
     }

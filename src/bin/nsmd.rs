@@ -1,5 +1,6 @@
 //! `nsmd`: the NSM daemon, a drop-in for rpc.statd (see `nsmd --help` and the README).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use nsm_rpc::rpcbind::Rpcbind;
 use nsm_rpc::server::{Limits, Server};
-use nsm_statd::{Instance, InstanceConfig, NsmService};
+use nsm_statd::{Instance, InstanceConfig, NsmService, ServiceSpec, Services, ServicesConfig};
 use nsmd::config::{StatdArgs, StatdConfig};
 use nsmd::listen::{Listeners, bind_listeners};
 use nsmd::logging::LogLevel;
@@ -63,6 +64,16 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
                 cfg.state_dir.display()
             )
         })?;
+    let specs = match &args.instances {
+        Some(dir) => nsmd::config::instances::load_dir(dir)?,
+        None => Vec::new(),
+    };
+    // The control socket is bound as root, before the drop.
+    let control = match (&args.control_socket, &args.instances) {
+        (Some(p), _) => Some(bind_control(p)?),
+        (None, Some(_)) => Some(bind_control(Path::new(DEFAULT_CONTROL_SOCKET))?),
+        (None, None) => None,
+    };
     apply_nlm_ports(&cfg);
     // After the drop, bumping `state` and writing the kernel's nsm_local_state need root:
     // a helper that can do only that keeps it.
@@ -81,7 +92,157 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args, cfg, log, authority))
+    rt.block_on(serve(args, cfg, log, authority, specs, control))
+}
+
+/// Where nsmctl finds nsmd unless told otherwise.
+const DEFAULT_CONTROL_SOCKET: &str = "/run/nsmd/nsmctl.sock";
+
+/// Binds the control socket: its directory is created 0700, the socket is made 0600, and
+/// only root (or nsmd's own user) is served.
+fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    let l = std::os::unix::net::UnixListener::bind(path).with_context(|| {
+        format!(
+            "cannot listen on {} (choose another with --control-socket)",
+            path.display()
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    l.set_nonblocking(true)
+        .with_context(|| format!("cannot use {}", path.display()))?;
+    Ok(l)
+}
+
+/// Serves nsmctl: one request line, one JSON reply line, per connection.
+async fn serve_control(
+    listener: tokio::net::UnixListener,
+    node: Arc<Instance>,
+    services: Arc<Services>,
+) {
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == 0 || c.uid() == me => {}
+            Ok(c) => {
+                warn!(uid = c.uid(), "control connection refused: not root");
+                continue;
+            }
+            Err(e) => {
+                warn!("control connection refused: {e}");
+                continue;
+            }
+        }
+        let (node, services) = (node.clone(), services.clone());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let mut rd = BufReader::new(rd.take(4096));
+            if rd.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = control_request(line.trim(), &node, &services).await;
+            let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
+        });
+    }
+}
+
+async fn control_request(line: &str, node: &Instance, services: &Services) -> serde_json::Value {
+    use serde_json::json;
+    let mut words = line.split_whitespace();
+    let cmd = words.next().unwrap_or_default();
+    let name = words.next().unwrap_or_default().to_owned();
+    info!(command = %line, "nsmctl");
+    let r: Result<serde_json::Value, String> = match cmd {
+        "status" => {
+            let mut v = vec![json!({
+                "name": "node",
+                "role": "node",
+                "active": true,
+                "state": node.state(),
+                "peers": node.len(),
+                "state_dir": node.state_dir().path().display().to_string(),
+                "addresses": [],
+            })];
+            for s in services.status() {
+                v.push(json!({
+                    "name": s.name,
+                    "role": "service",
+                    "hostname": s.hostname,
+                    "active": s.active,
+                    "state": s.state,
+                    "epoch": s.epoch,
+                    "peers": s.peers,
+                    "state_dir": s.state_dir.display().to_string(),
+                    "addresses": s.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "notify": {
+                        "peers": s.notify.peers,
+                        "acked": s.notify.acked,
+                        "gave_up": s.notify.gave_up,
+                        "finished": s.notify.finished,
+                        "error": s.notify.error,
+                    },
+                }));
+            }
+            Ok(json!({ "instances": v }))
+        }
+        "takeover" => services
+            .takeover(&name)
+            .await
+            .map(|state| json!({ "instance": name, "state": state })),
+        "release" => services
+            .release(&name)
+            .await
+            .map(|()| json!({ "instance": name })),
+        "notify" => services
+            .notify(&name)
+            .await
+            .map(|peers| json!({ "instance": name, "peers": peers })),
+        "peers" => {
+            let list = if name == "node" {
+                Ok(node.peers())
+            } else {
+                services.peers(&name)
+            };
+            list.map(|p| {
+                json!({
+                    "instance": name,
+                    "peers": p.iter().map(|(m, my)| json!({"mon_name": m, "my_name": my})).collect::<Vec<_>>(),
+                })
+            })
+        }
+        _ => Err(format!(
+            "unknown command {cmd:?} (status, takeover, release, notify, peers)"
+        )),
+    };
+    match r {
+        Ok(mut v) => {
+            v["ok"] = json!(true);
+            v
+        }
+        Err(e) => {
+            warn!(command = %line, "nsmctl: {e}");
+            json!({ "ok": false, "error": e })
+        }
+    }
 }
 
 /// Notifies the peers of the previous boot, as rpc.statd runs sm-notify: `nsm-notify` (next to
@@ -144,6 +305,8 @@ async fn serve(
     cfg: StatdConfig,
     log: LogLevel,
     authority: Option<Arc<dyn nsm_statd::StateAuthority>>,
+    specs: Vec<ServiceSpec>,
+    control: Option<std::os::unix::net::UnixListener>,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
@@ -175,10 +338,46 @@ async fn serve(
         .map(|(tcp, a)| a.map(|a| (tcp, a)))
         .collect::<std::io::Result<_>>()
         .context("cannot read the address of a listener")?;
+    let at_start: Vec<String> = specs
+        .iter()
+        .filter(|s| s.takeover_at_start)
+        .map(|s| s.name.clone())
+        .collect();
+    let services = Arc::new(Services::new(
+        ServicesConfig {
+            owner: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            proc_root: cfg.proc_root.0.clone(),
+            ha_callout: cfg.ha_callout.clone(),
+            callback: nsm_statd::callback::CallbackPolicy::default(),
+            rpcbind_port: 111,
+        },
+        specs,
+    ));
+    for s in services.specs() {
+        info!(instance = %s.name, hostname = %s.hostname, state_dir = %s.state_dir.display(), "service instance configured on {:?} (inactive until taken over)", s.addresses);
+    }
     let server = Server::new(
-        Arc::new(NsmService::new(instance.clone())),
+        Arc::new(NsmService::with_services(
+            instance.clone(),
+            services.clone(),
+        )),
         Limits::default(),
     );
+    if let Some(l) = control {
+        let l = tokio::net::UnixListener::from_std(l).context("cannot use the control socket")?;
+        tokio::spawn(serve_control(l, instance.clone(), services.clone()));
+    }
+    for name in at_start {
+        let services = services.clone();
+        tokio::spawn(async move {
+            match services.takeover(&name).await {
+                Ok(state) => info!(instance = %name, state, "taken over at start"),
+                Err(e) => error!(instance = %name, "not taken over at start: {e}"),
+            }
+        });
+    }
     for s in udp {
         server.serve_udp(s);
     }

@@ -134,6 +134,23 @@ pub struct StatdArgs {
     )]
     pub rpcbind_socket: Option<PathBuf>,
 
+    /// Serve the service instances described by DIR/*.toml (one file per instance; see
+    /// the README), beside the node instance.
+    #[arg(
+        long = "instances",
+        value_name = "DIR",
+        help_heading = "nsmd-only options"
+    )]
+    pub instances: Option<PathBuf>,
+
+    /// The nsmctl control socket (root only). [default: /run/nsmd/nsmctl.sock]
+    #[arg(
+        long = "control-socket",
+        value_name = "PATH",
+        help_heading = "nsmd-only options"
+    )]
+    pub control_socket: Option<PathBuf>,
+
     /// Print the version and exit.
     #[arg(short = 'v', short_alias = 'V', long = "version", action = ArgAction::Version)]
     pub version: Option<bool>,

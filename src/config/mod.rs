@@ -9,6 +9,7 @@
 //! warnings too, never fatal. The binary logs [`StatdConfig::warnings`].
 
 pub mod cli;
+pub mod instances;
 pub mod nfsconf;
 mod smnotify;
 mod statd;

@@ -60,7 +60,9 @@ pub struct Request {
     pub auth: Auth,
     /// The caller's address and port.
     pub peer: SocketAddr,
-    /// The local address of the socket the call arrived on.
+    /// The local address the call was sent to: on TCP the connection's local address; on
+    /// UDP the datagram's destination address (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) when the
+    /// socket is bound to a wildcard address, else the socket's address.
     pub local: SocketAddr,
     /// UDP or TCP.
     pub transport: Transport,
@@ -280,6 +282,120 @@ fn encode_denied(xid: u32, r: RejectReply) -> Bytes {
     encode(xid, &ReplyBody::Denied(r))
 }
 
+/// Asks the kernel for the destination address of each datagram (`IP_PKTINFO` /
+/// `IPV6_RECVPKTINFO`), so a socket bound to a wildcard address can tell which local address
+/// a call was sent to and reply from it. `false` when the option cannot be set.
+fn enable_pktinfo(sock: &UdpSocket, v6: bool) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let r = if v6 {
+        setsockopt(sock, sockopt::Ipv6RecvPacketInfo, &true)
+    } else {
+        setsockopt(sock, sockopt::Ipv4PacketInfo, &true)
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "cannot enable IP_PKTINFO: calls are attributed to the wildcard address");
+            false
+        }
+    }
+}
+
+/// One datagram: its length, sender, and the local address it was sent to (from the
+/// packet-info control message; `fallback` when there is none).
+fn recv_with_dst(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    fallback: SocketAddr,
+) -> std::io::Result<(usize, SocketAddr, SocketAddr)> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let m = recvmsg::<SockaddrStorage>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_TRUNC,
+    )?;
+    let peer = m
+        .address
+        .as_ref()
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|a| SocketAddr::V4((*a).into()))
+                .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
+        })
+        .ok_or_else(|| std::io::Error::other("datagram without a sender address"))?;
+    let mut local = fallback;
+    if let Ok(cmsgs) = m.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
+                    local = SocketAddr::new(ip.into(), fallback.port());
+                }
+                ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                    let ip = std::net::Ipv6Addr::from(pi.ipi6_addr.s6_addr);
+                    local = SocketAddr::new(ip.into(), fallback.port());
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((m.bytes, peer, local))
+}
+
+/// Sends `reply` to `peer` from `local`'s address (a packet-info control message), so the
+/// reply leaves from the address the call was sent to even on a wildcard socket.
+fn send_from(
+    sock: &UdpSocket,
+    reply: &[u8],
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+    let iov = [std::io::IoSlice::new(reply)];
+    let to = SockaddrStorage::from(peer);
+    let r = match local.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let pi = nix::libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: nix::libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                ipi_addr: nix::libc::in_addr { s_addr: 0 },
+            };
+            sendmsg(
+                sock.as_raw_fd(),
+                &iov,
+                &[ControlMessage::Ipv4PacketInfo(&pi)],
+                MsgFlags::empty(),
+                Some(&to),
+            )
+        }
+        std::net::IpAddr::V6(ip) => {
+            let pi = nix::libc::in6_pktinfo {
+                ipi6_addr: nix::libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            sendmsg(
+                sock.as_raw_fd(),
+                &iov,
+                &[ControlMessage::Ipv6PacketInfo(&pi)],
+                MsgFlags::empty(),
+                Some(&to),
+            )
+        }
+    };
+    r.map_err(std::io::Error::from)
+}
+
 async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
     let local = match sock.local_addr() {
         Ok(a) => a,
@@ -288,13 +404,21 @@ async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
             return;
         }
     };
+    // A wildcard socket learns each call's destination address (design.md, data flow 2).
+    let pktinfo = local.ip().is_unspecified() && enable_pktinfo(&sock, local.is_ipv6());
     let in_flight = Arc::new(Semaphore::new(ctx.limits.max_udp_in_flight));
     // One byte more than the cap, so an oversized datagram is seen as such.
     let mut buf = vec![0u8; ctx.limits.max_record + 1];
     loop {
-        let (n, peer) = tokio::select! {
+        let (n, peer, dst) = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
+            r = async {
+                if pktinfo {
+                    sock.async_io(tokio::io::Interest::READABLE, || recv_with_dst(&sock, &mut buf, local)).await
+                } else {
+                    sock.recv_from(&mut buf).await.map(|(n, p)| (n, p, local))
+                }
+            } => match r {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here (ECONNREFUSED); keep going.
@@ -314,10 +438,18 @@ async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
         let message = Bytes::copy_from_slice(&buf[..n]);
         let (svc, sock) = (ctx.service.clone(), sock.clone());
         ctx.tasks.spawn(async move {
-            if let Some(reply) = dispatch(&*svc, message, peer, local, Transport::Udp).await
-                && let Err(e) = sock.send_to(&reply, peer).await
-            {
-                debug!(%peer, error = %e, "could not send a UDP reply");
+            if let Some(reply) = dispatch(&*svc, message, peer, dst, Transport::Udp).await {
+                let sent = if pktinfo && !dst.ip().is_unspecified() {
+                    sock.async_io(tokio::io::Interest::WRITABLE, || {
+                        send_from(&sock, &reply, peer, dst)
+                    })
+                    .await
+                } else {
+                    sock.send_to(&reply, peer).await
+                };
+                if let Err(e) = sent {
+                    debug!(%peer, error = %e, "could not send a UDP reply");
+                }
             }
             drop(permit);
         });
@@ -416,4 +548,57 @@ async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr
     // Replies of requests still in progress go out before the connection closes.
     drop(tx);
     let _ = writer.await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Answers every call with the local address it saw (IPv4 octets).
+    struct Where;
+
+    impl Service for Where {
+        fn versions(&self, _prog: u32) -> Option<(u32, u32)> {
+            Some((1, 1))
+        }
+
+        async fn call(&self, req: Request) -> Outcome {
+            match req.local.ip() {
+                std::net::IpAddr::V4(a) => Outcome::Success(Bytes::copy_from_slice(&a.octets())),
+                std::net::IpAddr::V6(_) => Outcome::SystemErr,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_udp_socket_sees_and_replies_from_the_destination_address() {
+        let server = Server::new(Arc::new(Where), Limits::default());
+        let sock = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        let port = sock.local_addr().unwrap().port();
+        server.serve_udp(sock);
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for dst in ["127.0.0.1", "127.0.0.3"] {
+            let mut call = Vec::new();
+            for w in [9u32, 0, 2, 100_024, 1, 0, 0, 0, 0, 0] {
+                call.extend_from_slice(&w.to_be_bytes());
+            }
+            let to: SocketAddr = format!("{dst}:{port}").parse().unwrap();
+            client.send_to(&call, to).await.unwrap();
+            let mut buf = [0u8; 128];
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(from, to, "the reply leaves from the address called");
+            let ip: std::net::Ipv4Addr = dst.parse().unwrap();
+            assert_eq!(
+                &buf[n - 4..n],
+                &ip.octets(),
+                "Request.local is the destination"
+            );
+        }
+        assert!(server.shutdown(Duration::from_secs(1)).await);
+    }
 }

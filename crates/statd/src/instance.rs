@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::callback::{Callback, CallbackPolicy, Callbacks};
 use crate::callout::Callouts;
 use crate::names::{canonical, check_my_name, ip_literal, same_host, sanitize_my_name};
+use crate::ownership::Fence;
 
 /// Who may change the state number and tell the kernel about it. Both need root on a
 /// Debian-style directory (the base directory and `state` stay root's, CVE-2019-3689; the
@@ -73,6 +74,11 @@ pub struct InstanceConfig {
     pub notify_rate: u32,
     /// Who bumps and publishes the state; `None`: this process, directly.
     pub authority: Option<Arc<dyn StateAuthority>>,
+    /// For a service instance: the ownership every write is checked against (fencing).
+    pub fence: Option<Arc<dyn Fence>>,
+    /// For a service instance: its service address, passed to the HA callout's
+    /// `add-client` and `del-client` as a third argument.
+    pub service_address: Option<String>,
 }
 
 impl InstanceConfig {
@@ -86,6 +92,8 @@ impl InstanceConfig {
             ha_callout: None,
             notify_rate: 10,
             authority: None,
+            fence: None,
+            service_address: None,
         }
     }
 }
@@ -151,6 +159,8 @@ pub struct Instance {
     callouts: Mutex<Callouts>,
     limiter: Mutex<RateLimiter>,
     authority: Arc<dyn StateAuthority>,
+    fence: Option<Arc<dyn Fence>>,
+    service_address: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -206,6 +216,8 @@ impl Instance {
                 buckets: HashMap::new(),
             }),
             authority,
+            fence: cfg.fence,
+            service_address: cfg.service_address,
         });
         inst.publish_state();
         let names: Vec<Vec<u8>> = lock(&inst.entries)
@@ -223,6 +235,59 @@ impl Instance {
             "instance ready"
         );
         Ok((inst, report))
+    }
+
+    /// The name given in its configuration (`node` for the node instance).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Arc<StateDir> {
+        &self.dir
+    }
+
+    /// The addresses known for `mon_name`: the name itself when it is an address literal,
+    /// else what the background resolution found so far (never asks DNS).
+    pub fn addresses_of(&self, mon_name: &[u8]) -> Vec<IpAddr> {
+        if let Some(ip) = ip_literal(mon_name) {
+            return vec![canonical(ip)];
+        }
+        lock(&self.addrs)
+            .get(&mon_name.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The monitored peers: (mon_name, my_name) of every record, in the order added.
+    pub fn peers(&self) -> Vec<(String, String)> {
+        lock(&self.entries)
+            .iter()
+            .map(|e| {
+                (
+                    String::from_utf8_lossy(&e.record.mon_name).into_owned(),
+                    String::from_utf8_lossy(&e.record.my_name).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// `Err` (logged) when this node was fenced off this instance: it must not write.
+    fn check_fence(&self, what: &str) -> Result<(), ()> {
+        match self.fence.as_ref().map(|f| f.check()) {
+            Some(Err(e)) => {
+                warn!(instance = %self.name, "{what} refused: {e}");
+                Err(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the state number after a takeover bumped it on disk (and forgets every record:
+    /// they moved to `sm.bak/`).
+    pub fn took_over(&self, state: i32) {
+        lock(&self.entries).clear();
+        self.state.store(state, Ordering::Relaxed);
     }
 
     /// The current state number.
@@ -246,7 +311,12 @@ impl Instance {
         *lock(&self.callouts) = callouts_for(program);
     }
 
-    fn callout(&self, kind: &'static str, args: Vec<Vec<u8>>) {
+    fn callout(&self, kind: &'static str, mut args: Vec<Vec<u8>>) {
+        if kind != "sm-notify"
+            && let Some(a) = &self.service_address
+        {
+            args.push(a.clone().into_bytes());
+        }
         lock(&self.callouts).send(kind, args);
     }
 
@@ -340,6 +410,9 @@ impl Instance {
         }
         if mon_name.len() + my_name.len() > 1024 {
             warn!(%peer, "SM_MON refused: mon_name and my_name together exceed 1024 bytes (nfs-utils could not read the record)");
+            return Self::fail();
+        }
+        if self.check_fence("SM_MON").is_err() {
             return Self::fail();
         }
         let record = Record {
@@ -455,6 +528,9 @@ impl Instance {
             warn!(%peer, "SM_UNMON from a non-loopback address ignored");
             return reply;
         }
+        if self.check_fence("SM_UNMON").is_err() {
+            return reply;
+        }
         let mon_name = id.mon_name.as_bytes();
         let my_name = sanitize_my_name(id.my_id.my_name.as_bytes());
         let my = &id.my_id;
@@ -485,6 +561,9 @@ impl Instance {
         };
         if !is_local(peer) {
             warn!(%peer, "SM_UNMON_ALL from a non-loopback address ignored");
+            return reply;
+        }
+        if self.check_fence("SM_UNMON_ALL").is_err() {
             return reply;
         }
         let my_name = sanitize_my_name(my.my_name.as_bytes());

@@ -5,10 +5,13 @@
 //! Malformed arguments get GARBAGE_ARGS; everything else gets the procedure's result.
 #![warn(missing_docs)]
 
+pub mod bak;
 pub mod callback;
 pub mod callout;
 pub mod instance;
 pub mod names;
+pub mod ownership;
+pub mod service;
 
 use std::sync::Arc;
 
@@ -22,17 +25,59 @@ use nsm_xdr::{Decode, Encode, from_bytes};
 use tracing::debug;
 
 pub use instance::{DirectAuthority, Instance, InstanceConfig, StateAuthority};
+pub use service::{Route, ServiceSpec, Services, ServicesConfig};
 
-/// The NSM program of one nsmd process, serving one instance.
+/// The NSM program of one nsmd process: the node instance, and the service instances picked
+/// by the local address a call was sent to.
 #[derive(Debug)]
 pub struct NsmService {
     instance: Arc<Instance>,
+    services: Option<Arc<Services>>,
 }
 
 impl NsmService {
-    /// The service of `instance`.
+    /// The service of `instance` alone.
     pub fn new(instance: Arc<Instance>) -> Self {
-        Self { instance }
+        Self {
+            instance,
+            services: None,
+        }
+    }
+
+    /// The service of the node instance `instance` and the service instances `services`.
+    pub fn with_services(instance: Arc<Instance>, services: Arc<Services>) -> Self {
+        Self {
+            instance,
+            services: Some(services),
+        }
+    }
+
+    /// The service instances an SM_MON of `mon_name` is recorded in: exactly those whose
+    /// service address the client is connected to over TCP, when the kernel shows it
+    /// (`/proc/net/tcp{,6}`); otherwise every active one (`active`).
+    fn mon_targets(
+        &self,
+        node: &Instance,
+        mon_name: &[u8],
+        active: &[Arc<Instance>],
+    ) -> Vec<Arc<Instance>> {
+        let Some(services) = &self.services else {
+            return Vec::new();
+        };
+        let exact = services.attribute(&node.addresses_of(mon_name));
+        if exact.is_empty() {
+            debug!(
+                instances = active.len(),
+                "SM_MON: client's service address unknown, recorded in every active service instance"
+            );
+            active.to_vec()
+        } else {
+            debug!(
+                instances = exact.len(),
+                "SM_MON: attributed by the client's TCP connections"
+            );
+            exact
+        }
     }
 
     /// The instance served.
@@ -58,7 +103,25 @@ impl Service for NsmService {
     }
 
     async fn call(&self, req: Request) -> Outcome {
-        let inst = &self.instance;
+        let route = self
+            .services
+            .as_ref()
+            .map_or(Route::Node, |s| s.route(req.local.ip()));
+        let (inst, also) = match route {
+            // Calls to a service address go to that instance only.
+            Route::Service(i) => (i, Vec::new()),
+            Route::Silent => return Outcome::Drop,
+            // lockd's SM_MON does not say which server address the client used: record the
+            // peer in the node instance and in every service instance active here.
+            Route::Node => (
+                self.instance.clone(),
+                self.services
+                    .as_ref()
+                    .map(|s| s.active())
+                    .unwrap_or_default(),
+            ),
+        };
+        let inst = &inst;
         let r = async {
             Ok::<_, Outcome>(match req.proc_ {
                 SM_NULL => {
@@ -66,9 +129,30 @@ impl Service for NsmService {
                     Outcome::Success(Bytes::new())
                 }
                 SM_STAT => results(&inst.stat(args::<SmName<'_>>(&req)?.mon_name.as_bytes())),
-                SM_MON => results(&inst.mon(req.peer, &args::<Mon<'_>>(&req)?).await),
-                SM_UNMON => results(&inst.unmon(req.peer, &args::<MonId<'_>>(&req)?).await),
-                SM_UNMON_ALL => results(&inst.unmon_all(req.peer, &args::<MyId<'_>>(&req)?).await),
+                SM_MON => {
+                    let m = args::<Mon<'_>>(&req)?;
+                    let r = inst.mon(req.peer, &m).await;
+                    if r.res_stat == nsm_xdr::nsm::Res::StatSucc && !also.is_empty() {
+                        for s in self.mon_targets(inst, m.mon_id.mon_name.as_bytes(), &also) {
+                            s.mon(req.peer, &m).await;
+                        }
+                    }
+                    results(&r)
+                }
+                SM_UNMON => {
+                    let id = args::<MonId<'_>>(&req)?;
+                    for s in &also {
+                        s.unmon(req.peer, &id).await;
+                    }
+                    results(&inst.unmon(req.peer, &id).await)
+                }
+                SM_UNMON_ALL => {
+                    let id = args::<MyId<'_>>(&req)?;
+                    for s in &also {
+                        s.unmon_all(req.peer, &id).await;
+                    }
+                    results(&inst.unmon_all(req.peer, &id).await)
+                }
                 SM_SIMU_CRASH => {
                     args::<()>(&req)?;
                     inst.simu_crash(req.peer).await;

@@ -1,0 +1,218 @@
+//! Ownership of a service instance's state directory (design.md, data flow 3): an exclusive
+//! `flock` on `<state_dir>/.nsmd-owner` plus an epoch number in that file, incremented
+//! durably on each takeover. A node whose epoch is no longer the file's has been fenced: it
+//! must neither write to the directory nor notify for the instance.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// The ownership file, in the instance's state directory (a dot name: neither nsmd nor
+/// nfs-utils loads it as a record).
+pub const OWNER_FILE: &str = ".nsmd-owner";
+
+/// Why ownership could not be claimed, or was lost.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OwnershipError {
+    /// The ownership file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Another process (on this node or another) holds the lock.
+    #[error(
+        "{path} is locked by another owner (is the instance active on another node? release it there first)"
+    )]
+    Busy {
+        /// The file.
+        path: PathBuf,
+    },
+    /// This node released the instance.
+    #[error("{path}: ownership was released on this node")]
+    Released {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's epoch is not the one this owner claimed: another node took over.
+    #[error("fenced: {path} has epoch {found}, this node owns epoch {held}")]
+    Fenced {
+        /// The file.
+        path: PathBuf,
+        /// The epoch claimed here.
+        held: u64,
+        /// The epoch in the file.
+        found: u64,
+    },
+}
+
+/// Checks whether this node may still write and notify for an instance.
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    /// `Ok` while this node owns the instance.
+    fn check(&self) -> Result<(), OwnershipError>;
+}
+
+/// A claimed ownership: the lock stays held until this is dropped.
+#[derive(Debug)]
+pub struct Ownership {
+    path: PathBuf,
+    epoch: u64,
+    lock: std::sync::Mutex<Option<Flock<File>>>,
+}
+
+fn parse_epoch(text: &str) -> u64 {
+    text.split_whitespace()
+        .skip_while(|w| *w != "epoch")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The epoch recorded in `state_dir`'s ownership file (0 when there is none).
+pub fn read_epoch(state_dir: &Path) -> Result<u64, OwnershipError> {
+    let path = state_dir.join(OWNER_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(parse_epoch(&t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(OwnershipError::Io { path, source }),
+    }
+}
+
+impl Ownership {
+    /// Takes the lock without waiting, then writes epoch + 1 (and `owner`, for people) in
+    /// place and fsyncs it and the directory.
+    pub fn claim(state_dir: &Path, owner: &str) -> Result<Self, OwnershipError> {
+        let path = state_dir.join(OWNER_FILE);
+        let io = |source| OwnershipError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(OwnershipError::Busy { path });
+            }
+            Err((_, e)) => return Err(io(e.into())),
+        };
+        let mut text = String::new();
+        lock.read_to_string(&mut text).map_err(io)?;
+        let epoch = parse_epoch(&text) + 1;
+        let line = format!("epoch {epoch} owner {owner} pid {}\n", std::process::id());
+        lock.set_len(0).map_err(io)?;
+        lock.seek(SeekFrom::Start(0)).map_err(io)?;
+        lock.write_all(line.as_bytes()).map_err(io)?;
+        lock.sync_all().map_err(io)?;
+        File::open(state_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(Self {
+            path,
+            epoch,
+            lock: std::sync::Mutex::new(Some(lock)),
+        })
+    }
+
+    /// The epoch claimed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Gives up ownership: unlocks the file (the epoch stays, for the next owner to
+    /// increment). Every [`Fence::check`] fails from now on.
+    pub fn release(&self) {
+        let l = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(l) = l
+            && let Err((_, e)) = l.unlock()
+        {
+            tracing::warn!(path = %self.path.display(), "cannot unlock: {e}");
+        }
+    }
+}
+
+impl Fence for Ownership {
+    fn check(&self) -> Result<(), OwnershipError> {
+        let held = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        if !held {
+            return Err(OwnershipError::Released {
+                path: self.path.clone(),
+            });
+        }
+        let found = match std::fs::read_to_string(&self.path) {
+            Ok(t) => parse_epoch(&t),
+            Err(source) => {
+                return Err(OwnershipError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        if found == self.epoch {
+            Ok(())
+        } else {
+            Err(OwnershipError::Fenced {
+                path: self.path.clone(),
+                held: self.epoch,
+                found,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_grow_and_the_lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Ownership::claim(d.path(), "a").unwrap();
+        assert_eq!(a.epoch(), 1);
+        assert!(matches!(
+            Ownership::claim(d.path(), "b"),
+            Err(OwnershipError::Busy { .. })
+        ));
+        a.check().unwrap();
+        drop(a);
+        let b = Ownership::claim(d.path(), "b").unwrap();
+        assert_eq!(b.epoch(), 2);
+        assert_eq!(read_epoch(d.path()).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_stale_owner_is_fenced() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Ownership::claim(d.path(), "a").unwrap();
+        // Another node took over behind a lock this node could not see (shared storage
+        // without working locks): the epoch moved on.
+        std::fs::write(d.path().join(OWNER_FILE), "epoch 7 owner b pid 1\n").unwrap();
+        assert!(matches!(
+            a.check(),
+            Err(OwnershipError::Fenced {
+                held: 1,
+                found: 7,
+                ..
+            })
+        ));
+    }
+}

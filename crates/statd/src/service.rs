@@ -1,0 +1,729 @@
+//! Service instances (design.md "Words", data flow 3–4): NSM identities of NFS services that
+//! move between nodes, each with its state directory on shared storage, served by the same
+//! daemon as the node instance and picked by the local address a call was sent to.
+//!
+//! [`Services::takeover`]: ownership (lock + epoch), state += 2 durably, `sm/` to `sm.bak/`,
+//! start answering on the service addresses, the readiness gate, then the notifier from the
+//! service address with the service's names. [`Services::release`]: stop answering, kernel
+//! lock release (`unlock_ip`, `unlock_filesystem`), flush, drop ownership. A service instance
+//! never writes the kernel's `nsm_local_state` and never lifts lockd's host-wide grace.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources};
+use nsm_rpc::client::CallOptions;
+use nsm_xdr::rpcbind::{IPPROTO_TCP, IPPROTO_UDP};
+use tracing::{info, warn};
+
+use crate::callback::CallbackPolicy;
+use crate::instance::{DirectAuthority, Instance, InstanceConfig};
+use crate::names::canonical;
+use crate::ownership::{Fence, Ownership};
+
+/// How one service instance is set up (from its instance file).
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// The instance's name (`nsmctl takeover NAME`).
+    pub name: String,
+    /// The service hostname (the first mon_name sent).
+    pub hostname: String,
+    /// More names of the service.
+    pub aliases: Vec<String>,
+    /// Its addresses (floating IPs).
+    pub addresses: Vec<IpAddr>,
+    /// Send notifications only through this interface.
+    pub interface: Option<String>,
+    /// Its state directory, on shared storage.
+    pub state_dir: PathBuf,
+    /// The mon_names to send, in order (empty: the hostname, then the aliases).
+    pub notify_names: Vec<String>,
+    /// The source port of notifications (`None`: a privileged port).
+    pub notify_port: Option<u16>,
+    /// How long a peer is retried (`None`: forever).
+    pub retry: Option<Duration>,
+    /// How many peers are tried for the first time at once.
+    pub window: usize,
+    /// Readiness: programs that must be registered with rpcbind on the service address.
+    pub ready_programs: Vec<u32>,
+    /// Readiness: a command that must succeed (argv).
+    pub ready_command: Vec<String>,
+    /// Readiness: how long to wait before notifying anyway.
+    pub ready_timeout: Duration,
+    /// Release: write the service addresses to `unlock_ip`.
+    pub unlock_ip: bool,
+    /// Release: the exports written to `unlock_filesystem`.
+    pub exports: Vec<PathBuf>,
+    /// Take the instance over when the daemon starts.
+    pub takeover_at_start: bool,
+}
+
+impl ServiceSpec {
+    /// The mon_names notifications carry.
+    pub fn names(&self) -> Vec<String> {
+        if !self.notify_names.is_empty() {
+            return self.notify_names.clone();
+        }
+        let mut v = vec![self.hostname.clone()];
+        v.extend(self.aliases.iter().cloned());
+        v
+    }
+}
+
+/// Settings every service instance shares.
+#[derive(Debug, Clone)]
+pub struct ServicesConfig {
+    /// Who this node is (written to the ownership file).
+    pub owner: String,
+    /// The root of `/proc` (`fs/nfsd/unlock_ip`, `fs/nfsd/unlock_filesystem`).
+    pub proc_root: PathBuf,
+    /// The HA callout program, if any.
+    pub ha_callout: Option<PathBuf>,
+    /// How lockd is called back.
+    pub callback: CallbackPolicy,
+    /// rpcbind's port (the readiness gate asks it on the service address).
+    pub rpcbind_port: u16,
+}
+
+/// The progress of the last notification run of an instance.
+#[derive(Debug, Clone, Default)]
+pub struct NotifyProgress {
+    /// Peers to notify.
+    pub peers: usize,
+    /// Peers that acknowledged (when finished).
+    pub acked: usize,
+    /// Peers given up (when finished).
+    pub gave_up: usize,
+    /// Whether the run finished.
+    pub finished: bool,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Active {
+    instance: Arc<Instance>,
+    ownership: Arc<Ownership>,
+    notifying: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// One service instance and what it is doing on this node.
+#[derive(Debug)]
+pub struct Service {
+    spec: ServiceSpec,
+    active: Mutex<Option<Active>>,
+    progress: Arc<Mutex<NotifyProgress>>,
+}
+
+/// What `nsmctl status` shows of an instance.
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    /// The name.
+    pub name: String,
+    /// The service hostname.
+    pub hostname: String,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Active on this node.
+    pub active: bool,
+    /// The state number (while active).
+    pub state: Option<i32>,
+    /// The ownership epoch held (while active).
+    pub epoch: Option<u64>,
+    /// Records monitored (while active).
+    pub peers: usize,
+    /// The last notification run.
+    pub notify: NotifyProgress,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a call sent to a local address goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// The node instance.
+    Node,
+    /// An active service instance.
+    Service(Arc<Instance>),
+    /// A service address of an instance not active here: no answer.
+    Silent,
+}
+
+/// Every service instance of the daemon, and the address → instance table the NSM service
+/// dispatches with.
+#[derive(Debug)]
+pub struct Services {
+    cfg: ServicesConfig,
+    list: Vec<Arc<Service>>,
+    routes: RwLock<HashMap<IpAddr, Option<Arc<Instance>>>>,
+    /// One takeover or release at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Services {
+    /// The instances of `specs`, none active yet (their addresses are silent).
+    pub fn new(cfg: ServicesConfig, specs: Vec<ServiceSpec>) -> Self {
+        let mut routes = HashMap::new();
+        for s in &specs {
+            for a in &s.addresses {
+                routes.insert(canonical(*a), None);
+            }
+        }
+        Self {
+            cfg,
+            list: specs
+                .into_iter()
+                .map(|spec| {
+                    Arc::new(Service {
+                        spec,
+                        active: Mutex::new(None),
+                        progress: Arc::default(),
+                    })
+                })
+                .collect(),
+            routes: RwLock::new(routes),
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The specs, in configuration order.
+    pub fn specs(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.list.iter().map(|s| &s.spec)
+    }
+
+    /// Where a call sent to `local` goes.
+    pub fn route(&self, local: IpAddr) -> Route {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match routes.get(&canonical(local)) {
+            None => Route::Node,
+            Some(Some(i)) => Route::Service(i.clone()),
+            Some(None) => Route::Silent,
+        }
+    }
+
+    /// The service instances active on this node.
+    pub fn active(&self) -> Vec<Arc<Instance>> {
+        self.list
+            .iter()
+            .filter_map(|s| lock(&s.active).as_ref().map(|a| a.instance.clone()))
+            .collect()
+    }
+
+    fn find(&self, name: &str) -> Result<&Arc<Service>, String> {
+        self.list
+            .iter()
+            .find(|s| s.spec.name == name)
+            .ok_or_else(|| format!("no instance named {name:?}"))
+    }
+
+    fn set_routes(&self, addrs: &[IpAddr], to: Option<Arc<Instance>>) {
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for a in addrs {
+            routes.insert(canonical(*a), to.clone());
+        }
+    }
+
+    /// The active instances a client with these addresses is known to use: those whose
+    /// service address has an established TCP connection (NFS, NLM) from one of `client`
+    /// in `<proc_root>/net/tcp{,6}`. Empty when the kernel cannot tell.
+    pub fn attribute(&self, client: &[IpAddr]) -> Vec<Arc<Instance>> {
+        if client.is_empty() {
+            return Vec::new();
+        }
+        let locals = tcp_local_addrs(&self.cfg.proc_root, client);
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<Arc<Instance>> = Vec::new();
+        for l in locals {
+            if let Some(Some(i)) = routes.get(&l)
+                && !out.iter().any(|o| Arc::ptr_eq(o, i))
+            {
+                out.push(i.clone());
+            }
+        }
+        out
+    }
+
+    /// The status of every service instance.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.list
+            .iter()
+            .map(|s| {
+                let a = lock(&s.active);
+                ServiceStatus {
+                    name: s.spec.name.clone(),
+                    hostname: s.spec.hostname.clone(),
+                    addresses: s.spec.addresses.clone(),
+                    state_dir: s.spec.state_dir.clone(),
+                    active: a.is_some(),
+                    state: a.as_ref().map(|a| a.instance.state()),
+                    epoch: a.as_ref().map(|a| a.ownership.epoch()),
+                    peers: a.as_ref().map_or(0, |a| a.instance.len()),
+                    notify: lock(&s.progress).clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The monitored peers (mon_name, my_name) of an active instance.
+    pub fn peers(&self, name: &str) -> Result<Vec<(String, String)>, String> {
+        let s = self.find(name)?;
+        let a = lock(&s.active);
+        a.as_ref()
+            .map(|a| a.instance.peers())
+            .ok_or_else(|| format!("instance {name} is not active on this node"))
+    }
+
+    /// Takes `name` over (see the module documentation); returns once the readiness gate
+    /// passed (or timed out) and the notifier started. Returns the new state number.
+    pub async fn takeover(&self, name: &str) -> Result<i32, String> {
+        let _busy = self.busy.lock().await;
+        let s = self.find(name)?.clone();
+        if lock(&s.active).is_some() {
+            return Err(format!("instance {name} is already active on this node"));
+        }
+        let spec = s.spec.clone();
+        let owner = self.cfg.owner.clone();
+        let dir_path = spec.state_dir.clone();
+        let (ownership, state) = tokio::task::spawn_blocking(move || {
+            let own = Ownership::claim(&dir_path, &owner).map_err(|e| e.to_string())?;
+            let dir = nsm_store::StateDir::open(&dir_path).map_err(|e| e.to_string())?;
+            own.check().map_err(|e| e.to_string())?;
+            let state = dir.state(true).map_err(|e| e.to_string())?;
+            own.check().map_err(|e| e.to_string())?;
+            let moved = dir.retire().map_err(|e| e.to_string())?;
+            info!(instance = %dir_path.display(), epoch = own.epoch(), state, moved, "ownership claimed, state bumped, sm/ moved to sm.bak/");
+            Ok::<_, String>((Arc::new(own), state))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
+        icfg.ha_callout = self.cfg.ha_callout.clone();
+        icfg.callback = self.cfg.callback.clone();
+        icfg.fence = Some(ownership.clone() as Arc<dyn Fence>);
+        icfg.service_address = spec.addresses.first().map(ToString::to_string);
+        let dir = Arc::new(nsm_store::StateDir::open(&spec.state_dir).map_err(|e| e.to_string())?);
+        // Never the kernel's nsm_local_state: that is the node's.
+        icfg.authority = Some(Arc::new(DirectAuthority {
+            dir,
+            nsm_local_state: None,
+        }));
+        let instance = match Instance::open(icfg) {
+            Ok((i, _)) => i,
+            Err(e) => {
+                ownership.release();
+                return Err(e.to_string());
+            }
+        };
+        if instance.state() != state {
+            warn!(instance = %spec.name, "state changed under the takeover: {} then {}", state, instance.state());
+        }
+        self.set_routes(&spec.addresses, Some(instance.clone()));
+        *lock(&s.progress) = NotifyProgress::default();
+        info!(instance = %spec.name, state, "answering on {:?}", spec.addresses);
+        let ready = readiness(&spec, self.cfg.rpcbind_port).await;
+        if let Err(e) = &ready {
+            warn!(instance = %spec.name, "readiness gate: {e}; notifying anyway");
+        }
+        let task = tokio::spawn(notify_task(
+            spec.clone(),
+            ownership.clone(),
+            state,
+            s.progress.clone(),
+        ));
+        *lock(&s.active) = Some(Active {
+            instance,
+            ownership,
+            notifying: Some(task),
+        });
+        Ok(state)
+    }
+
+    /// Sends the notifications of `name` again from its `sm.bak/` (after a failed run).
+    pub async fn notify(&self, name: &str) -> Result<usize, String> {
+        let _busy = self.busy.lock().await;
+        let s = self.find(name)?.clone();
+        let mut a = lock(&s.active);
+        let Some(active) = a.as_mut() else {
+            return Err(format!("instance {name} is not active on this node"));
+        };
+        if let Some(t) = active.notifying.take() {
+            t.abort();
+        }
+        let state = active.instance.state();
+        let peers = crate::bak::load_bak(active.instance.state_dir())
+            .map(|f| f.len())
+            .map_err(|e| e.to_string())?;
+        active.notifying = Some(tokio::spawn(notify_task(
+            s.spec.clone(),
+            active.ownership.clone(),
+            state,
+            s.progress.clone(),
+        )));
+        Ok(peers)
+    }
+
+    /// Releases `name` (see the module documentation).
+    pub async fn release(&self, name: &str) -> Result<(), String> {
+        let _busy = self.busy.lock().await;
+        let s = self.find(name)?.clone();
+        let Some(active) = lock(&s.active).take() else {
+            return Err(format!("instance {name} is not active on this node"));
+        };
+        let spec = &s.spec;
+        self.set_routes(&spec.addresses, None);
+        if let Some(t) = &active.notifying {
+            t.abort();
+        }
+        let nfsd = self.cfg.proc_root.join("fs/nfsd");
+        if spec.unlock_ip {
+            for a in &spec.addresses {
+                write_proc(&nfsd.join("unlock_ip"), &a.to_string());
+            }
+        }
+        for e in &spec.exports {
+            write_proc(&nfsd.join("unlock_filesystem"), &e.to_string_lossy());
+        }
+        // Flush: every acknowledged change is already durable; make the directories so too.
+        for d in ["sm", "sm.bak", ""] {
+            let p = spec.state_dir.join(d);
+            if let Err(e) = std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                warn!(path = %p.display(), "cannot flush: {e}");
+            }
+        }
+        active.ownership.release();
+        info!(instance = %spec.name, "released");
+        Ok(())
+    }
+}
+
+/// The local addresses of the established TCP connections from any of `peers`, read from
+/// `<proc_root>/net/tcp` and `tcp6` (the format of `linux: net/ipv4/tcp_ipv4.c`: addresses in
+/// hex, each 32-bit word in host byte order; state `01` is ESTABLISHED).
+pub fn tcp_local_addrs(proc_root: &Path, peers: &[IpAddr]) -> Vec<IpAddr> {
+    let peers: Vec<IpAddr> = peers.iter().map(|p| canonical(*p)).collect();
+    let mut out = Vec::new();
+    for file in ["net/tcp", "net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(proc_root.join(file)) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(local), Some(remote), Some(st)) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            if st != "01" {
+                continue;
+            }
+            let (Some(l), Some(r)) = (parse_proc_addr(local), parse_proc_addr(remote)) else {
+                continue;
+            };
+            if peers.contains(&r) && !out.contains(&l) {
+                out.push(l);
+            }
+        }
+    }
+    out
+}
+
+/// `0100007F:0801` (IPv4) or 32 hex digits (IPv6), then the port: the address, canonical.
+fn parse_proc_addr(s: &str) -> Option<IpAddr> {
+    let (hex, _port) = s.split_once(':')?;
+    let word = |h: &str| u32::from_str_radix(h, 16).ok().map(u32::to_ne_bytes);
+    let ip = match hex.len() {
+        8 => IpAddr::from(word(hex)?),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(hex.get(i * 8..i * 8 + 8)?)?);
+            }
+            IpAddr::from(b)
+        }
+        _ => return None,
+    };
+    Some(canonical(ip))
+}
+
+/// Writes `text` to a /proc file if it exists.
+fn write_proc(path: &Path, text: &str) {
+    if !path.exists() {
+        info!("{} does not exist: {text} not written", path.display());
+        return;
+    }
+    match std::fs::write(path, text) {
+        Ok(()) => info!("{text} written to {}", path.display()),
+        Err(e) => warn!("cannot write {text:?} to {}: {e}", path.display()),
+    }
+}
+
+/// Waits until every program is registered on the service address and the command succeeds.
+async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + spec.ready_timeout;
+    let Some(addr) = spec.addresses.first().copied() else {
+        return Ok(());
+    };
+    let rpcbind = SocketAddr::new(addr, rpcbind_port);
+    let opts = CallOptions {
+        timeout: Duration::from_secs(2),
+        ..CallOptions::default()
+    };
+    let mut last;
+    loop {
+        last = None;
+        for prog in &spec.ready_programs {
+            let mut found = false;
+            'v: for vers in [4, 3, 2, 1] {
+                for prot in [IPPROTO_UDP, IPPROTO_TCP] {
+                    if let Ok(Some(_)) =
+                        nsm_rpc::rpcbind::getport(rpcbind, *prog, vers, prot, &opts).await
+                    {
+                        found = true;
+                        break 'v;
+                    }
+                }
+            }
+            if !found {
+                last = Some(format!("program {prog} is not registered at {rpcbind}"));
+                break;
+            }
+        }
+        if last.is_none()
+            && let Some((prog, args)) = spec.ready_command.split_first()
+        {
+            let st = tokio::process::Command::new(prog)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .status()
+                .await;
+            match st {
+                Ok(s) if s.success() => {}
+                Ok(s) => last = Some(format!("{prog}: {s}")),
+                Err(e) => last = Some(format!("{prog}: {e}")),
+            }
+        }
+        match last {
+            None => return Ok(()),
+            Some(e) if Instant::now() >= deadline => {
+                return Err(format!("not ready after {:?}: {e}", spec.ready_timeout));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn notify_task(
+    spec: ServiceSpec,
+    ownership: Arc<Ownership>,
+    state: i32,
+    progress: Arc<Mutex<NotifyProgress>>,
+) {
+    let r = notify_run(&spec, &ownership, state, &progress).await;
+    let mut p = lock(&progress);
+    p.finished = true;
+    if let Err(e) = r {
+        warn!(instance = %spec.name, "notification: {e}");
+        p.error = Some(e);
+    }
+}
+
+async fn notify_run(
+    spec: &ServiceSpec,
+    ownership: &Arc<Ownership>,
+    state: i32,
+    progress: &Mutex<NotifyProgress>,
+) -> Result<(), String> {
+    ownership.check().map_err(|e| e.to_string())?;
+    let dir = Arc::new(nsm_store::StateDir::open(&spec.state_dir).map_err(|e| e.to_string())?);
+    let files = crate::bak::load_bak(&dir).map_err(|e| e.to_string())?;
+    lock(progress).peers = files.len();
+    if files.is_empty() {
+        info!(instance = %spec.name, "no one to notify");
+        return Ok(());
+    }
+    let socks = bind_sources(&SourceSpec {
+        addrs: spec.addresses.clone(),
+        port: spec.notify_port,
+        device: spec.interface.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    let names = spec.names();
+    let ncfg = NotifierConfig {
+        state,
+        policy: Policy {
+            budget: spec.retry,
+            window: spec.window,
+            ..Policy::default()
+        },
+        ..NotifierConfig::default()
+    };
+    info!(instance = %spec.name, state, peers = files.len(), "notifying as {names:?}");
+    let fence: &dyn Fence = ownership.as_ref();
+    let run = crate::bak::notify_bak(dir, files, |_| names.clone(), ncfg, socks, Some(fence));
+    // Fenced (another node took over): stop notifying at once.
+    let watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Err(e) = ownership.check() {
+                return e;
+            }
+        }
+    };
+    tokio::select! {
+        r = run => {
+            let summary = r.map_err(|e| e.to_string())?;
+            let mut p = lock(progress);
+            p.acked = summary.acked();
+            p.gave_up = summary.gave_up();
+            info!(instance = %spec.name, "notification done: {} of {} acknowledged", p.acked, p.peers);
+            Ok(())
+        }
+        e = watch => Err(format!("notification stopped: {e}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, addr: &str, dir: &Path) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            hostname: format!("{name}.example.test"),
+            aliases: vec![],
+            addresses: vec![addr.parse().unwrap()],
+            interface: None,
+            state_dir: dir.to_owned(),
+            notify_names: vec![],
+            notify_port: Some(0),
+            retry: Some(Duration::from_secs(1)),
+            window: 4,
+            ready_programs: vec![],
+            ready_command: vec![],
+            ready_timeout: Duration::from_secs(1),
+            unlock_ip: true,
+            exports: vec![PathBuf::from("/export/a")],
+            takeover_at_start: false,
+        }
+    }
+
+    #[test]
+    fn proc_net_tcp_lines() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("net")).unwrap();
+        let v4 = |ip: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(ip));
+        std::fs::write(
+            d.path().join("net/tcp"),
+            format!(
+                "  sl  local_address rem_address   st tx_queue rx_queue\n\
+                 0: {}:0801 {}:03FF 01 00000000:00000000\n\
+                 1: {}:0801 {}:03FE 0A 00000000:00000000\n\
+                 2: {}:0801 {}:03FD 01 00000000:00000000\n",
+                v4([198, 51, 100, 101]),
+                v4([198, 51, 100, 71]),
+                v4([198, 51, 100, 102]),
+                v4([198, 51, 100, 71]),
+                v4([198, 51, 100, 103]),
+                v4([198, 51, 100, 72]),
+            ),
+        )
+        .unwrap();
+        let mapped: [u8; 16] = "::ffff:198.51.100.104"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let client: [u8; 16] = "::ffff:198.51.100.71"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let hex6 = |b: [u8; 16]| {
+            b.chunks(4)
+                .map(|c| format!("{:08X}", u32::from_ne_bytes(c.try_into().unwrap())))
+                .collect::<String>()
+        };
+        std::fs::write(
+            d.path().join("net/tcp6"),
+            format!(
+                "  sl  local_address rem_address st\n 0: {}:0801 {}:0300 01 0\n",
+                hex6(mapped),
+                hex6(client)
+            ),
+        )
+        .unwrap();
+        let got = tcp_local_addrs(d.path(), &["198.51.100.71".parse().unwrap()]);
+        assert_eq!(
+            got,
+            [
+                "198.51.100.101".parse::<IpAddr>().unwrap(),
+                "198.51.100.104".parse().unwrap()
+            ],
+            "established only, IPv4-mapped as IPv4"
+        );
+    }
+
+    #[tokio::test]
+    async fn takeover_routes_and_release_writes_the_kernel_files_then_unlocks() {
+        let d = tempfile::tempdir().unwrap();
+        let (dir, proc_root) = (d.path().join("svc"), d.path().join("proc"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(proc_root.join("fs/nfsd")).unwrap();
+        for f in ["unlock_ip", "unlock_filesystem"] {
+            std::fs::write(proc_root.join("fs/nfsd").join(f), "").unwrap();
+        }
+        let cfg = ServicesConfig {
+            owner: "test".into(),
+            proc_root: proc_root.clone(),
+            ha_callout: None,
+            callback: CallbackPolicy::default(),
+            rpcbind_port: 111,
+        };
+        let s = Services::new(cfg, vec![spec("a", "127.0.0.9", &dir)]);
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(
+            matches!(s.route(ip), Route::Silent),
+            "configured, not active"
+        );
+        assert!(matches!(s.route("127.0.0.1".parse().unwrap()), Route::Node));
+        let s1 = s.takeover("a").await.unwrap();
+        assert!(matches!(s.route(ip), Route::Service(_)));
+        assert_eq!(s.active().len(), 1);
+        assert!(s.takeover("a").await.is_err(), "already active");
+        assert!(
+            Ownership::claim(&dir, "other").is_err(),
+            "locked while active"
+        );
+        s.release("a").await.unwrap();
+        assert!(matches!(s.route(ip), Route::Silent));
+        assert_eq!(
+            std::fs::read_to_string(proc_root.join("fs/nfsd/unlock_ip")).unwrap(),
+            "127.0.0.9"
+        );
+        assert_eq!(
+            std::fs::read_to_string(proc_root.join("fs/nfsd/unlock_filesystem")).unwrap(),
+            "/export/a"
+        );
+        let other = Ownership::claim(&dir, "other").unwrap();
+        assert_eq!(other.epoch(), 2);
+        drop(other);
+        let s2 = s.takeover("a").await.unwrap();
+        assert!(s2 > s1);
+        s.release("a").await.unwrap();
+    }
+}

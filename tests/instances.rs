@@ -1,0 +1,532 @@
+//! Service instances, black-box failover drills: nsmd on nodes A and B (test hosts) shares
+//! a service instance's state directory (a directory both see, as shared storage); the
+//! service address moves between them; clients run Debian's rpc.statd with a lockd
+//! stand-in and must hear of every takeover with a larger state. Network namespaces, root only.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{
+    Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, spawn_nsmd, udp_exchange,
+    xdr_string,
+};
+use nsm_testhost::{Host, Lab, Proc, Signal, require, tool_path};
+
+const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
+const T: Duration = Duration::from_secs(15);
+const COOKIE: [u8; 16] = [0xc0, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+
+/// A directory outside `/run` and `/var/lib/nfs`: every test host sees the same one.
+fn shared_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn instance_file(dir: &Path, name: &str, host: &str, addr: &str, state_dir: &Path, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(state_dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        format!(
+            "hostname = \"{host}\"\naddresses = [\"{addr}\"]\nstate_dir = \"{}\"\n{extra}\n\
+             [notify]\nretry_seconds = 30\n\
+             [readiness]\nrpcbind = [100021]\ntimeout_seconds = 10\n\
+             [release]\nexports = [\"/export/{name}\"]\n",
+            state_dir.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// A server node: rpcbind, a lockd stand-in (so 100021 is registered: the readiness gate),
+/// the kernel files nsmd writes (under /run/proc), nsmd with `--instances`.
+struct Node {
+    host: Host,
+    nsmd: Option<Proc>,
+    port: u16,
+    lockd: LockdStandIn,
+    _rpcbind: Proc,
+}
+
+impl Node {
+    fn new(lab: &Lab, name: &str, addr: &str) -> Self {
+        let host = lab.host(name, &[addr]).unwrap();
+        let rpcbind = host.start_rpcbind().unwrap();
+        let lockd = LockdStandIn::start(&host, true);
+        for f in [
+            "sys/fs/nfs/nsm_local_state",
+            "fs/nfsd/unlock_ip",
+            "fs/nfsd/unlock_filesystem",
+        ] {
+            host.write_file(&format!("/run/proc/{f}"), "").unwrap();
+        }
+        Self {
+            host,
+            nsmd: None,
+            port: 0,
+            lockd,
+            _rpcbind: rpcbind,
+        }
+    }
+
+    fn start(&mut self, instances: &Path) {
+        let (p, port) = spawn_nsmd(
+            &self.host,
+            "nsmd",
+            &[
+                "-P",
+                "/var/lib/nfs/node",
+                "--proc-root",
+                "/run/proc",
+                "--instances",
+                instances.to_str().unwrap(),
+            ],
+        );
+        self.nsmd = Some(p);
+        self.port = port;
+    }
+
+    fn nsmd(&self) -> &Proc {
+        self.nsmd.as_ref().unwrap()
+    }
+
+    fn kill9(&mut self) {
+        let p = self.nsmd.take().unwrap();
+        p.signal(Signal::Kill).unwrap();
+        p.wait(T).unwrap();
+    }
+
+    /// `nsmctl ARGS`: (success, stdout, stderr).
+    fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let mut argv = vec![NSMCTL];
+        argv.extend_from_slice(args);
+        let out = self.host.run(&argv, Duration::from_secs(60)).unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn takeover(&self, name: &str) -> i32 {
+        let (ok, out, err) = self.ctl(&["--json", "takeover", name]);
+        assert!(
+            ok,
+            "takeover {name}: {out}{err}\n{}",
+            self.nsmd().log_tail(30)
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["state"].as_i64().unwrap() as i32
+    }
+
+    /// lockd's SM_MON of `client` (mon_name), on loopback.
+    fn mon(&self, client: &str) {
+        let local: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let r = in_netns(&self.host, || {
+            let m = call(
+                7,
+                100_024,
+                1,
+                2,
+                &mon_args(client.as_bytes(), b"server", COOKIE),
+            );
+            answer(7, &udp_exchange(local, &m).unwrap())
+        });
+        assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+    }
+}
+
+/// A client: rpcbind, a lockd stand-in, Debian's rpc.statd monitoring `service`.
+struct Client {
+    host: Host,
+    lockd: LockdStandIn,
+    statd: Proc,
+    _rpcbind: Proc,
+}
+
+impl Client {
+    fn new(lab: &Lab, name: &str, addr: &str, service: &str) -> Self {
+        let host = lab.host(name, &[addr]).unwrap();
+        let rpcbind = host.start_rpcbind().unwrap();
+        let lockd = LockdStandIn::start(&host, true);
+        host.write_file("/var/lib/nfs/c/sm.bak/.keep", "").unwrap();
+        host.write_file("/var/lib/nfs/c/sm/.keep", "").unwrap();
+        let statd_bin = tool_path("rpc.statd").unwrap();
+        let statd = host
+            .spawn(
+                "rpc.statd",
+                &[
+                    statd_bin.to_str().unwrap(),
+                    "-F",
+                    "-d",
+                    "-L",
+                    "-P",
+                    "/var/lib/nfs/c",
+                ],
+            )
+            .unwrap();
+        let regs = host.wait_registered(100_024, T).unwrap();
+        let port = regs.iter().find(|r| r.protocol == "udp").unwrap().port;
+        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        in_netns(&host, || {
+            let m = call(
+                1,
+                100_024,
+                1,
+                2,
+                &mon_args(service.as_bytes(), name.as_bytes(), COOKIE),
+            );
+            let r = answer(1, &udp_exchange(local, &m).unwrap());
+            assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+        });
+        Self {
+            host,
+            lockd,
+            statd,
+            _rpcbind: rpcbind,
+        }
+    }
+
+    /// Waits for the `n`th callback; returns (mon_name, state) of each.
+    fn callbacks(&self, n: usize) -> Vec<(String, i32)> {
+        let got = self.lockd.wait_for(n, Duration::from_secs(30));
+        got.iter()
+            .map(|c| {
+                let (name, state, cookie) = parse_status(&c.3);
+                assert_eq!(cookie, COOKIE);
+                (String::from_utf8(name).unwrap(), state)
+            })
+            .collect()
+    }
+
+    /// The non-loopback senders of the SM_NOTIFYs rpc.statd received.
+    fn senders(&self) -> Vec<String> {
+        self.statd
+            .log()
+            .lines()
+            .filter_map(|l| l.split("access by ").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+            .filter(|a| !a.starts_with("127.") && a != "::1")
+            .collect()
+    }
+}
+
+fn read_state(dir: &Path) -> i32 {
+    i32::from_ne_bytes(
+        std::fs::read(dir.join("state")).unwrap()[..4]
+            .try_into()
+            .unwrap(),
+    )
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn move_addr(from: &Node, to: &Node, cidr: &str, clients: &[&Client]) {
+    from.host.del_addr(cidr).unwrap();
+    to.host.add_addr(cidr).unwrap();
+    for c in clients {
+        c.host.flush_neigh().unwrap();
+    }
+}
+
+const SVC: &str = "nfs-svc.example.test";
+const SVC_ADDR: &str = "198.51.100.100";
+
+/// Active/passive A→B→A→B: the client's statd calls its lockd with the service name and a
+/// state larger each time; an SM_MON acknowledged on A just before `kill -9` is notified
+/// after the takeover on B; release writes unlock_ip and unlock_filesystem before dropping
+/// ownership; A restarted with a stale view neither writes to the directory nor notifies.
+#[test]
+fn active_passive_failover_drill() {
+    if !require(
+        "active_passive_failover_drill",
+        &["rpcbind", "rpcinfo", "rpc.statd"],
+    ) {
+        return;
+    }
+    let shared = shared_dir();
+    let state_dir = shared.path().join("svc");
+    let inst = shared.path().join("instances");
+    instance_file(&inst, "svc", SVC, SVC_ADDR, &state_dir, "");
+    let lab = Lab::new("instap").unwrap();
+    lab.add_name(SVC_ADDR, &[SVC]).unwrap();
+    let mut a = Node::new(&lab, "a", "198.51.100.60/24");
+    let mut b = Node::new(&lab, "b", "198.51.100.61/24");
+    let cli = Client::new(&lab, "cli", "198.51.100.70/24", SVC);
+    let cidr = format!("{SVC_ADDR}/24");
+
+    // A takes the service: no one to notify yet.
+    a.start(&inst);
+    b.start(&inst);
+    a.host.add_addr(&cidr).unwrap();
+    let s1 = a.takeover("svc");
+    assert_eq!(s1 % 2, 1);
+    let (ok, out, _) = a.ctl(&["status"]);
+    assert!(ok && out.contains("svc") && out.contains("yes"), "{out}");
+    // B cannot take it while A owns it.
+    let (ok, _, err) = b.ctl(&["takeover", "svc"]);
+    assert!(!ok && err.contains("locked"), "{err}");
+
+    // lockd on A monitors the client (the fallback path: into every active instance), and
+    // A dies right after the reply.
+    a.mon("cli");
+    assert_eq!(
+        files(&state_dir.join("sm")),
+        ["cli"],
+        "recorded in the service's directory"
+    );
+    a.kill9();
+
+    // B takes over: the client hears the service's new state.
+    move_addr(&a, &b, &cidr, &[&cli]);
+    let s2 = b.takeover("svc");
+    assert!(s2 > s1, "{s2} > {s1}");
+    let got = cli.callbacks(1);
+    assert_eq!(got, [(SVC.to_owned(), s2)], "{}", cli.statd.log_tail(20));
+    b.nsmd()
+        .wait_for_log_line("cli removed from sm.bak", T)
+        .unwrap();
+
+    // Release on B: kernel lock release before ownership is dropped.
+    b.mon("cli");
+    let (ok, out, err) = b.ctl(&["release", "svc"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        b.host.read_file("/run/proc/fs/nfsd/unlock_ip").unwrap(),
+        SVC_ADDR.as_bytes()
+    );
+    assert_eq!(
+        b.host
+            .read_file("/run/proc/fs/nfsd/unlock_filesystem")
+            .unwrap(),
+        b"/export/svc"
+    );
+    let log = b.nsmd().log();
+    let unlock = log.find("written to /run/proc/fs/nfsd/unlock_ip").unwrap();
+    let released = log.rfind("released").unwrap();
+    assert!(unlock < released, "unlock_ip before the release: {log}");
+
+    // B→A, then A→B: strictly larger each time.
+    a.start(&inst);
+    move_addr(&b, &a, &cidr, &[&cli]);
+    let s3 = a.takeover("svc");
+    assert!(s3 > s2);
+    assert_eq!(cli.callbacks(2)[1], (SVC.to_owned(), s3));
+    a.nsmd()
+        .wait_for_log_line("cli removed from sm.bak", T)
+        .unwrap();
+    a.mon("cli");
+    a.kill9();
+    move_addr(&a, &b, &cidr, &[&cli]);
+    let s4 = b.takeover("svc");
+    assert!(s4 > s3);
+    assert_eq!(cli.callbacks(3)[2], (SVC.to_owned(), s4));
+    assert!(
+        cli.senders().iter().all(|s| s == SVC_ADDR),
+        "every SM_NOTIFY came from the service address: {:?}",
+        cli.senders()
+    );
+
+    // Fencing: A restarts believing it should own the service (takeover at start).
+    let stale = shared.path().join("instances-a");
+    instance_file(
+        &stale,
+        "svc",
+        SVC,
+        SVC_ADDR,
+        &state_dir,
+        "takeover_at_start = true",
+    );
+    b.nsmd()
+        .wait_for_log_line("cli removed from sm.bak", T)
+        .unwrap();
+    b.mon("cli");
+    let before = (
+        read_state(&state_dir),
+        std::fs::read(state_dir.join(".nsmd-owner")).unwrap(),
+        files(&state_dir.join("sm")),
+        files(&state_dir.join("sm.bak")),
+    );
+    a.start(&stale);
+    a.nsmd()
+        .wait_for_log_line("not taken over at start", T)
+        .unwrap();
+    let (ok, _, _) = a.ctl(&["takeover", "svc"]);
+    assert!(!ok, "A cannot take over while B owns the service");
+    std::thread::sleep(Duration::from_secs(2));
+    let after = (
+        read_state(&state_dir),
+        std::fs::read(state_dir.join(".nsmd-owner")).unwrap(),
+        files(&state_dir.join("sm")),
+        files(&state_dir.join("sm.bak")),
+    );
+    assert_eq!(before, after, "A wrote nothing to the service's directory");
+    assert_eq!(
+        cli.lockd.wait_for(4, Duration::from_secs(1)).len(),
+        3,
+        "and notified no one"
+    );
+}
+
+const SVC1: &str = "nfs-svc1.example.test";
+const SVC1_ADDR: &str = "198.51.100.101";
+const SVC2: &str = "nfs-svc2.example.test";
+const SVC2_ADDR: &str = "198.51.100.102";
+
+/// Active/active: svc1 and svc2 on A; svc2 moves to B: only svc2's state changes, only
+/// svc2's client is notified, from svc2's address.
+#[test]
+fn active_active_one_service_moves() {
+    if !require(
+        "active_active_one_service_moves",
+        &["rpcbind", "rpcinfo", "rpc.statd"],
+    ) {
+        return;
+    }
+    let shared = shared_dir();
+    let inst = shared.path().join("instances");
+    let (d1, d2) = (shared.path().join("svc1"), shared.path().join("svc2"));
+    instance_file(&inst, "svc1", SVC1, SVC1_ADDR, &d1, "");
+    instance_file(&inst, "svc2", SVC2, SVC2_ADDR, &d2, "");
+    let lab = Lab::new("instaa").unwrap();
+    lab.add_name(SVC1_ADDR, &[SVC1]).unwrap();
+    lab.add_name(SVC2_ADDR, &[SVC2]).unwrap();
+    let mut a = Node::new(&lab, "a", "198.51.100.60/24");
+    let mut b = Node::new(&lab, "b", "198.51.100.61/24");
+    let c1 = Client::new(&lab, "cli1", "198.51.100.71/24", SVC1);
+    let c2 = Client::new(&lab, "cli2", "198.51.100.72/24", SVC2);
+    let (cidr1, cidr2) = (format!("{SVC1_ADDR}/24"), format!("{SVC2_ADDR}/24"));
+    a.start(&inst);
+    b.start(&inst);
+    a.host.add_addr(&cidr1).unwrap();
+    a.host.add_addr(&cidr2).unwrap();
+
+    // A peer monitored before any service instance is active: the node instance's only.
+    a.mon("early");
+
+    // svc1 first, its client monitored; then svc2 and its client (recorded in both
+    // instances: lockd's SM_MON does not say which address the client used).
+    let s1 = a.takeover("svc1");
+    a.mon("cli1");
+    let s2 = a.takeover("svc2");
+    a.mon("cli2");
+    assert_eq!(files(&d1.join("sm")), ["cli1", "cli2"]);
+    assert_eq!(files(&d2.join("sm")), ["cli2"]);
+
+    // Exact attribution: the kernel shows cli1's TCP connection to svc1's NFS port (a
+    // stand-in /proc/net/tcp under --proc-root), so lockd's SM_MON of cli1 by address goes
+    // to svc1 only.
+    let hex = |ip: &str| {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        format!("{:08X}", u32::from_ne_bytes(ip.octets()))
+    };
+    a.host
+        .write_file(
+            "/run/proc/net/tcp",
+            format!(
+                "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+                 0: {}:0801 {}:03FF 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 10 0\n",
+                hex(SVC1_ADDR),
+                hex("198.51.100.71")
+            ),
+        )
+        .unwrap();
+    a.mon("198.51.100.71");
+    assert_eq!(files(&d1.join("sm")), ["198.51.100.71", "cli1", "cli2"]);
+    assert_eq!(files(&d2.join("sm")), ["cli2"], "not recorded for svc2");
+    let (ok, out, _) = a.ctl(&["peers", "svc2"]);
+    assert!(ok && out.contains("cli2") && !out.contains("cli1"), "{out}");
+
+    // An SM_NOTIFY (from a host nobody monitors) sent to svc1's address goes to svc1 only,
+    // which does not monitor "early"; the same sent to the node's address reaches the node
+    // instance.
+    let notify = |to: &str, xid: u32| {
+        let to: SocketAddr = format!("{to}:{}", a.port).parse().unwrap();
+        in_netns(&b.host, || {
+            let mut args = xdr_string(b"early");
+            args.extend_from_slice(&5u32.to_be_bytes());
+            let m = call(xid, 100_024, 1, 6, &args);
+            answer(xid, &udp_exchange(to, &m).expect("SM_NOTIFY answered"))
+        })
+    };
+    assert_eq!(notify(SVC1_ADDR, 61), Answer::Accepted(0, vec![]));
+    assert!(
+        a.lockd.wait_for(1, Duration::from_secs(1)).is_empty(),
+        "svc1 does not monitor it"
+    );
+    assert_eq!(notify("198.51.100.60", 62), Answer::Accepted(0, vec![]));
+    let got = a.lockd.wait_for(1, T);
+    assert_eq!(got.len(), 1);
+    assert_eq!(parse_status(&got[0].3).0, b"early");
+
+    // svc2 moves to B.
+    let (ok, out, err) = a.ctl(&["release", "svc2"]);
+    assert!(ok, "{out}{err}");
+    move_addr(&a, &b, &cidr2, &[&c1, &c2]);
+    let s2b = b.takeover("svc2");
+    assert!(s2b > s2);
+    assert_eq!(
+        c2.callbacks(1),
+        [(SVC2.to_owned(), s2b)],
+        "{}",
+        c2.statd.log_tail(20)
+    );
+    assert!(
+        c2.senders().iter().all(|s| s == SVC2_ADDR),
+        "{:?}",
+        c2.senders()
+    );
+    assert!(!c2.senders().is_empty());
+    assert_eq!(read_state(&d1), s1, "svc1's state did not change");
+    assert!(
+        c1.lockd.wait_for(1, Duration::from_secs(2)).is_empty(),
+        "svc1's client not notified"
+    );
+
+    // svc1 stays served on A; svc2's address is silent on A and answered on B.
+    let (ok, out, _) = a.ctl(&["--json", "status"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let by = |n: &str| {
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("svc1")["active"], true);
+    assert_eq!(by("svc2")["active"], false);
+    assert_eq!(by("svc1")["state"], s1);
+
+    // Fencing while running: another node took svc1 over behind A's back (shared storage
+    // whose locks A cannot see: the epoch moved on). A neither records nor notifies for it.
+    let owner = std::fs::read_to_string(d1.join(".nsmd-owner")).unwrap();
+    assert!(owner.starts_with("epoch 1 "), "{owner}");
+    std::fs::write(d1.join(".nsmd-owner"), "epoch 99 owner elsewhere pid 1\n").unwrap();
+    a.mon("late");
+    assert!(
+        !files(&d1.join("sm")).contains(&"late".to_owned()),
+        "fenced: not written"
+    );
+    let (ok, _, err) = a.ctl(&["notify", "svc1"]);
+    assert!(ok, "{err}");
+    a.nsmd()
+        .wait_for_log_line("notification: fenced", T)
+        .unwrap();
+    a.kill9();
+}
