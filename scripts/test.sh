@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and black-box tests, benchmark build, fuzz
 # smoke runs. As root it first installs the Debian packages the black-box tests need
-# (rpcbind, nfs-common, iproute2, tshark, ...) and makes missing prerequisites a failure.
+# (rpcbind, nfs-common, iproute2, tshark, python3 for the conformance suite's broken statds, ...) and makes missing prerequisites a failure.
 # Not as root, the network-namespace tests print SKIPPED and the rest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark)
+packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark python3)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()

@@ -1,0 +1,162 @@
+//! Tests of the conformance suite itself (`nsm-conformance`, root only): it passes nsmd with
+//! no expected failures, passes Debian's rpc.statd except its declared expected failures, and
+//! fails two deliberately broken statds (tests/conformance/fake_statd.py), naming the cases.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use nsm_testhost::require;
+
+const SUITE: &str = env!("CARGO_BIN_EXE_nsm-conformance");
+const NSMD: &str = env!("CARGO_BIN_EXE_nsmd");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
+
+/// Runs the suite; returns (exit code, TAP output, names of `not ok` cases, names of `ok` cases).
+fn run(args: &[&str]) -> (i32, String, BTreeSet<String>, BTreeSet<String>) {
+    let out = Command::new(SUITE).args(args).output().unwrap();
+    let tap = String::from_utf8_lossy(&out.stdout).into_owned();
+    let name = |l: &str| {
+        l.split(" - ")
+            .nth(1)
+            .and_then(|r| r.split(" #").next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let failed = tap
+        .lines()
+        .filter(|l| l.starts_with("not ok "))
+        .map(name)
+        .collect();
+    let passed = tap
+        .lines()
+        .filter(|l| l.starts_with("ok "))
+        .map(name)
+        .collect();
+    eprintln!(
+        "{tap}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), tap, failed, passed)
+}
+
+fn xfail_names() -> BTreeSet<String> {
+    std::fs::read_to_string(format!("{DIR}/rpc.statd-2.6.2.xfail"))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+fn fake(mode: &str) -> String {
+    format!("/usr/bin/python3 {DIR}/fake_statd.py --mode {mode} -p {{port}} -P {{state_dir}}")
+}
+
+#[test]
+fn lists_at_least_40_cases_and_the_xfail_file_names_real_cases() {
+    let out = Command::new(SUITE).arg("--list").output().unwrap();
+    assert!(out.status.success());
+    let list = String::from_utf8(out.stdout).unwrap();
+    let n: usize = list
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(n >= 40, "{n} cases");
+    for x in xfail_names() {
+        assert!(
+            list.lines().any(|l| l.starts_with(&format!("{x} "))),
+            "{x} is not a case"
+        );
+    }
+}
+
+#[test]
+fn nsmd_passes_every_case() {
+    if !require("nsmd_passes_every_case", &["rpcbind", "rpcinfo"]) {
+        return;
+    }
+    let cmd = format!("{NSMD} -F -d -L -p {{port}} -P {{state_dir}}");
+    let (code, tap, failed, passed) = run(&["--spawn", &cmd]);
+    assert_eq!(code, 0, "{tap}");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(!tap.contains("# TODO") && !tap.contains("# SKIP"), "{tap}");
+    assert!(passed.len() >= 40, "{} cases passed", passed.len());
+}
+
+#[test]
+fn debian_rpc_statd_passes_all_but_its_declared_expected_failures() {
+    if !require(
+        "debian_rpc_statd_passes_all_but_its_declared_expected_failures",
+        &["rpcbind", "rpcinfo", "rpc.statd"],
+    ) {
+        return;
+    }
+    let statd = nsm_testhost::tool_path("rpc.statd").unwrap();
+    let cmd = format!("{} -F -d -L -p {{port}} -P {{state_dir}}", statd.display());
+    let xfail = format!("{DIR}/rpc.statd-2.6.2.xfail");
+    let (code, tap, failed, passed) = run(&["--spawn", &cmd, "--xfail", &xfail]);
+    assert_eq!(code, 0, "{tap}");
+    // Every failure is a declared one and shows as TODO.
+    assert!(failed.is_subset(&xfail_names()), "{failed:?}");
+    for l in tap.lines().filter(|l| l.starts_with("not ok ")) {
+        assert!(l.contains(" # TODO "), "{l}");
+    }
+    assert!(
+        failed.contains("simu-crash.with-records"),
+        "the crash is seen"
+    );
+    assert!(passed.len() >= 40, "{} cases passed", passed.len());
+}
+
+#[test]
+fn a_statd_that_stores_nothing_and_never_calls_lockd_fails() {
+    if !require(
+        "a_statd_that_stores_nothing_and_never_calls_lockd_fails",
+        &["rpcbind", "rpcinfo", "python3"],
+    ) {
+        return;
+    }
+    // A subset: each missing callback costs the suite its wait.
+    let only = "mon.*,notify.callback.state,notify.callback.cookie,persist.records";
+    let (code, tap, failed, _) = run(&["--spawn", &fake("lazy"), "--only", only]);
+    assert_eq!(code, 1, "{tap}");
+    for case in [
+        "mon.record-on-disk",
+        "mon.remote-refused",
+        "mon.name.traversal",
+        "notify.callback.state",
+        "notify.callback.cookie",
+        "persist.records",
+    ] {
+        assert!(failed.contains(case), "{case} not failed: {failed:?}");
+    }
+    assert!(tap.contains("# FAILED: "), "{tap}");
+}
+
+#[test]
+fn a_statd_that_calls_lockd_with_a_wrong_cookie_fails() {
+    if !require(
+        "a_statd_that_calls_lockd_with_a_wrong_cookie_fails",
+        &["rpcbind", "rpcinfo", "python3"],
+    ) {
+        return;
+    }
+    let (code, tap, failed, passed) = run(&["--spawn", &fake("bad-cookie")]);
+    assert_eq!(code, 1, "{tap}");
+    assert!(failed.contains("notify.callback.cookie"), "{failed:?}");
+    // It is otherwise careful: the cases that do not look at the cookie pass.
+    for case in [
+        "mon.record-on-disk",
+        "mon.remote-refused",
+        "notify.callback",
+        "notify.callback.mon-name",
+        "notify.callback.state",
+        "notify.callback.no-duplicate",
+    ] {
+        assert!(passed.contains(case), "{case} not passed: {failed:?}");
+    }
+}
