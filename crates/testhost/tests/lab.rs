@@ -445,7 +445,20 @@ fn proc_logs_signals_and_timeouts() {
     let a = lab.isolated_host("a").unwrap();
     let script = "trap 'echo got-hup' HUP; trap 'echo got-term; exit 7' TERM; \
                   echo to-stderr >&2; echo ready; while :; do /bin/sleep 0.05; done";
-    let p = a.spawn("loop", &["/bin/sh", "-c", script]).unwrap();
+    // A shell cannot trap a signal that was ignored when it started (POSIX), and the test
+    // may inherit SIGHUP ignored (e.g. under nohup): restore the default first.
+    let p = a
+        .spawn(
+            "loop",
+            &[
+                "/usr/bin/env",
+                "--default-signal=HUP,TERM",
+                "/bin/sh",
+                "-c",
+                script,
+            ],
+        )
+        .unwrap();
     assert_eq!(p.wait_for_log_line("ready", T).unwrap(), "ready");
     p.wait_for_log_line("to-stderr", T).unwrap();
     assert!(p.is_running());
