@@ -84,7 +84,7 @@ struct Args {
     #[arg(long = "bind-device", value_name = "IFACE")]
     bind_device: Option<String>,
     /// nsmd-only: how many peers are tried for the first time at once.
-    #[arg(long = "window", value_name = "N", default_value_t = 64)]
+    #[arg(long = "window", value_name = "N", default_value_t = nsm_notify::DEFAULT_WINDOW)]
     window: usize,
     /// nsmd-only: print a JSON summary of every peer's outcome to stdout at the end.
     #[arg(long = "json")]

@@ -13,7 +13,7 @@
 //! [notify]
 //! names = []                             # default: hostname, then aliases
 //! retry_seconds = 900                    # 0: forever
-//! window = 64
+//! window = 512
 //! # port = 2050                          # default: a privileged port
 //!
 //! [readiness]
@@ -87,7 +87,7 @@ fn default_retry() -> u64 {
     900
 }
 fn default_window() -> usize {
-    64
+    nsm_notify::DEFAULT_WINDOW
 }
 fn default_programs() -> Vec<u32> {
     vec![100_021, 100_003]

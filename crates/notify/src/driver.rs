@@ -401,7 +401,7 @@ impl Notifier {
             sched.add_peer(t.names.clone());
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-        let mut xids: HashMap<u32, (PeerId, usize)> = HashMap::new();
+        let mut xids = Xids::new(targets.len());
         let mut buf4 = vec![0u8; 4096];
         let mut buf6 = vec![0u8; 4096];
         let mut progress = cfg.progress_every.map(|d| {
@@ -453,7 +453,7 @@ impl Notifier {
                         let dest = SocketAddr::new(addr.ip(), port);
                         let xid = next_xid();
                         let call = encode_notify(xid, &name, cfg.state);
-                        xids.insert(xid, (peer, name_index));
+                        xids.insert(xid, peer, name_index);
                         let sock = if dest.is_ipv6() { &sock6 } else { &sock4 };
                         debug!(
                             peer = %t.label,
@@ -474,7 +474,9 @@ impl Notifier {
                     }
                     Action::GiveUp(id) => {
                         let t = &targets[id];
-                        let r = &sched.report()[id];
+                        let Some(r) = sched.peer_report(id) else {
+                            continue;
+                        };
                         warn!(
                             peer = %t.label,
                             "Unable to notify {}, giving up: {} (after {} SM_NOTIFYs, {} port \
@@ -486,6 +488,7 @@ impl Notifier {
                             r.stats.lookups
                         );
                         on_finished(t, Outcome::GaveUp, r.acked_names);
+                        xids.forget_peer(id);
                     }
                 }
             }
@@ -548,10 +551,51 @@ impl Notifier {
     }
 }
 
+/// The SM_NOTIFYs in flight: xid → (peer, name index), plus each peer's xids, so a finished
+/// peer's entries are dropped in O(its sends), not by scanning the whole map.
+struct Xids {
+    by_xid: HashMap<u32, (PeerId, usize)>,
+    by_peer: Vec<Vec<u32>>,
+}
+
+impl Xids {
+    fn new(peers: usize) -> Self {
+        Self {
+            by_xid: HashMap::new(),
+            by_peer: vec![Vec::new(); peers],
+        }
+    }
+
+    fn insert(&mut self, xid: u32, peer: PeerId, name_index: usize) {
+        if let Some((old, _)) = self.by_xid.insert(xid, (peer, name_index)) {
+            // An xid reused after wrapping around: the old peer's entry is gone.
+            if let Some(v) = self.by_peer.get_mut(old) {
+                v.retain(|x| *x != xid);
+            }
+        }
+        if let Some(v) = self.by_peer.get_mut(peer) {
+            v.push(xid);
+        }
+    }
+
+    fn get(&self, xid: u32) -> Option<(PeerId, usize)> {
+        self.by_xid.get(&xid).copied()
+    }
+
+    /// Drops every xid of `peer` (it finished: later replies are unknown xids).
+    fn forget_peer(&mut self, peer: PeerId) {
+        if let Some(v) = self.by_peer.get_mut(peer) {
+            for xid in std::mem::take(v) {
+                self.by_xid.remove(&xid);
+            }
+        }
+    }
+}
+
 fn on_reply<F: FnMut(&Target, Outcome, usize)>(
     r: io::Result<(usize, SocketAddr)>,
     buf: &[u8],
-    xids: &mut HashMap<u32, (PeerId, usize)>,
+    xids: &mut Xids,
     sched: &mut Scheduler,
     targets: &[Target],
     on_finished: &mut F,
@@ -568,7 +612,7 @@ fn on_reply<F: FnMut(&Target, Outcome, usize)>(
         debug!("ignoring a malformed datagram from {from}");
         return;
     };
-    let Some(&(peer, name_index)) = xids.get(&reply.xid) else {
+    let Some((peer, name_index)) = xids.get(reply.xid) else {
         debug!(
             "ignoring a reply from {from} with unknown xid {:#010x}",
             reply.xid
@@ -593,7 +637,7 @@ fn on_reply<F: FnMut(&Target, Outcome, usize)>(
                 t.label,
                 t.names.join(", then ")
             );
-            xids.retain(|_, (p, _)| *p != peer);
+            xids.forget_peer(peer);
             on_finished(t, Outcome::Acked, t.names.len());
         }
     }

@@ -5,8 +5,9 @@
 //! Two layers:
 //! - [`Scheduler`] ([`scheduler`]), a sans-IO core: it takes `now`, says what to send and
 //!   when to wake, and is fed the results. Per-peer exponential backoff (2 s doubling to
-//!   120 s), a bounded window of peers in their first try (a dead peer never holds a slot a
-//!   live peer needs), an overall budget, one name after the other.
+//!   120 s), a bounded window of peers in their first try (a peer gives its slot up once a
+//!   request of its first try has gone unanswered for 2 s, so dead peers do not hold the
+//!   slots live peers need), an overall budget, one name after the other; O(log N) per event.
 //! - [`Notifier`] ([`driver`]), its tokio driver: one UDP socket per address family bound
 //!   to the source address (optionally to a device, on a privileged port unless told
 //!   otherwise: [`bind_sources`]), DNS in spawned tasks, statd's port through the peer's
@@ -29,7 +30,9 @@ pub use driver::{
     Notifier, NotifierConfig, NotifyError, PeerSummary, SourceSpec, Sources, Summary, Target,
     bind_sources,
 };
-pub use scheduler::{AckResult, Action, Outcome, PeerId, PeerReport, PeerStats, Policy, Scheduler};
+pub use scheduler::{
+    AckResult, Action, DEFAULT_WINDOW, Outcome, PeerId, PeerReport, PeerStats, Policy, Scheduler,
+};
 
 /// sm-notify's names for one mon_name: the name, then, if it is a host name with a dot, the
 /// part before the first dot (sm-notify sends the short name once the full one was

@@ -13,14 +13,26 @@
 //! does.
 //!
 //! **Window.** At most [`Policy::window`] peers are in their *first try* at once; the others
-//! wait in order. A peer leaves the window when it finishes or when its first try fails (its
-//! first timeout or failed lookup): from then on it retries on its own timer, outside the
-//! window. So dead peers never hold the slots that live peers need, and new peers still start
-//! at a bounded rate.
+//! wait in order (a FIFO queue). A peer holds its slot only while its first try has a fair
+//! chance: it leaves the window when it finishes, when a step fails (a failed lookup), or
+//! when a request of its first try (name lookup, port lookup or SM_NOTIFY) has gone
+//! unanswered for [`Policy::initial_timeout`], whichever comes first. The request may still
+//! be answered later; the peer then goes on, on its own timers, outside the window. So a dead
+//! peer holds a slot for at most one initial timeout (2 s), never for the driver's whole RPC
+//! timeout, live peers are not kept waiting behind dead ones, and new peers still start at a
+//! bounded rate.
 //!
 //! **Budget.** When [`Policy::budget`] has passed since the first [`Scheduler::poll`], every
 //! unfinished peer is given up ([`Action::GiveUp`]).
+//!
+//! **Cost.** Per-peer state lives in a `Vec` indexed by [`PeerId`]; wake-ups are kept in a
+//! binary heap of `(due, peer, generation)` with lazy deletion (a peer's newer timer makes
+//! its older entries stale); the window is a counter and the waiting peers a queue. Every
+//! operation is O(log N) or amortised O(1): [`Scheduler::poll`] only touches the peers that
+//! are due. Only [`Scheduler::report`] and the end of the budget walk all peers, once.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,7 +43,8 @@ pub type PeerId = usize;
 /// How hard and how wide to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// The first wait after a send or a failure (sm-notify: 2 s).
+    /// The first wait after a send or a failure (sm-notify: 2 s). Also how long a request of
+    /// a peer's first try may go unanswered before the peer leaves the window.
     pub initial_timeout: Duration,
     /// The wait never grows beyond this (sm-notify: 120 s).
     pub max_timeout: Duration,
@@ -44,13 +57,18 @@ pub struct Policy {
     pub requery_after: u32,
 }
 
+/// The default [`Policy::window`]. A dead peer holds its slot for one initial timeout (2 s),
+/// so with 10% dead peers about 5,000 peers start per 2 s: 10,000 peers (answering at once)
+/// are all reached within 2 s, while no more than 512 first tries are in flight at once.
+pub const DEFAULT_WINDOW: usize = 512;
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
             initial_timeout: Duration::from_secs(2),
             max_timeout: Duration::from_secs(120),
             budget: Some(Duration::from_secs(15 * 60)),
-            window: 64,
+            window: DEFAULT_WINDOW,
             requery_after: 4,
         }
     }
@@ -150,10 +168,16 @@ struct Peer {
     /// When the next action is due; `None` while waiting for the driver's answer (or not
     /// admitted yet).
     due: Option<Instant>,
+    /// While waiting for the driver's answer in the first try: when the peer leaves the
+    /// window if there is still no answer.
+    hold: Option<Instant>,
+    /// The generation of the peer's timer: heap entries of older generations are stale.
+    generation: u32,
     timeout: Duration,
     unanswered: u32,
     admitted: bool,
-    first_try: bool,
+    /// Whether the peer holds a slot of the window (its first try is under way).
+    slot: bool,
     outcome: Option<Outcome>,
     finished_at: Option<Instant>,
     stats: PeerStats,
@@ -197,6 +221,18 @@ pub struct Scheduler {
     peers: Vec<Peer>,
     start: Option<Instant>,
     unfinished: usize,
+    /// Wake-ups: `(when, peer, generation)`, earliest first; an entry whose generation is
+    /// not the peer's current one is stale and skipped. After every public `&mut self`
+    /// method the top entry (if any) is a live one, so [`Scheduler::next_wake`] can peek.
+    timers: BinaryHeap<Reverse<(Instant, PeerId, u32)>>,
+    /// Peers not admitted yet, in order.
+    waiting: VecDeque<PeerId>,
+    /// How many peers hold a slot of the window.
+    in_window: usize,
+    /// The latest `now` given to any method.
+    latest: Option<Instant>,
+    /// Heap and queue operations so far (tests check that a run costs O(N log N)).
+    work: u64,
 }
 
 impl Scheduler {
@@ -209,6 +245,11 @@ impl Scheduler {
             peers: Vec::new(),
             start: None,
             unfinished: 0,
+            timers: BinaryHeap::new(),
+            waiting: VecDeque::new(),
+            in_window: 0,
+            latest: None,
+            work: 0,
         }
     }
 
@@ -220,6 +261,7 @@ impl Scheduler {
     /// Adds a peer to notify with `names`, in order (a peer without names is done at once).
     pub fn add_peer(&mut self, names: Vec<String>) -> PeerId {
         let done = names.is_empty();
+        let id = self.peers.len();
         self.peers.push(Peer {
             names,
             acked: 0,
@@ -227,18 +269,21 @@ impl Scheduler {
             addr_idx: 0,
             step: Step::Resolve,
             due: None,
+            hold: None,
+            generation: 0,
             timeout: self.policy.initial_timeout,
             unanswered: 0,
             admitted: false,
-            first_try: true,
+            slot: false,
             outcome: done.then_some(Outcome::Acked),
             finished_at: None,
             stats: PeerStats::default(),
         });
         if !done {
             self.unfinished += 1;
+            self.waiting.push_back(id);
         }
-        self.peers.len() - 1
+        id
     }
 
     /// Whether every peer acknowledged or was given up.
@@ -251,137 +296,213 @@ impl Scheduler {
         Some(self.start? + self.policy.budget?)
     }
 
-    fn in_window(&self) -> usize {
-        self.peers
-            .iter()
-            .filter(|p| p.active() && p.first_try)
-            .count()
+    /// How many peers are in their first try (hold a slot of the window) now.
+    pub fn in_window(&self) -> usize {
+        self.in_window
     }
 
-    /// Admits waiting peers while the window has room; true if any was admitted.
-    fn admit(&mut self, now: Instant) -> bool {
-        let mut room = self.policy.window.saturating_sub(self.in_window());
-        let mut any = false;
-        for p in &mut self.peers {
-            if room == 0 {
+    /// How many peers wait to be admitted to the window.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sets the timer of `id`: `due` (the next action) or `hold` (the end of its slot while
+    /// an answer is awaited), or neither. Older heap entries of the peer become stale.
+    fn arm(&mut self, id: PeerId, due: Option<Instant>, hold: Option<Instant>) {
+        let p = &mut self.peers[id];
+        p.generation = p.generation.wrapping_add(1);
+        p.due = due;
+        p.hold = hold;
+        if let Some(t) = due.or(hold) {
+            self.timers.push(Reverse((t, id, p.generation)));
+            self.work += 1;
+        }
+    }
+
+    /// Sets the next action of `id` to `due`.
+    fn set_due(&mut self, id: PeerId, due: Instant) {
+        self.arm(id, Some(due), None);
+    }
+
+    /// `id` now waits for the driver's answer; while it holds a slot, it gives the slot up
+    /// if the answer takes longer than the initial timeout.
+    fn await_answer(&mut self, id: PeerId, now: Instant) {
+        let hold = self.peers[id]
+            .slot
+            .then(|| now + self.policy.initial_timeout);
+        self.arm(id, None, hold);
+    }
+
+    /// `id` leaves the window (if it was in it).
+    fn release(&mut self, id: PeerId) {
+        let p = &mut self.peers[id];
+        if p.slot {
+            p.slot = false;
+            self.in_window -= 1;
+        }
+    }
+
+    /// Notes the latest time seen.
+    fn saw(&mut self, now: Instant) {
+        self.latest = Some(self.latest.map_or(now, |l| l.max(now)));
+    }
+
+    /// Drops stale entries from the top of the timer heap. Every public `&mut self` method
+    /// ends with it, so the top entry is a live one.
+    fn prune(&mut self) {
+        while let Some(&Reverse((_, id, generation))) = self.timers.peek() {
+            let p = &self.peers[id];
+            if p.generation == generation && p.active() {
                 break;
             }
-            if !p.admitted && p.outcome.is_none() {
-                p.admitted = true;
-                p.due = Some(now);
-                room -= 1;
-                any = true;
-            }
+            self.timers.pop();
+            self.work += 1;
         }
-        any
+    }
+
+    /// Admits waiting peers while the window has room; they are due at `now`.
+    fn admit(&mut self, now: Instant) {
+        while self.in_window < self.policy.window {
+            let Some(id) = self.waiting.pop_front() else {
+                break;
+            };
+            self.work += 1;
+            let p = &mut self.peers[id];
+            if p.admitted || p.outcome.is_some() {
+                continue;
+            }
+            p.admitted = true;
+            p.slot = true;
+            self.in_window += 1;
+            self.set_due(id, now);
+        }
     }
 
     fn finish(&mut self, id: PeerId, outcome: Outcome, now: Instant) {
-        let p = &mut self.peers[id];
-        if p.outcome.is_none() {
-            p.outcome = Some(outcome);
-            p.finished_at = Some(now);
-            p.due = None;
-            self.unfinished -= 1;
+        if self.peers[id].outcome.is_some() {
+            return;
         }
+        self.release(id);
+        self.arm(id, None, None);
+        let p = &mut self.peers[id];
+        p.outcome = Some(outcome);
+        p.finished_at = Some(now);
+        self.unfinished -= 1;
     }
 
     /// A failed step: wait, then grow the wait; the peer leaves the window.
     fn fail(&mut self, id: PeerId, now: Instant, error: String) {
         let max = self.policy.max_timeout;
+        self.release(id);
         let p = &mut self.peers[id];
-        p.first_try = false;
-        p.due = Some(now + p.timeout);
+        let due = now + p.timeout;
         p.timeout = (p.timeout * 2).min(max);
         p.stats.last_error = Some(error);
+        self.set_due(id, due);
     }
 
     /// What to do at `now`. Call it first to start the clock (the budget counts from the
     /// first call), then whenever [`Scheduler::next_wake`] has come or an `on_*` method was
-    /// called.
+    /// called. Only the peers that are due are looked at.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         let start = *self.start.get_or_insert(now);
+        self.saw(now);
         let mut out = Vec::new();
         if self.policy.budget.is_some_and(|b| now >= start + b) {
-            for id in 0..self.peers.len() {
-                if self.peers[id].outcome.is_none() {
-                    self.finish(id, Outcome::GaveUp, now);
-                    out.push(Action::GiveUp(id));
+            if self.unfinished > 0 {
+                for id in 0..self.peers.len() {
+                    if self.peers[id].outcome.is_none() {
+                        self.finish(id, Outcome::GaveUp, now);
+                        out.push(Action::GiveUp(id));
+                    }
                 }
             }
+            self.timers.clear();
+            self.waiting.clear();
             return out;
         }
-        loop {
-            self.admit(now);
-            for id in 0..self.peers.len() {
-                self.step(id, now, &mut out);
-            }
-            // A retransmission above may have freed a slot.
-            if !self.admit(now) {
+        self.admit(now);
+        while let Some(&Reverse((t, id, generation))) = self.timers.peek() {
+            if t > now {
                 break;
             }
+            self.timers.pop();
+            self.work += 1;
+            let p = &self.peers[id];
+            if p.generation != generation || !p.active() {
+                continue;
+            }
+            if p.due.is_some() {
+                self.step(id, now, &mut out);
+            } else {
+                // The first try's request went unanswered for the initial timeout: the slot
+                // goes to the next waiting peer; this one waits for its answer outside.
+                self.peers[id].hold = None;
+                self.release(id);
+            }
+            // A retransmission or a released slot may have made room.
+            self.admit(now);
         }
+        self.prune();
         out
     }
 
+    /// Takes the due action of the active peer `id`.
     fn step(&mut self, id: PeerId, now: Instant, out: &mut Vec<Action>) {
-        let policy = &self.policy;
         let p = &mut self.peers[id];
-        if !p.active() || p.due.is_none_or(|d| d > now) {
-            return;
-        }
         match p.step {
             Step::Resolve => {
-                p.due = None;
                 p.stats.lookups += 1;
                 out.push(Action::Resolve(id));
+                self.await_answer(id, now);
             }
             Step::GetPort => match p.addr() {
                 Some(addr) => {
-                    p.due = None;
                     p.stats.port_lookups += 1;
                     out.push(Action::GetPort(id, addr));
+                    self.await_answer(id, now);
                 }
                 None => {
                     p.step = Step::Resolve;
-                    p.due = None;
                     p.stats.lookups += 1;
                     out.push(Action::Resolve(id));
+                    self.await_answer(id, now);
                 }
             },
             Step::Notify(port) => {
                 if p.unanswered > 0 {
                     // The last SM_NOTIFY was not acknowledged in time.
-                    p.first_try = false;
                     p.stats.timeouts += 1;
-                    p.timeout = (p.timeout * 2).min(policy.max_timeout);
+                    p.timeout = (p.timeout * 2).min(self.policy.max_timeout);
                     p.stats.last_error = Some(format!(
                         "no answer to {} SM_NOTIFY(s) on port {port}",
                         p.unanswered
                     ));
+                    self.release(id);
                 }
-                if p.unanswered >= policy.requery_after {
+                let p = &mut self.peers[id];
+                if p.unanswered >= self.policy.requery_after {
                     p.rotate();
                     p.unanswered = 0;
                     p.step = Step::GetPort;
                     match p.addr() {
                         Some(addr) => {
-                            p.due = None;
                             p.stats.port_lookups += 1;
                             out.push(Action::GetPort(id, addr));
+                            self.await_answer(id, now);
                         }
-                        None => p.due = Some(now),
+                        None => self.set_due(id, now),
                     }
                     return;
                 }
                 let Some(addr) = p.addr() else {
                     p.step = Step::Resolve;
-                    p.due = Some(now);
+                    self.set_due(id, now);
                     return;
                 };
                 p.unanswered += 1;
                 p.stats.notifies += 1;
-                p.due = Some(now + p.timeout);
+                let due = now + p.timeout;
                 out.push(Action::SendNotify {
                     peer: id,
                     addr,
@@ -390,6 +511,7 @@ impl Scheduler {
                     name_index: p.acked,
                     attempt: p.stats.notifies,
                 });
+                self.set_due(id, due);
             }
         }
     }
@@ -413,7 +535,7 @@ impl Scheduler {
                 p.addrs = a;
                 p.addr_idx = 0;
                 p.step = Step::GetPort;
-                p.due = Some(now);
+                self.set_due(peer, now);
             }
             Ok(_) => {
                 p.stats.dns_failures += 1;
@@ -428,6 +550,8 @@ impl Scheduler {
                 self.fail(peer, now, e);
             }
         }
+        self.saw(now);
+        self.prune();
     }
 
     /// The port lookup of `peer` at `addr` finished: statd's UDP port, `Ok(None)` when statd
@@ -450,7 +574,7 @@ impl Scheduler {
             Ok(Some(port)) => {
                 p.step = Step::Notify(port);
                 p.unanswered = 0;
-                p.due = Some(now);
+                self.set_due(peer, now);
             }
             other => {
                 p.stats.port_failures += 1;
@@ -462,6 +586,8 @@ impl Scheduler {
                 self.fail(peer, now, e);
             }
         }
+        self.saw(now);
+        self.prune();
     }
 
     /// `peer` acknowledged its name number `name_index`.
@@ -474,33 +600,35 @@ impl Scheduler {
             return AckResult::Ignored;
         }
         p.acked += 1;
-        if p.acked == p.names.len() {
+        let r = if p.acked == p.names.len() {
             self.finish(peer, Outcome::Acked, now);
-            return AckResult::Done;
-        }
-        p.unanswered = 0;
-        p.timeout = initial;
-        p.due = Some(now);
-        AckResult::NextName
+            AckResult::Done
+        } else {
+            p.unanswered = 0;
+            p.timeout = initial;
+            self.set_due(peer, now);
+            AckResult::NextName
+        };
+        self.saw(now);
+        self.prune();
+        r
     }
 
-    /// When [`Scheduler::poll`] has something to do next (the earliest due peer, or the end
-    /// of the budget); `None` when nothing is due until an `on_*` call (or everything is
-    /// finished).
+    /// When [`Scheduler::poll`] has something to do next (the earliest due peer, the end of
+    /// a first-try slot, a free slot for a waiting peer, or the end of the budget); `None` when nothing is due until an
+    /// `on_*` call (or everything is finished).
     pub fn next_wake(&self) -> Option<Instant> {
         if self.is_finished() {
             return None;
         }
-        let due = self
-            .peers
-            .iter()
-            .filter(|p| p.active())
-            .filter_map(|p| p.due)
-            .min();
-        match (due, self.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // An `on_*` call freed a slot: the next waiting peer is due at once.
+        let admit = (self.start.is_some()
+            && !self.waiting.is_empty()
+            && self.in_window < self.policy.window)
+            .then_some(self.latest)
+            .flatten();
+        let due = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        [due, admit, self.deadline()].into_iter().flatten().min()
     }
 
     /// The names of `peer`.
@@ -508,18 +636,22 @@ impl Scheduler {
         self.peers.get(peer).map_or(&[], |p| &p.names)
     }
 
+    /// The state of one peer (`None` for an unknown id).
+    pub fn peer_report(&self, peer: PeerId) -> Option<PeerReport> {
+        let p = self.peers.get(peer)?;
+        Some(PeerReport {
+            peer,
+            outcome: p.outcome,
+            acked_names: p.acked,
+            finished_after: p.finished_at.zip(self.start).map(|(f, s)| f - s),
+            stats: p.stats.clone(),
+        })
+    }
+
     /// Every peer's state, in [`PeerId`] order.
     pub fn report(&self) -> Vec<PeerReport> {
-        self.peers
-            .iter()
-            .enumerate()
-            .map(|(id, p)| PeerReport {
-                peer: id,
-                outcome: p.outcome,
-                acked_names: p.acked,
-                finished_after: p.finished_at.zip(self.start).map(|(f, s)| f - s),
-                stats: p.stats.clone(),
-            })
+        (0..self.peers.len())
+            .filter_map(|id| self.peer_report(id))
             .collect()
     }
 }
@@ -726,5 +858,193 @@ mod tests {
         // An answer for an address not asked is ignored.
         s.on_port(p, addr(9), Ok(Some(1)), t2);
         assert_eq!(s.report()[0].stats.port_failures, 2);
+    }
+
+    /// Drives `n` peers (every tenth one, 0, 10, 20, ..., dead: its rpcbind never answers
+    /// and the port lookup fails after 5 s, as the driver's RPC timeout) with a fake clock;
+    /// live peers answer everything at once. Checks after every call that the window bound
+    /// holds. Stops when every live peer acknowledged (or after `limit`).
+    struct Sim {
+        s: Scheduler,
+        acked_at: Vec<Option<Duration>>,
+        max_window: usize,
+        events: u64,
+        polls: u64,
+    }
+
+    fn is_dead(id: PeerId) -> bool {
+        id % 10 == 0
+    }
+
+    fn peer_addr(id: PeerId) -> SocketAddr {
+        let id = u32::try_from(id).unwrap();
+        SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + id), 111))
+    }
+
+    fn simulate(n: usize, policy: Policy, limit: Duration) -> Sim {
+        let window = policy.window;
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(policy);
+        for i in 0..n {
+            s.add_peer(vec![format!("p{i}")]);
+        }
+        let live = (0..n).filter(|&i| !is_dead(i)).count();
+        let mut sim = Sim {
+            s,
+            acked_at: vec![None; n],
+            max_window: 0,
+            events: 0,
+            polls: 0,
+        };
+        // Port lookups of dead peers, failing at their time.
+        let mut pending: BinaryHeap<Reverse<(Instant, PeerId, SocketAddr)>> = BinaryHeap::new();
+        let mut acked = 0;
+        let mut now = t0;
+        while acked < live && now - t0 <= limit {
+            while let Some(&Reverse((t, id, a))) = pending.peek() {
+                if t > now {
+                    break;
+                }
+                pending.pop();
+                sim.s.on_port(id, a, Err("timeout".into()), now);
+                sim.events += 1;
+            }
+            let mut actions = sim.s.poll(now);
+            sim.polls += 1;
+            while let Some(a) = actions.pop() {
+                sim.events += 1;
+                match a {
+                    Action::Resolve(id) => sim.s.on_resolved(id, Ok(vec![peer_addr(id)]), now),
+                    Action::GetPort(id, a) if is_dead(id) => {
+                        pending.push(Reverse((now + Duration::from_secs(5), id, a)));
+                    }
+                    Action::GetPort(id, a) => sim.s.on_port(id, a, Ok(Some(700)), now),
+                    Action::SendNotify {
+                        peer, name_index, ..
+                    } => {
+                        assert!(!is_dead(peer));
+                        if sim.s.on_ack(peer, name_index, now) == AckResult::Done {
+                            sim.acked_at[peer] = Some(now - t0);
+                            acked += 1;
+                        }
+                    }
+                    Action::GiveUp(_) => {}
+                }
+                let w = sim.s.in_window();
+                assert!(w <= window, "window {w} > {window}");
+                sim.max_window = sim.max_window.max(w);
+                actions.extend(sim.s.poll(now));
+                sim.polls += 1;
+            }
+            let next = [
+                sim.s.next_wake(),
+                pending.peek().map(|Reverse((t, _, _))| *t),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(w) => {
+                    assert!(w >= now, "time goes forward");
+                    now = w;
+                }
+                None => break,
+            }
+        }
+        sim
+    }
+
+    #[test]
+    fn ten_thousand_peers_ten_percent_dead_all_live_acked_within_2s() {
+        let sim = simulate(10_000, Policy::default(), Duration::from_secs(60));
+        let mut last = Duration::ZERO;
+        for (id, t) in sim.acked_at.iter().enumerate() {
+            if is_dead(id) {
+                assert_eq!(*t, None);
+            } else {
+                let t = t.unwrap_or_else(|| panic!("live peer {id} not acked"));
+                last = last.max(t);
+            }
+        }
+        assert!(last <= Duration::from_secs(2), "last live ack at {last:?}");
+        assert_eq!(sim.max_window, Policy::default().window);
+        // No live peer was sent more than one SM_NOTIFY.
+        let r = sim.s.report();
+        assert!(r.iter().all(|p| p.stats.notifies <= 1));
+        // The dead peers left the window after 2 s, not after their 5 s port lookups: the
+        // second half was admitted at 2 s.
+        assert!(r.iter().all(|p| p.stats.port_failures == 0));
+    }
+
+    #[test]
+    fn window_is_never_exceeded_and_dead_peers_free_their_slot_after_2s() {
+        // Window 8, peers 0, 10, 20, ... dead; the window check runs after every call.
+        let policy = Policy {
+            window: 8,
+            ..Policy::default()
+        };
+        let sim = simulate(200, policy, Duration::from_secs(600));
+        assert_eq!(sim.max_window, 8);
+        // Each dead peer holds its slot for 2 s: 8 dead peers per 2 s, 20 dead peers in all,
+        // so the last live peers start at 4 s, not at 10 s (5 s port lookups).
+        let last = sim.acked_at.iter().flatten().max().copied().unwrap();
+        assert_eq!(last, Duration::from_secs(4));
+        assert_eq!(sim.acked_at.iter().flatten().count(), 180);
+    }
+
+    #[test]
+    fn hundred_thousand_peers_cost_n_log_n() {
+        let sim = simulate(100_000, Policy::default(), Duration::from_secs(600));
+        assert_eq!(sim.acked_at.iter().flatten().count(), 90_000);
+        // Heap and queue operations per event stay small (a quadratic scheduler would do
+        // about N of them per event).
+        let per_event = sim.s.work as f64 / sim.events as f64;
+        assert!(
+            per_event < 8.0,
+            "{} operations for {} events",
+            sim.s.work,
+            sim.events
+        );
+        assert!(sim.polls <= 2 * sim.events + 1000);
+        // Slots of dead peers are freed every 2 s: 512 per 2 s, 10,000 dead peers.
+        let last = sim.acked_at.iter().flatten().max().copied().unwrap();
+        assert!(last <= Duration::from_secs(40), "last live ack at {last:?}");
+    }
+
+    #[test]
+    fn slot_released_after_unanswered_first_notify_and_late_answer_still_counts() {
+        let t0 = Instant::now();
+        let t2 = t0 + Duration::from_secs(2);
+        let mut s = Scheduler::new(Policy {
+            window: 1,
+            ..Policy::default()
+        });
+        let a = s.add_peer(names(&["a"]));
+        let b = s.add_peer(names(&["b"]));
+        assert_eq!(s.poll(t0), [Action::Resolve(a)]);
+        // A slow name lookup: after 2 s the slot goes to b.
+        assert_eq!(s.next_wake(), Some(t2));
+        assert_eq!(s.poll(t2), [Action::Resolve(b)]);
+        assert_eq!(s.in_window(), 1);
+        // a's lookup still counts when it comes.
+        s.on_resolved(a, Ok(vec![addr(1)]), t2);
+        assert_eq!(s.poll(t2), [Action::GetPort(a, addr(1))]);
+        assert_eq!(s.in_window(), 1, "a runs outside the window");
+        s.on_port(a, addr(1), Ok(Some(700)), t2);
+        assert!(matches!(&s.poll(t2)[..], [Action::SendNotify { peer, .. }] if *peer == a));
+        assert_eq!(s.on_ack(a, 0, t2), AckResult::Done);
+        // b's first SM_NOTIFY goes unanswered: it gives its slot up at its retransmission.
+        s.on_resolved(b, Ok(vec![addr(2)]), t2);
+        s.poll(t2);
+        s.on_port(b, addr(2), Ok(Some(700)), t2);
+        s.poll(t2);
+        assert_eq!(s.in_window(), 1);
+        let t4 = t2 + Duration::from_secs(2);
+        assert_eq!(s.next_wake(), Some(t4));
+        assert!(matches!(
+            &s.poll(t4)[..],
+            [Action::SendNotify { attempt: 2, .. }]
+        ));
+        assert_eq!(s.in_window(), 0);
     }
 }
