@@ -436,23 +436,80 @@ async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
             continue;
         };
         let message = Bytes::copy_from_slice(&buf[..n]);
-        let (svc, sock) = (ctx.service.clone(), sock.clone());
-        ctx.tasks.spawn(async move {
-            if let Some(reply) = dispatch(&*svc, message, peer, dst, Transport::Udp).await {
-                let sent = if pktinfo && !dst.ip().is_unspecified() {
-                    sock.async_io(tokio::io::Interest::WRITABLE, || {
-                        send_from(&sock, &reply, peer, dst)
-                    })
-                    .await
-                } else {
-                    sock.send_to(&reply, peer).await
-                };
-                if let Err(e) = sent {
-                    debug!(%peer, error = %e, "could not send a UDP reply");
+        let svc = ctx.service.clone();
+        let mut reply =
+            Box::pin(async move { dispatch(&*svc, message, peer, dst, Transport::Udp).await });
+        // Most calls (NULL, STAT, NOTIFY, every rejection) are answered without waiting:
+        // poll once here and reply inline, which saves a task and a thread hand-off per
+        // datagram. A call that must wait (SM_MON on the disk) moves into its own task, whose
+        // first poll registers the real waker.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match reply.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(None) => drop(permit),
+            std::task::Poll::Ready(Some(r)) => {
+                match try_send_reply(&sock, &r, peer, dst, pktinfo) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let sock = sock.clone();
+                        ctx.tasks.spawn(async move {
+                            send_reply(&sock, &r, peer, dst, pktinfo).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        debug!(%peer, error = %e, "could not send a UDP reply");
+                        drop(permit);
+                    }
+                    Ok(_) => drop(permit),
                 }
             }
-            drop(permit);
-        });
+            std::task::Poll::Pending => {
+                let sock = sock.clone();
+                ctx.tasks.spawn(async move {
+                    if let Some(r) = reply.await {
+                        send_reply(&sock, &r, peer, dst, pktinfo).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// Sends a UDP reply without waiting (from `dst` when the socket learns destinations).
+fn try_send_reply(
+    sock: &UdpSocket,
+    reply: &[u8],
+    peer: SocketAddr,
+    dst: SocketAddr,
+    pktinfo: bool,
+) -> std::io::Result<usize> {
+    if pktinfo && !dst.ip().is_unspecified() {
+        sock.try_io(tokio::io::Interest::WRITABLE, || {
+            send_from(sock, reply, peer, dst)
+        })
+    } else {
+        sock.try_send_to(reply, peer)
+    }
+}
+
+/// Sends a UDP reply, waiting for the socket if needed.
+async fn send_reply(
+    sock: &UdpSocket,
+    reply: &[u8],
+    peer: SocketAddr,
+    dst: SocketAddr,
+    pktinfo: bool,
+) {
+    let sent = if pktinfo && !dst.ip().is_unspecified() {
+        sock.async_io(tokio::io::Interest::WRITABLE, || {
+            send_from(sock, reply, peer, dst)
+        })
+        .await
+    } else {
+        sock.send_to(reply, peer).await
+    };
+    if let Err(e) = sent {
+        debug!(%peer, error = %e, "could not send a UDP reply");
     }
 }
 
