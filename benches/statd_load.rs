@@ -1,0 +1,1186 @@
+//! Load benchmark: nsmd against Debian's rpc.statd, side by side in the same run, driven by the
+//! same load generator (RPC calls built byte by byte, sent over 127.0.0.1 as lockd sends them).
+//!
+//! Run as root: `cargo bench --bench statd_load`. Results and the machine they came from are in
+//! BENCHMARKS.md. Without root, rpcbind or rpc.statd it prints why and exits 0 (it is run on
+//! demand, not in CI); run by `cargo test` (no `--bench` argument) it does nothing.
+//!
+//! Layout: one lab with two isolated test hosts, `nsmd` and `statd` (each its own network
+//! namespace, rpcbind, `/run` and `/var/lib/nfs`; both see the lab's hosts file). Each trial
+//! starts one daemon on a fresh state directory that already holds N record files (nfs-utils
+//! format, the same bytes for both), waits until the daemon is idle, measures one thing from a
+//! generator in the same network namespace, stops the daemon and checks that `sm/` holds N
+//! files plus one per SM_MON counted. Every SM_MON counted was answered `stat_succ`, or the
+//! benchmark panics. Rounds alternate which implementation goes first.
+//!
+//! Both daemons run as `-F -L -p PORT -P DIR` (no `-d`: per-request debug logging would be
+//! measured too; `-L`: no SM_NOTIFY at start). Measurements, each at N = 0, 1,000 and 10,000
+//! pre-populated records where it applies:
+//! - `disk-floor`: the disk alone, from the generator, with each implementation's write pattern;
+//! - `null-*`, `stat-*`: SM_NULL and SM_STAT from one caller (UDP, or one TCP connection kept
+//!   open) and from 8 concurrent callers (`-x8`);
+//! - `mon-percall-N`: serial SM_MON, a new TCP connection per call (lockd's pattern: the kernel
+//!   makes a fresh rpc_clnt per upcall); `mon-persistent-N`: serial SM_MON on one connection
+//!   (at N = 10,000 in the first round only: rpc.statd needs ~15 s per call there);
+//! - `mon-x64-percall-N` (N = 0 and 1,000): 64 concurrent callers, a connection per call.
+//!
+//! Each reports calls/s, p50 and p99 latency (client side, connect included for `percall`) and the
+//! daemon's CPU time per call (all its threads, sampled from /proc before and after).
+//!
+//! The hosts file of a trial holds exactly the names that trial uses (the N pre-populated names
+//! and the names it may send, each on its own address, since rpc.statd refuses names it cannot
+//! resolve and treats two names with one address as the same host).
+//!
+//! Environment (all optional):
+//! - `NSMD_BENCH_ROUNDS`: rounds (default 3);
+//! - `NSMD_BENCH_SECS`: time cap of each SM_MON measurement in seconds (default 8); SM_NULL and
+//!   SM_STAT run for a quarter of it;
+//! - `NSMD_BENCH_SERIAL_MAX`: calls per serial SM_MON measurement (default 300);
+//! - `NSMD_BENCH_ONLY`: comma-separated groups to run: `floor` (the disk alone), `null`
+//!   (SM_NULL and SM_STAT), `serial`, `concurrent` (default all);
+//! - `NSMD_BENCH_LEVELS`: comma-separated pre-populated record counts (default `0,1000,10000`);
+//! - `NSMD_BENCH_HOSTS=measured`: leave the pre-populated names out of the hosts file. A
+//!   diagnostic: every name lookup then reads a short file (rpc.statd's duplicate check, where
+//!   the lookups of pre-populated names now fail, and nsmd's background resolution).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use nsm_testhost::{Host, Lab, Proc, prerequisites, tool_path};
+
+/// The nsmd under test: `cargo bench` builds it with the release profile.
+const NSMD: &str = env!("CARGO_BIN_EXE_nsmd");
+/// Cargo's scratch directory for benches, on the target directory's file system.
+const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+const SM_PROG: u32 = 100_024;
+const SM_NULL: u32 = 0;
+const SM_STAT: u32 = 1;
+const SM_MON: u32 = 2;
+const MY_NAME: &[u8] = b"nfs-server-a";
+/// The name SM_STAT asks about (in every trial's hosts file).
+const STAT_NAME: &str = "stat-target.bench.test";
+/// How long one reply may take before the benchmark fails (rpc.statd needs seconds per SM_MON
+/// with 10,000 records, and a queue of 64 callers waits for all of them).
+const IO_TIMEOUT: Duration = Duration::from_secs(300);
+/// Serial SM_MON: at most this many calls per measurement (default).
+const SERIAL_MAX: usize = 300;
+/// Concurrent SM_MON: this many callers, at most this many calls in all.
+const CONC_WORKERS: usize = 64;
+const CONC_MAX: usize = 64 * 24;
+/// Concurrent SM_NULL / SM_STAT callers.
+const SIMPLE_WORKERS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Impl {
+    Nsmd,
+    Statd,
+}
+
+impl Impl {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Nsmd => "nsmd",
+            Self::Statd => "rpc.statd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    /// One TCP connection per caller, kept open.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    /// A new TCP connection for every call, as the kernel's fresh rpc_clnt per upcall.
+    PerCall,
+    /// One TCP connection per caller, kept open.
+    Persistent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Mon(Conn),
+    Null(Transport),
+    Stat(Transport),
+}
+
+impl Op {
+    fn what(self) -> &'static str {
+        match self {
+            Self::Mon(_) => "SM_MON",
+            Self::Null(_) => "SM_NULL",
+            Self::Stat(_) => "SM_STAT",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RPC, by hand (RFC 5531, AUTH_NONE, as lockd's nsm_create sends it).
+
+fn call_msg(xid: u32, proc_: u32, args: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40 + args.len());
+    for w in [xid, 0, 2, SM_PROG, 1, proc_, 0, 0, 0, 0] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(args);
+    v
+}
+
+fn xdr_string(v: &mut Vec<u8>, s: &[u8]) {
+    let len = u32::try_from(s.len()).expect("string length fits in u32");
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(s);
+    v.resize(v.len() + (4 - s.len() % 4) % 4, 0);
+}
+
+/// A distinct 16-byte cookie per call.
+fn cookie(i: usize) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    c[8..].copy_from_slice(b"nsmdload");
+    c
+}
+
+/// SM_MON arguments: mon_name, my_name, NLM 100021/3/16, cookie.
+fn mon_args(mon_name: &[u8], priv_: [u8; 16]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64 + mon_name.len());
+    xdr_string(&mut v, mon_name);
+    xdr_string(&mut v, MY_NAME);
+    for w in [100_021u32, 3, 16] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(&priv_);
+    v
+}
+
+/// Checks that `reply` is an accepted, successful reply to `xid`; returns the result words.
+fn result_words(xid: u32, reply: &[u8]) -> Result<Vec<u32>, String> {
+    if reply.len() % 4 != 0 {
+        return Err(format!("reply of {} bytes is not whole words", reply.len()));
+    }
+    let w: Vec<u32> = reply
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if w.len() < 6 || w[0] != xid || w[1] != 1 {
+        return Err(format!("not a reply to xid {xid:#x}: {w:x?}"));
+    }
+    if w[2] != 0 {
+        return Err(format!("call denied: {w:x?}"));
+    }
+    let verf_words = (w[4] as usize).div_ceil(4);
+    let at = 5 + verf_words;
+    match w.get(at) {
+        Some(0) => Ok(w[at + 1..].to_vec()),
+        Some(stat) => Err(format!("accept_stat {stat}")),
+        None => Err(format!("truncated reply {w:x?}")),
+    }
+}
+
+struct TcpClient {
+    s: TcpStream,
+}
+
+impl TcpClient {
+    fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok(Self { s })
+    }
+
+    /// Sends one record and reads the reply record (any number of fragments).
+    fn exchange(&mut self, msg: &[u8]) -> io::Result<Vec<u8>> {
+        let mark = 0x8000_0000u32 | u32::try_from(msg.len()).expect("small message");
+        let mut rec = Vec::with_capacity(4 + msg.len());
+        rec.extend_from_slice(&mark.to_be_bytes());
+        rec.extend_from_slice(msg);
+        self.s.write_all(&rec)?;
+        let mut out = Vec::new();
+        loop {
+            let mut hdr = [0u8; 4];
+            self.s.read_exact(&mut hdr)?;
+            let mark = u32::from_be_bytes(hdr);
+            let len = (mark & 0x7fff_ffff) as usize;
+            if out.len() + len > 1 << 20 {
+                return Err(io::Error::other("reply record larger than 1 MiB"));
+            }
+            let start = out.len();
+            out.resize(start + len, 0);
+            self.s.read_exact(&mut out[start..])?;
+            if mark & 0x8000_0000 != 0 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+struct UdpClient {
+    s: UdpSocket,
+    buf: Vec<u8>,
+}
+
+impl UdpClient {
+    fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        s.connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            s,
+            buf: vec![0; 65536],
+        })
+    }
+
+    /// Sends one datagram and waits for the reply to `xid` (no retransmission: on loopback a
+    /// lost datagram is a failure worth seeing).
+    fn exchange(&mut self, xid: u32, msg: &[u8]) -> io::Result<Vec<u8>> {
+        self.s.send(msg)?;
+        loop {
+            let n = self.s.recv(&mut self.buf)?;
+            if n >= 4 && self.buf[..4] == xid.to_be_bytes() {
+                return Ok(self.buf[..n].to_vec());
+            }
+        }
+    }
+}
+
+/// One caller of the generator.
+struct Caller<'a> {
+    addr: SocketAddr,
+    op: Op,
+    names: &'a [String],
+    tcp: Option<TcpClient>,
+    udp: Option<UdpClient>,
+    xid: u32,
+    stat_args: Vec<u8>,
+    /// The state number of the first successful SM_MON; every later one must carry it too.
+    state: Option<u32>,
+}
+
+impl<'a> Caller<'a> {
+    fn new(addr: SocketAddr, op: Op, names: &'a [String], worker: usize) -> io::Result<Self> {
+        let (tcp, udp) = match op {
+            Op::Mon(Conn::PerCall) => (None, None),
+            Op::Mon(Conn::Persistent) | Op::Null(Transport::Tcp) | Op::Stat(Transport::Tcp) => {
+                (Some(TcpClient::connect(addr)?), None)
+            }
+            Op::Null(Transport::Udp) | Op::Stat(Transport::Udp) => {
+                (None, Some(UdpClient::connect(addr)?))
+            }
+        };
+        let mut stat_args = Vec::new();
+        xdr_string(&mut stat_args, STAT_NAME.as_bytes());
+        Ok(Self {
+            addr,
+            op,
+            names,
+            tcp,
+            udp,
+            xid: u32::try_from(worker).expect("few workers") << 24,
+            stat_args,
+            state: None,
+        })
+    }
+
+    /// Makes call number `i` (of the measurement); returns its latency. Panics on any failure.
+    fn call(&mut self, i: usize) -> Duration {
+        self.xid = self.xid.wrapping_add(1);
+        let xid = self.xid;
+        let msg = match self.op {
+            Op::Mon(_) => call_msg(xid, SM_MON, &mon_args(self.names[i].as_bytes(), cookie(i))),
+            Op::Null(_) => call_msg(xid, SM_NULL, &[]),
+            Op::Stat(_) => call_msg(xid, SM_STAT, &self.stat_args),
+        };
+        let start = Instant::now();
+        let reply = match (self.op, &mut self.tcp, &mut self.udp) {
+            (Op::Mon(Conn::PerCall), _, _) => {
+                TcpClient::connect(self.addr).and_then(|mut c| c.exchange(&msg))
+            }
+            (_, Some(tcp), _) => tcp.exchange(&msg),
+            (_, _, Some(udp)) => udp.exchange(xid, &msg),
+            _ => unreachable!("a caller has the connection its operation needs"),
+        };
+        let took = start.elapsed();
+        let what = self.op.what();
+        let name = match self.op {
+            Op::Mon(_) => self.names[i].as_str(),
+            Op::Stat(_) => STAT_NAME,
+            Op::Null(_) => "",
+        };
+        let reply = reply.unwrap_or_else(|e| panic!("{what} {name} (call #{i}): {e}"));
+        let words =
+            result_words(xid, &reply).unwrap_or_else(|e| panic!("{what} {name} (call #{i}): {e}"));
+        match self.op {
+            Op::Null(_) => assert!(words.is_empty(), "SM_NULL answered {words:?}"),
+            Op::Mon(_) | Op::Stat(_) => {
+                assert!(
+                    words.len() == 2 && words[0] == 0 && words[1] != u32::MAX,
+                    "{what} {name} (call #{i}) was not answered stat_succ: {words:?}"
+                );
+                if matches!(self.op, Op::Mon(_)) {
+                    let first = *self.state.get_or_insert(words[1]);
+                    assert_eq!(words[1], first, "{what} {name}: the state number changed");
+                }
+            }
+        }
+        took
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements.
+
+/// The outcome of one measurement.
+#[derive(Debug, Clone)]
+struct Run {
+    /// Calls answered.
+    n: usize,
+    /// From the moment every caller was ready until the last reply.
+    elapsed: Duration,
+    /// Sorted latencies.
+    lat: Vec<Duration>,
+    /// CPU time the daemon used meanwhile (all its threads, user and system).
+    server_cpu: Option<Duration>,
+}
+
+impl Run {
+    fn ops(&self) -> f64 {
+        self.n as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Nearest-rank percentile, in milliseconds.
+    fn pct_ms(&self, p: f64) -> f64 {
+        if self.lat.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * self.lat.len() as f64).ceil() as usize).clamp(1, self.lat.len());
+        self.lat[rank - 1].as_secs_f64() * 1e3
+    }
+
+    /// The daemon's CPU time per call, in microseconds.
+    fn cpu_us(&self) -> f64 {
+        self.server_cpu
+            .map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / self.n as f64)
+    }
+}
+
+/// A running daemon under test.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    /// The host it runs in (the generator joins its network namespace).
+    host: &'a Host,
+    pid: u32,
+    /// Where it listens: 127.0.0.1 and its port.
+    addr: SocketAddr,
+}
+
+/// Runs `op` from `workers` callers inside `host`'s network namespace, until `max_ops` calls
+/// were started or `cap` passed (each caller finishes its call in flight; at least one call).
+fn drive(
+    target: &Target<'_>,
+    op: Op,
+    names: &[String],
+    workers: usize,
+    max_ops: usize,
+    cap: Duration,
+) -> Run {
+    assert!(!matches!(op, Op::Mon(_)) || max_ops <= names.len());
+    let Target { host, pid, addr } = *target;
+    let ns_path = host.netns_path().to_owned();
+    let next = AtomicUsize::new(0);
+    let barrier = Barrier::new(workers + 1);
+    let lats = Mutex::new(Vec::new());
+    let mut start = Instant::now();
+    let cpu_before = CpuSample::take(pid);
+    std::thread::scope(|s| {
+        for w in 0..workers {
+            let (ns_path, next, barrier, lats) = (&ns_path, &next, &barrier, &lats);
+            s.spawn(move || {
+                // Never panic before the barrier: the others would wait for us forever.
+                let joined = File::open(ns_path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+                let caller = joined.and_then(|()| {
+                    Caller::new(addr, op, names, w).map_err(|e| format!("connecting: {e}"))
+                });
+                barrier.wait();
+                let mut caller = caller.unwrap_or_else(|e| panic!("caller {w}: {e}"));
+                let deadline = Instant::now() + cap;
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= max_ops || (i > 0 && Instant::now() >= deadline) {
+                        break;
+                    }
+                    mine.push(caller.call(i));
+                }
+                lats.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(mine);
+            });
+        }
+        barrier.wait();
+        start = Instant::now();
+    });
+    let elapsed = start.elapsed();
+    let server_cpu = cpu_before
+        .zip(CpuSample::take(pid))
+        .map(|(a, b)| b.since(&a));
+    let mut lat = lats.into_inner().unwrap_or_else(PoisonError::into_inner);
+    lat.sort_unstable();
+    Run {
+        n: lat.len(),
+        elapsed,
+        lat,
+        server_cpu,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hosts, state directories, daemons.
+
+/// Where the state directories live.
+#[derive(Debug, Clone)]
+enum StateBase {
+    /// Under the host's private `/var/lib/nfs` (a real disk on this machine).
+    HostNfs,
+    /// Under this directory, seen at the same path inside and outside the hosts (used when the
+    /// hosts' `/var/lib/nfs` is a tmpfs, where fsync costs nothing).
+    Shared(PathBuf),
+}
+
+fn fs_type_name(path: &Path) -> String {
+    match nix::sys::statfs::statfs(path) {
+        Ok(s) => {
+            let t = s.filesystem_type().0 as u64;
+            let name = match t {
+                0xef53 => "ext2/3/4",
+                0x0102_1994 => "tmpfs",
+                0x8584_58f6 => "ramfs",
+                0x5846_5342 => "xfs",
+                0x9123_683e => "btrfs",
+                0x794c_7630 => "overlayfs",
+                0x2fc1_2fc1 => "zfs",
+                _ => "other",
+            };
+            format!("{name} (f_type {t:#x})")
+        }
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+fn is_ram_fs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| matches!(s.filesystem_type().0 as u64, 0x0102_1994 | 0x8584_58f6))
+        .unwrap_or(true)
+}
+
+/// The pre-populated names: `pre-00042.bench.test` on 10.1.0.42.
+fn pre_name(i: usize) -> String {
+    format!("pre-{i:05}.bench.test")
+}
+
+fn pre_addr(i: usize) -> String {
+    format!("10.1.{}.{}", (i >> 8) & 255, i & 255)
+}
+
+/// A record line exactly as rpc.statd 2.6.2 writes it (address field host-endian 127.0.0.1).
+fn record_line(mon_name: &str, priv_: [u8; 16]) -> String {
+    let hex: String = priv_.iter().map(|b| format!("{b:02x}")).collect();
+    let addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let my = String::from_utf8_lossy(MY_NAME);
+    format!("{addr:08x} 000186b5 00000003 00000010 {hex} {mon_name} {my}\n")
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| {
+            !e.file_name().to_string_lossy().starts_with('.')
+                && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .count()
+}
+
+/// The disk alone, from this process, in a directory on the state directories' file system:
+/// `n` times the durable write each implementation makes for a new record. nsmd's (one commit
+/// of one file): write a temporary file, fsync it, rename it into place, fsync the directory.
+/// rpc.statd's (`nsm_insert_monitored_host`): `open(O_CREAT|O_EXCL|O_SYNC)`, one `write`.
+fn disk_floor(dir: &Path, n: usize) -> (Run, Run) {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::create_dir_all(dir).expect("creating the disk floor directory");
+    let d = File::open(dir).expect("opening the disk floor directory");
+    let line = record_line("floor-00000.bench.test", cookie(0));
+    let time = |f: &mut dyn FnMut(usize)| {
+        let start = Instant::now();
+        let mut lat: Vec<Duration> = (0..n)
+            .map(|i| {
+                let t = Instant::now();
+                f(i);
+                t.elapsed()
+            })
+            .collect();
+        let elapsed = start.elapsed();
+        lat.sort_unstable();
+        Run {
+            n,
+            elapsed,
+            lat,
+            server_cpu: None,
+        }
+    };
+    let fsync_style = time(&mut |i| {
+        let tmp = dir.join(format!(".f{i}.new"));
+        let mut f = File::create(&tmp).expect("creating a temporary file");
+        f.write_all(line.as_bytes()).expect("writing");
+        f.sync_all().expect("fsync");
+        fs::rename(&tmp, dir.join(format!("f{i}"))).expect("rename");
+        d.sync_all().expect("fsync of the directory");
+    });
+    let osync_style = time(&mut |i| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_SYNC)
+            .open(dir.join(format!("s{i}")))
+            .expect("creating an O_SYNC file");
+        f.write_all(line.as_bytes()).expect("writing");
+    });
+    (fsync_style, osync_style)
+}
+
+/// Load average and pressure stall figures, to show how busy the machine was.
+fn machine_load() -> String {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let some = |p: &str| {
+        read(p)
+            .lines()
+            .next()
+            .map(|l| l.replace("some ", ""))
+            .unwrap_or_default()
+    };
+    format!(
+        "loadavg {}; cpu pressure {}; io pressure {}",
+        read("/proc/loadavg").trim(),
+        some("/proc/pressure/cpu"),
+        some("/proc/pressure/io")
+    )
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU time of a process: the sum of its threads' `schedstat` run times (nanoseconds, but
+/// threads that exit take theirs with them) and its `stat` user + system ticks (1/100 s, but
+/// counting exited threads too).
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    sched_ns: u64,
+    ticks: u64,
+}
+
+impl CpuSample {
+    fn take(pid: u32) -> Option<Self> {
+        let ticks = cpu_ticks(pid)?;
+        let mut sched_ns = 0;
+        for t in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let s = fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            sched_ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Some(Self { sched_ns, ticks })
+    }
+
+    /// The larger of the two estimates of the CPU time used since `before`.
+    fn since(&self, before: &Self) -> Duration {
+        let sched = Duration::from_nanos(self.sched_ns.saturating_sub(before.sched_ns));
+        let ticks = Duration::from_millis(self.ticks.saturating_sub(before.ticks) * 10);
+        sched.max(ticks)
+    }
+}
+
+/// Waits until the process used no CPU for two 300 ms periods in a row (nsmd resolves every
+/// loaded name in the background after start); returns the CPU time it used while waiting.
+fn wait_idle(p: &Proc) -> Duration {
+    let Some(first) = cpu_ticks(p.pid()) else {
+        return Duration::ZERO;
+    };
+    let (mut prev, mut quiet) = (first, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while quiet < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(now) = cpu_ticks(p.pid()) else { break };
+        quiet = if now - prev <= 1 { quiet + 1 } else { 0 };
+        prev = now;
+    }
+    // Clock ticks are 1/100 s on Linux.
+    Duration::from_millis((prev - first) * 10)
+}
+
+/// Waits until the daemon answers SM_NULL on UDP.
+fn wait_answers(host: &Host, addr: SocketAddr, p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = in_netns(host, || {
+            UdpClient::connect(addr)
+                .and_then(|mut c| {
+                    c.s.set_read_timeout(Some(Duration::from_millis(200)))?;
+                    c.exchange(7, &call_msg(7, SM_NULL, &[]))
+                })
+                .is_ok()
+        });
+        if ok {
+            return;
+        }
+        if let Err(e) = p.check_running() {
+            panic!("{} did not start: {e}", p.name());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not answer SM_NULL on {addr}:\n{}",
+            p.name(),
+            p.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn in_netns<T: Send>(host: &Host, f: impl FnOnce() -> T + Send) -> T {
+    let ns = File::open(host.netns_path()).expect("opening the host's netns file");
+    std::thread::scope(|s| {
+        match s
+            .spawn(move || {
+                setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the host");
+                f()
+            })
+            .join()
+        {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    })
+}
+
+struct Bench {
+    lab: Lab,
+    hosts: Vec<Host>,
+    _rpcbinds: Vec<Proc>,
+    base: StateBase,
+    statd: PathBuf,
+    hosts_header: String,
+    /// Whether the hosts file lists the pre-populated names too (`NSMD_BENCH_HOSTS`).
+    hosts_pre: bool,
+    sm_owner: Option<(u32, u32)>,
+    trials: u32,
+    /// Directories of finished trials, removed only at the end: ext4 without a journal (this
+    /// machine's) checks every recently deleted inode (30 s) when it allocates a new one, so
+    /// deleting 10,000 record files would slow down the file creations of the next trials.
+    used_dirs: Vec<PathBuf>,
+}
+
+/// What a trial needs: records already there, and the names it will send.
+struct TrialSpec<'a> {
+    records: usize,
+    names: &'a [String],
+}
+
+impl Bench {
+    fn new(statd: PathBuf) -> Self {
+        let lab = Lab::new("statd_load").expect("creating the lab");
+        let hosts = vec![
+            lab.isolated_host("nsmd").expect("creating host nsmd"),
+            lab.isolated_host("statd").expect("creating host statd"),
+        ];
+        let rpcbinds = hosts
+            .iter()
+            .map(|h| h.start_rpcbind().expect("starting rpcbind"))
+            .collect();
+        let base = if is_ram_fs(&hosts[0].nfs_dir()) {
+            let dir = Path::new(TARGET_TMP).join(format!("statd_load-{}", std::process::id()));
+            fs::create_dir_all(&dir).expect("creating the state base directory");
+            StateBase::Shared(dir)
+        } else {
+            StateBase::HostNfs
+        };
+        let hosts_header =
+            fs::read_to_string(lab.hosts_file()).expect("reading the lab's hosts file");
+        let sm_owner = fs::metadata("/var/lib/nfs/sm")
+            .ok()
+            .map(|m| (m.uid(), m.gid()));
+        Self {
+            lab,
+            hosts,
+            _rpcbinds: rpcbinds,
+            base,
+            statd,
+            hosts_header,
+            hosts_pre: std::env::var("NSMD_BENCH_HOSTS").as_deref() != Ok("measured"),
+            sm_owner,
+            trials: 0,
+            used_dirs: Vec::new(),
+        }
+    }
+
+    fn host(&self, imp: Impl) -> &Host {
+        &self.hosts[match imp {
+            Impl::Nsmd => 0,
+            Impl::Statd => 1,
+        }]
+    }
+
+    /// (path inside the host, path outside) of a state directory.
+    fn state_dir(&self, imp: Impl, trial: u32) -> (PathBuf, PathBuf) {
+        let leaf = format!("bench-{trial:03}");
+        match &self.base {
+            StateBase::HostNfs => (
+                Path::new("/var/lib/nfs").join(&leaf),
+                self.host(imp).nfs_dir().join(&leaf),
+            ),
+            StateBase::Shared(d) => {
+                let p = d.join(format!("{}-{leaf}", imp.label()));
+                (p.clone(), p)
+            }
+        }
+    }
+
+    fn describe_base(&self) -> String {
+        let probe = match &self.base {
+            StateBase::HostNfs => self.hosts[0].nfs_dir(),
+            StateBase::Shared(d) => d.clone(),
+        };
+        let place = match &self.base {
+            StateBase::HostNfs => format!(
+                "each host's private /var/lib/nfs (outside: {})",
+                self.hosts[0].nfs_dir().display()
+            ),
+            StateBase::Shared(d) => {
+                format!("{} (the hosts' /var/lib/nfs is a RAM fs)", d.display())
+            }
+        };
+        format!("{place}: {}", fs_type_name(&probe))
+    }
+
+    fn write_hosts(&self, spec: &TrialSpec<'_>) {
+        let mut text = self.hosts_header.clone();
+        text.push_str(&format!("10.3.0.1\t{STAT_NAME}\n"));
+        if self.hosts_pre {
+            for i in 0..spec.records {
+                text.push_str(&format!("{}\t{}\n", pre_addr(i), pre_name(i)));
+            }
+        }
+        for (i, n) in spec.names.iter().enumerate() {
+            text.push_str(&format!("10.2.{}.{}\t{n}\n", (i >> 8) & 255, i & 255));
+        }
+        // Truncate and rewrite in place: the hosts' bind mounts follow the inode.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.lab.hosts_file())
+            .expect("opening the lab's hosts file");
+        f.write_all(text.as_bytes())
+            .expect("writing the hosts file");
+    }
+
+    fn prepare_dir(&self, outside: &Path, records: usize) {
+        if outside.exists() {
+            fs::remove_dir_all(outside).expect("removing an old state directory");
+        }
+        for sub in ["sm", "sm.bak"] {
+            let d = outside.join(sub);
+            fs::create_dir_all(&d).expect("creating sm/ and sm.bak/");
+            // rpc.statd runs as the owner of sm/: the system's (statd:nogroup on Debian).
+            if let Some((u, g)) = self.sm_owner {
+                std::os::unix::fs::chown(&d, Some(u), Some(g)).expect("chown sm/");
+            }
+        }
+        let sm = outside.join("sm");
+        for i in 0..records {
+            let name = pre_name(i);
+            let p = sm.join(&name);
+            fs::write(&p, record_line(&name, cookie(1_000_000 + i))).expect("writing a record");
+            if let Some((u, g)) = self.sm_owner {
+                std::os::unix::fs::chown(&p, Some(u), Some(g)).expect("chown a record");
+            }
+        }
+        // Nothing of the preparation may still be on its way to the disk when we measure.
+        let d = File::open(outside).expect("opening the state directory");
+        nix::unistd::syncfs(&d).expect("syncfs");
+    }
+
+    /// Starts `imp` on a fresh state directory holding `spec.records` records, waits until it
+    /// answers and is idle, runs `f` (which returns the number of SM_MONs it counted), stops the
+    /// daemon and checks the records on disk.
+    fn trial<T>(
+        &mut self,
+        imp: Impl,
+        spec: &TrialSpec<'_>,
+        f: impl FnOnce(&Target<'_>) -> (T, usize),
+    ) -> T {
+        self.trials += 1;
+        let trial = self.trials;
+        let port = 20_000 + u16::try_from(trial).expect("fewer than 45000 trials");
+        let (inside, outside) = self.state_dir(imp, trial);
+        self.prepare_dir(&outside, spec.records);
+        self.write_hosts(spec);
+        let host = self.host(imp);
+        let port_s = port.to_string();
+        let inside_s = inside.to_string_lossy().into_owned();
+        let statd = self.statd.to_string_lossy().into_owned();
+        let argv: Vec<&str> = match imp {
+            Impl::Nsmd => vec![
+                NSMD,
+                "-F",
+                "-L",
+                "-p",
+                &port_s,
+                "-P",
+                &inside_s,
+                "--proc-root",
+                "/run/proc",
+            ],
+            Impl::Statd => vec![&statd, "-F", "-L", "-p", &port_s, "-P", &inside_s],
+        };
+        let p = host
+            .spawn(imp.label(), &argv)
+            .unwrap_or_else(|e| panic!("starting {}: {e}", imp.label()));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        wait_answers(host, addr, &p);
+        host.wait_registered(SM_PROG, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{} did not register: {e}", imp.label()));
+        if imp == Impl::Nsmd {
+            let want = format!("records={}", spec.records);
+            let line = p
+                .wait_for_log_line("instance ready", Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("nsmd: {e}"));
+            assert!(
+                line.split_whitespace().any(|w| w == want),
+                "nsmd did not load every record: {line}"
+            );
+        }
+        let busy = wait_idle(&p);
+        if busy > Duration::from_millis(200) {
+            eprintln!(
+                "    ({} used {:.1} s of CPU after start, before it was idle)",
+                imp.label(),
+                busy.as_secs_f64()
+            );
+        }
+        let (out, mons) = f(&Target {
+            host,
+            pid: p.pid(),
+            addr,
+        });
+        if let Err(e) = p.check_running() {
+            panic!("{} died during the measurement: {e}", imp.label());
+        }
+        p.stop(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("stopping {}: {e}", imp.label()));
+        let on_disk = count_files(&outside.join("sm"));
+        assert_eq!(
+            on_disk,
+            spec.records + mons,
+            "{}: sm/ holds {on_disk} records, expected {} pre-populated + {mons} monitored",
+            imp.label(),
+            spec.records
+        );
+        self.used_dirs.push(outside);
+        out
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        for d in &self.used_dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+        if let StateBase::Shared(d) = &self.base {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results.
+
+#[derive(Debug, Default)]
+struct Results {
+    /// Measurement ids in the order they first ran.
+    order: Vec<String>,
+    runs: BTreeMap<(String, Impl), Vec<Run>>,
+}
+
+impl Results {
+    fn add(&mut self, id: &str, imp: Impl, round: usize, run: Run, note: &str) {
+        eprintln!(
+            "  [round {round}] {id:<22} {:<9} n={:<6} {:>9.1} ops/s  p50 {:>9.3} ms  p99 {:>9.3} ms  \
+             cpu {:>8.1} us/call{note}",
+            imp.label(),
+            run.n,
+            run.ops(),
+            run.pct_ms(0.50),
+            run.pct_ms(0.99),
+            run.cpu_us(),
+        );
+        if !self.order.iter().any(|o| o == id) {
+            self.order.push(id.to_owned());
+        }
+        self.runs.entry((id.to_owned(), imp)).or_default().push(run);
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "Medians over rounds, [min-max] of the per-round values; ratio = nsmd / rpc.statd \
+             of the medians."
+        );
+        println!();
+        println!(
+            "| measurement | nsmd ops/s | rpc.statd ops/s | ratio | nsmd p50 ms | rpc.statd p50 ms \
+             | nsmd p99 ms | rpc.statd p99 ms | nsmd CPU us/call | rpc.statd CPU us/call \
+             | calls per round (nsmd / rpc.statd) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for id in &self.order {
+            let get = |imp| {
+                self.runs
+                    .get(&(id.clone(), imp))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let (a, b) = (get(Impl::Nsmd), get(Impl::Statd));
+            let stat = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> (f64, f64, f64) {
+                let mut v: Vec<f64> = runs.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                if v.is_empty() {
+                    return (f64::NAN, f64::NAN, f64::NAN);
+                }
+                let med = if v.len() % 2 == 1 {
+                    v[v.len() / 2]
+                } else {
+                    (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+                };
+                (med, v[0], v[v.len() - 1])
+            };
+            let cell = |(m, lo, hi): (f64, f64, f64)| {
+                if m.is_nan() {
+                    return "-".to_owned();
+                }
+                let prec = if m >= 100.0 {
+                    0
+                } else if m >= 1.0 {
+                    1
+                } else {
+                    3
+                };
+                format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}]")
+            };
+            let ops = |r: &Run| r.ops();
+            let p50 = |r: &Run| r.pct_ms(0.50);
+            let p99 = |r: &Run| r.pct_ms(0.99);
+            let cpu = |r: &Run| r.cpu_us();
+            let (oa, ob) = (stat(&a, &ops), stat(&b, &ops));
+            let ns = |runs: &[Run]| {
+                let v: Vec<String> = runs.iter().map(|r| r.n.to_string()).collect();
+                v.join(",")
+            };
+            println!(
+                "| {id} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} / {} |",
+                cell(oa),
+                cell(ob),
+                oa.0 / ob.0,
+                cell(stat(&a, &p50)),
+                cell(stat(&b, &p50)),
+                cell(stat(&a, &p99)),
+                cell(stat(&b, &p99)),
+                cell(stat(&a, &cpu)),
+                cell(stat(&b, &cpu)),
+                ns(&a),
+                ns(&b),
+            );
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn measured_names(trial_tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{trial_tag}-{i:05}.bench.test"))
+        .collect()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("statd_load: a load benchmark; run it with `cargo bench --bench statd_load`");
+        return;
+    }
+    let statd = match prerequisites(&["rpcbind", "rpcinfo", "rpc.statd"])
+        .and_then(|()| tool_path("rpc.statd").ok_or_else(|| "rpc.statd not found".to_owned()))
+    {
+        Ok(p) => p,
+        Err(why) => {
+            println!("statd_load: skipped: {why}");
+            return;
+        }
+    };
+    if cfg!(debug_assertions) || !NSMD.contains("/release/") {
+        eprintln!(
+            "statd_load: WARNING: not an optimised build ({NSMD}); figures are meaningless. \
+             Use `cargo bench`."
+        );
+    }
+    let rounds: usize = env_or("NSMD_BENCH_ROUNDS", 3);
+    let secs: f64 = env_or("NSMD_BENCH_SECS", 8.0);
+    let cap = Duration::from_secs_f64(secs);
+    let serial_max: usize = env_or("NSMD_BENCH_SERIAL_MAX", SERIAL_MAX);
+    let simple_cap = cap / 4;
+    let only =
+        std::env::var("NSMD_BENCH_ONLY").unwrap_or_else(|_| "floor,null,serial,concurrent".into());
+    let runs_group = |g: &str| only.split(',').any(|x| x.trim() == g);
+    let levels: Vec<usize> = std::env::var("NSMD_BENCH_LEVELS")
+        .unwrap_or_else(|_| "0,1000,10000".into())
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
+
+    let mut bench = Bench::new(statd.clone());
+    eprintln!("statd_load: nsmd {NSMD}");
+    eprintln!("statd_load: rpc.statd {}", statd.display());
+    eprintln!("statd_load: state directories on {}", bench.describe_base());
+    eprintln!(
+        "statd_load: {rounds} rounds, SM_MON measurements capped at {secs} s, serial at \
+         {serial_max} calls, {CONC_WORKERS} concurrent callers at {CONC_MAX} calls"
+    );
+    eprintln!("statd_load: machine at start: {}", machine_load());
+    let started = Instant::now();
+    let mut results = Results::default();
+
+    for round in 1..=rounds {
+        eprintln!(
+            "statd_load: round {round} ({:.0} s so far)",
+            started.elapsed().as_secs_f64()
+        );
+        let order = if round % 2 == 1 {
+            [Impl::Nsmd, Impl::Statd]
+        } else {
+            [Impl::Statd, Impl::Nsmd]
+        };
+        if runs_group("floor") {
+            let dir = bench
+                .state_dir(Impl::Nsmd, 0)
+                .1
+                .with_file_name(format!("disk-floor-{round}"));
+            let (fsync_style, osync_style) = disk_floor(&dir, serial_max);
+            bench.used_dirs.push(dir);
+            results.add(
+                "disk-floor",
+                Impl::Nsmd,
+                round,
+                fsync_style,
+                "  (fsync+rename+dir fsync)",
+            );
+            results.add(
+                "disk-floor",
+                Impl::Statd,
+                round,
+                osync_style,
+                "  (O_SYNC create)",
+            );
+        }
+        if runs_group("null") {
+            for imp in order {
+                let spec = TrialSpec {
+                    records: 0,
+                    names: &[],
+                };
+                let runs = bench.trial(imp, &spec, |t| {
+                    let mut v = Vec::new();
+                    for (id, op) in [
+                        ("null-udp", Op::Null(Transport::Udp)),
+                        ("null-tcp", Op::Null(Transport::Tcp)),
+                        ("stat-udp", Op::Stat(Transport::Udp)),
+                        ("stat-tcp", Op::Stat(Transport::Tcp)),
+                    ] {
+                        v.push((id.to_owned(), drive(t, op, &[], 1, usize::MAX, simple_cap)));
+                        v.push((
+                            format!("{id}-x{SIMPLE_WORKERS}"),
+                            drive(t, op, &[], SIMPLE_WORKERS, usize::MAX, simple_cap),
+                        ));
+                    }
+                    (v, 0)
+                });
+                for (id, run) in runs {
+                    results.add(&id, imp, round, run, "");
+                }
+            }
+        }
+        for &level in &levels {
+            let mut kinds = Vec::new();
+            if runs_group("serial") {
+                kinds.push(("percall", Op::Mon(Conn::PerCall), 1, serial_max));
+                // rpc.statd needs ~15 s per SM_MON with 10,000 records: this variant runs there
+                // in the first round only, to keep the whole run near 10 minutes.
+                if level <= 1000 || round == 1 {
+                    kinds.push(("persistent", Op::Mon(Conn::Persistent), 1, serial_max));
+                }
+            }
+            if runs_group("concurrent") && level <= 1000 {
+                kinds.push((
+                    "x64-percall",
+                    Op::Mon(Conn::PerCall),
+                    CONC_WORKERS,
+                    CONC_MAX,
+                ));
+            }
+            for (kind, op, workers, max) in kinds {
+                let id = format!("mon-{kind}-{level}");
+                for imp in order {
+                    let names = measured_names(&format!("r{round}-{kind}"), max);
+                    let spec = TrialSpec {
+                        records: level,
+                        names: &names,
+                    };
+                    let run = bench.trial(imp, &spec, |t| {
+                        let run = drive(t, op, &names, workers, max, cap);
+                        let n = run.n;
+                        (run, n)
+                    });
+                    let note = format!("  (records {level} -> {})", level + run.n);
+                    results.add(&id, imp, round, run, &note);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "statd_load: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    results.print();
+}
