@@ -14,7 +14,7 @@ use common::{
     Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, spawn_nsmd, udp_exchange,
     xdr_string,
 };
-use nsm_testhost::{Host, Lab, Proc, Signal, require, tool_path};
+use nsm_testhost::{Host, Lab, Proc, Signal, require};
 
 const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
 const T: Duration = Duration::from_secs(15);
@@ -152,24 +152,7 @@ impl Client {
         let host = lab.host(name, &[addr]).unwrap();
         let rpcbind = host.start_rpcbind().unwrap();
         let lockd = LockdStandIn::start(&host, true);
-        host.write_file("/var/lib/nfs/c/sm.bak/.keep", "").unwrap();
-        host.write_file("/var/lib/nfs/c/sm/.keep", "").unwrap();
-        let statd_bin = tool_path("rpc.statd").unwrap();
-        let statd = host
-            .spawn(
-                "rpc.statd",
-                &[
-                    statd_bin.to_str().unwrap(),
-                    "-F",
-                    "-d",
-                    "-L",
-                    "-P",
-                    "/var/lib/nfs/c",
-                ],
-            )
-            .unwrap();
-        let regs = host.wait_registered(100_024, T).unwrap();
-        let port = regs.iter().find(|r| r.protocol == "udp").unwrap().port;
+        let (statd, port) = common::debian_statd(&host, None);
         let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         in_netns(&host, || {
             let m = call(

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, udp_exchange};
-use nsm_testhost::{Host, Lab, require, tool_path};
+use nsm_testhost::{Host, Lab, require};
 
 /// The binary under test.
 const NSM_NOTIFY: &str = env!("CARGO_BIN_EXE_nsm-notify");
@@ -61,28 +61,7 @@ fn debian_statd_accepts_the_service_notify_and_a_dead_peer_stays() {
     // The client: rpcbind, a lockd stand-in, Debian's rpc.statd monitoring the service.
     let _rpcbind = cli.start_rpcbind().unwrap();
     let lockd = LockdStandIn::start(&cli, true);
-    cli.write_file("/var/lib/nfs/c/sm.bak/.keep", "").unwrap();
-    cli.write_file("/var/lib/nfs/c/sm/.keep", "").unwrap();
-    let statd_bin = tool_path("rpc.statd").unwrap();
-    let statd = cli
-        .spawn(
-            "rpc.statd",
-            &[
-                statd_bin.to_str().unwrap(),
-                "-F",
-                "-d",
-                "-L",
-                "-P",
-                "/var/lib/nfs/c",
-            ],
-        )
-        .unwrap();
-    let regs = cli.wait_registered(100_024, T).unwrap();
-    let statd_port = regs
-        .iter()
-        .find(|r| r.protocol == "udp")
-        .map(|r| r.port)
-        .unwrap();
+    let (statd, statd_port) = common::debian_statd(&cli, None);
     let local: SocketAddr = format!("127.0.0.1:{statd_port}").parse().unwrap();
     in_netns(&cli, || {
         let m = call(
@@ -319,30 +298,12 @@ fn a_dual_stack_service_reaches_ipv4_and_ipv6_clients_in_one_run() {
         .unwrap();
     srv.add_addr(&format!("{SERVICE_ADDR}/24")).unwrap();
     srv.add_addr(&format!("{V6}/64")).unwrap();
-    let statd_bin = tool_path("rpc.statd").unwrap();
     let mut clients = Vec::new();
     for (name, addr) in [("cli4", "198.51.100.61/24"), ("cli6", "2001:db8::61/64")] {
         let h = lab.host(name, &[addr]).unwrap();
         let rpcbind = h.start_rpcbind().unwrap();
         let lockd = LockdStandIn::start(&h, true);
-        h.write_file("/var/lib/nfs/c/sm.bak/.keep", "").unwrap();
-        h.write_file("/var/lib/nfs/c/sm/.keep", "").unwrap();
-        let statd = h
-            .spawn(
-                "rpc.statd",
-                &[
-                    statd_bin.to_str().unwrap(),
-                    "-F",
-                    "-d",
-                    "-L",
-                    "-p",
-                    "32765",
-                    "-P",
-                    "/var/lib/nfs/c",
-                ],
-            )
-            .unwrap();
-        h.wait_registered(100_024, T).unwrap();
+        let (statd, _) = common::debian_statd(&h, Some(32765));
         in_netns(&h, || {
             let m = call(
                 1,

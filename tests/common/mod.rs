@@ -267,3 +267,24 @@ pub fn parse_status(args: &[u8]) -> (Vec<u8>, i32, [u8; 16]) {
     let cookie = args[at + 4..at + 20].try_into().unwrap();
     (name, state, cookie)
 }
+
+/// Debian's rpc.statd in `host` (which must run rpcbind), `-F -d -L` on `/var/lib/nfs/c` (its
+/// `sm/` and `sm.bak/` created first, as it needs them), on `port` if given. Waits until it is
+/// registered; returns it and its UDP port.
+pub fn debian_statd(host: &Host, port: Option<u16>) -> (Proc, u16) {
+    host.write_file("/var/lib/nfs/c/sm.bak/.keep", "").unwrap();
+    host.write_file("/var/lib/nfs/c/sm/.keep", "").unwrap();
+    let bin = nsm_testhost::tool_path("rpc.statd").expect("Debian's rpc.statd (nfs-common)");
+    let bin = bin.to_str().unwrap().to_owned();
+    let port_arg = port.map(|p| p.to_string());
+    let mut argv = vec![bin.as_str(), "-F", "-d", "-L", "-P", "/var/lib/nfs/c"];
+    if let Some(p) = &port_arg {
+        argv.extend(["-p", p.as_str()]);
+    }
+    let statd = host.spawn("rpc.statd", &argv).unwrap();
+    let regs = host
+        .wait_registered(100_024, Duration::from_secs(10))
+        .unwrap();
+    let udp = regs.iter().find(|r| r.protocol == "udp").unwrap().port;
+    (statd, udp)
+}
