@@ -250,6 +250,39 @@ fn every_procedure_and_its_effect() {
         (b"client1.example.test".to_vec(), 9, C2)
     );
 
+    // A host that announces itself under another name than the one monitored is matched by
+    // its address: nsmd looks the monitored names up only now (not at SM_MON), in the
+    // background, and then calls lockd back for the record whose name has the sender's
+    // address (client5, the client host's second name), and for no other.
+    lab.add_name("198.51.100.31", &["client5.example.test"])
+        .unwrap();
+    in_netns(&s.host, || {
+        assert_eq!(mon(local, 34, b"client5.example.test", C1), succ(state));
+    });
+    in_netns(&cli, || {
+        let remote: SocketAddr = format!("198.51.100.30:{}", s.port).parse().unwrap();
+        let mut a = xdr_string(b"renamed-client");
+        a.extend_from_slice(&13u32.to_be_bytes());
+        udp_exchange(remote, &call(35, SM, 1, 6, &a)).unwrap();
+    });
+    let got = s.lockd.wait_for(3, T);
+    assert_eq!(got.len(), 3, "{}", s.nsmd.log_tail(30));
+    assert_eq!(
+        parse_status(&got[2].3),
+        (b"client5.example.test".to_vec(), 13, C1)
+    );
+    let got = s.lockd.wait_for(4, Duration::from_secs(2));
+    assert_eq!(got.len(), 3, "only client5 has that address: {got:?}");
+    in_netns(&s.host, || {
+        let mut a = xdr_string(b"client5.example.test");
+        a.extend(xdr_string(b"server1"));
+        for w in [100_021u32, 3, 16] {
+            a.extend_from_slice(&w.to_be_bytes());
+        }
+        let r = udp_exchange(local, &call(36, SM, 1, 3, &a)).unwrap();
+        assert_eq!(answer(36, &r), Answer::Accepted(0, vec![state as u32]));
+    });
+
     in_netns(&s.host, || {
         // SM_UNMON and SM_UNMON_ALL remove durably and answer the state.
         let mut a = xdr_string(b"client2");

@@ -2,10 +2,10 @@
 //! the records it monitors, and what happens on each NSM procedure. The node instance is what
 //! rpc.statd is; service instances (one per NFS service) reuse this type with other settings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -109,11 +109,106 @@ pub enum InstanceError {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    file: String,
+    /// Order of addition (for [`Instance::peers`]).
+    seq: u64,
     record: Record,
     /// The last state a notification carried for this record (in memory only, as nfs-utils).
     last_state: Option<i32>,
 }
+
+/// The monitored records, by file (one file per mon_name, as nfs-utils), so SM_MON finds and
+/// rewrites a record's file without walking the others: its cost does not grow with the
+/// number of records.
+#[derive(Debug, Default)]
+struct Records {
+    /// Each file's records, in the order they were added (the file's line order).
+    files: HashMap<String, Vec<Entry>>,
+    next_seq: u64,
+    len: usize,
+}
+
+impl Records {
+    fn push(&mut self, file: String, record: Record) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.len += 1;
+        self.files.entry(file).or_default().push(Entry {
+            seq,
+            record,
+            last_state: None,
+        });
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.files.values().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.files.values_mut().flatten()
+    }
+
+    /// Every record stored in `file`, in the order they were added.
+    fn content(&self, file: &str) -> Vec<Record> {
+        self.files
+            .get(file)
+            .map(|v| v.iter().map(|e| e.record.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes the records `pred` selects; returns them and the files they were in.
+    fn remove_where(&mut self, pred: impl Fn(&Record) -> bool) -> (Vec<Record>, Vec<String>) {
+        let (mut removed, mut files) = (Vec::new(), Vec::new());
+        for (file, list) in &mut self.files {
+            let before = removed.len();
+            list.retain(|e| {
+                if pred(&e.record) {
+                    removed.push(e.record.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            if removed.len() > before {
+                files.push(file.clone());
+            }
+        }
+        self.files.retain(|_, list| !list.is_empty());
+        self.len -= removed.len();
+        (removed, files)
+    }
+
+    /// Removes one record equal to `record` from `file` (undoing an SM_MON).
+    fn remove_one(&mut self, file: &str, record: &Record) {
+        if let Some(list) = self.files.get_mut(file)
+            && let Some(i) = list.iter().position(|e| e.record == *record)
+        {
+            list.remove(i);
+            self.len -= 1;
+            if list.is_empty() {
+                self.files.remove(file);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.files.clear();
+        self.len = 0;
+    }
+}
+
+/// Addresses of monitored names, looked up only when an SM_NOTIFY needs them (never on a
+/// request path, never for every record at start), kept for [`RESOLVED_FOR`].
+#[derive(Debug, Clone)]
+struct Resolved {
+    addrs: Vec<IpAddr>,
+    at: Instant,
+}
+
+/// How long looked-up addresses of a monitored name are used before they are looked up again.
+const RESOLVED_FOR: Duration = Duration::from_secs(300);
+/// Address matchings (after an SM_NOTIFY no record matched by name) waiting at most; more are
+/// dropped with a warning, so a flood of forged SM_NOTIFYs cannot queue unbounded work.
+const MAX_PENDING_MATCHES: usize = 256;
 
 /// A simple token bucket per sender address, to bound how much work forged or runaway
 /// SM_NOTIFYs can cause.
@@ -151,10 +246,15 @@ pub struct Instance {
     dir: Arc<StateDir>,
     committer: Committer,
     state: AtomicI32,
-    entries: Mutex<Vec<Entry>>,
-    /// Addresses of monitored names, resolved in the background (never on a request path).
-    addrs: Arc<Mutex<HashMap<Vec<u8>, Vec<IpAddr>>>>,
+    entries: Mutex<Records>,
+    /// Addresses of monitored names (lower case), looked up when an SM_NOTIFY needs them.
+    addrs: Mutex<HashMap<Vec<u8>, Resolved>>,
+    /// Lookups at once.
     resolving: Arc<Semaphore>,
+    /// One address matching at a time, so a second SM_NOTIFY uses what the first looked up.
+    matching: tokio::sync::Mutex<()>,
+    /// Address matchings queued or running.
+    pending_matches: AtomicUsize,
     callbacks: Callbacks,
     callouts: Mutex<Callouts>,
     limiter: Mutex<RateLimiter>,
@@ -196,18 +296,17 @@ impl Instance {
             dir,
             committer,
             state: AtomicI32::new(state),
-            entries: Mutex::new(
-                loaded
-                    .into_iter()
-                    .map(|(file, record)| Entry {
-                        file,
-                        record,
-                        last_state: None,
-                    })
-                    .collect(),
-            ),
-            addrs: Arc::default(),
+            entries: Mutex::new({
+                let mut r = Records::default();
+                for (file, record) in loaded {
+                    r.push(file, record);
+                }
+                r
+            }),
+            addrs: Mutex::default(),
             resolving: Arc::new(Semaphore::new(16)),
+            matching: tokio::sync::Mutex::new(()),
+            pending_matches: AtomicUsize::new(0),
             callbacks: Callbacks::spawn(cfg.callback),
             callouts,
             limiter: Mutex::new(RateLimiter {
@@ -220,17 +319,10 @@ impl Instance {
             service_address: cfg.service_address,
         });
         inst.publish_state();
-        let names: Vec<Vec<u8>> = lock(&inst.entries)
-            .iter()
-            .map(|e| e.record.mon_name.clone())
-            .collect();
-        for n in names {
-            inst.resolve_later(&n);
-        }
         info!(
             instance = %inst.name,
             state,
-            records = lock(&inst.entries).len(),
+            records = inst.len(),
             dir = %inst.dir.path().display(),
             "instance ready"
         );
@@ -248,21 +340,23 @@ impl Instance {
     }
 
     /// The addresses known for `mon_name`: the name itself when it is an address literal,
-    /// else what the background resolution found so far (never asks DNS).
+    /// else what an earlier lookup found ([`Instance::look_up_later`]), if any. Never asks DNS.
     pub fn addresses_of(&self, mon_name: &[u8]) -> Vec<IpAddr> {
         if let Some(ip) = ip_literal(mon_name) {
             return vec![canonical(ip)];
         }
         lock(&self.addrs)
             .get(&mon_name.to_ascii_lowercase())
-            .cloned()
+            .map(|r| r.addrs.clone())
             .unwrap_or_default()
     }
 
     /// The monitored peers: (mon_name, my_name) of every record, in the order added.
     pub fn peers(&self) -> Vec<(String, String)> {
-        lock(&self.entries)
-            .iter()
+        let entries = lock(&self.entries);
+        let mut all: Vec<&Entry> = entries.iter().collect();
+        all.sort_unstable_by_key(|e| e.seq);
+        all.into_iter()
             .map(|e| {
                 (
                     String::from_utf8_lossy(&e.record.mon_name).into_owned(),
@@ -297,7 +391,7 @@ impl Instance {
 
     /// Number of records monitored.
     pub fn len(&self) -> usize {
-        lock(&self.entries).len()
+        lock(&self.entries).len
     }
 
     /// True when nothing is monitored.
@@ -331,37 +425,65 @@ impl Instance {
         }
     }
 
-    /// Resolves `name` in the background so SM_NOTIFY can match it by sender address.
-    fn resolve_later(&self, name: &[u8]) {
-        let key = name.to_ascii_lowercase();
-        if let Some(ip) = ip_literal(name) {
-            lock(&self.addrs).insert(key, vec![canonical(ip)]);
+    /// Looks `name` up in the background (unless its addresses are known and fresh), so a later
+    /// [`Instance::addresses_of`] knows them. For callers that want addresses of a name soon
+    /// but must not wait for them.
+    pub fn look_up_later(self: &Arc<Self>, name: &[u8]) {
+        if ip_literal(name).is_some() || self.fresh(name, Instant::now()) {
             return;
         }
-        let Ok(host) = std::str::from_utf8(name).map(str::to_owned) else {
-            return;
-        };
-        let (addrs, sem) = (self.addrs.clone(), self.resolving.clone());
-        tokio::spawn(async move {
-            let Ok(_permit) = sem.acquire().await else {
-                return;
-            };
-            let found = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::net::lookup_host((host.as_str(), 0)),
-            )
-            .await;
-            match found {
-                Ok(Ok(it)) => {
-                    let mut v: Vec<IpAddr> = it.map(|a| canonical(a.ip())).collect();
-                    v.sort_unstable();
-                    v.dedup();
-                    lock(&addrs).insert(key, v);
-                }
-                Ok(Err(e)) => debug!(host = %host, "cannot resolve a monitored name: {e}"),
-                Err(_) => debug!(host = %host, "resolving a monitored name timed out"),
+        let (this, name) = (self.clone(), name.to_vec());
+        tokio::spawn(async move { this.look_up(vec![name]).await });
+    }
+
+    /// Whether the addresses of `name` were looked up less than [`RESOLVED_FOR`] ago.
+    fn fresh(&self, name: &[u8], now: Instant) -> bool {
+        lock(&self.addrs)
+            .get(&name.to_ascii_lowercase())
+            .is_some_and(|r| now.saturating_duration_since(r.at) < RESOLVED_FOR)
+    }
+
+    /// Looks up the addresses of `names` (at most 16 at once, 10 s each) and keeps them; a
+    /// name that does not resolve is kept with no address, so it is not asked again at once.
+    async fn look_up(&self, names: impl IntoIterator<Item = Vec<u8>>) {
+        let lookups = names.into_iter().map(|name| {
+            let sem = self.resolving.clone();
+            async move {
+                let _permit = sem.acquire().await.ok()?;
+                let host = std::str::from_utf8(&name).ok()?.to_owned();
+                let found = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio::net::lookup_host((host.as_str(), 0)),
+                )
+                .await;
+                let addrs = match found {
+                    Ok(Ok(it)) => {
+                        let mut v: Vec<IpAddr> = it.map(|a| canonical(a.ip())).collect();
+                        v.sort_unstable();
+                        v.dedup();
+                        v
+                    }
+                    Ok(Err(e)) => {
+                        debug!(host = %host, "cannot resolve a monitored name: {e}");
+                        Vec::new()
+                    }
+                    Err(_) => {
+                        debug!(host = %host, "resolving a monitored name timed out after 10 s");
+                        Vec::new()
+                    }
+                };
+                Some((name.to_ascii_lowercase(), addrs))
             }
         });
+        let done = futures_util::future::join_all(lookups).await;
+        let now = Instant::now();
+        let mut addrs = lock(&self.addrs);
+        for (key, v) in done.into_iter().flatten() {
+            addrs.insert(key, Resolved { addrs: v, at: now });
+        }
+        if addrs.len() > 2 * lock(&self.entries).len + 1024 {
+            addrs.retain(|_, r| now.saturating_duration_since(r.at) < RESOLVED_FOR);
+        }
     }
 
     /// SM_STAT: whether nsmd could monitor `mon_name`, and the local state. Never asks DNS:
@@ -427,6 +549,7 @@ impl Instance {
         // same file are queued in the order their contents were computed.
         let (commit, previous) = {
             let mut entries = lock(&self.entries);
+            let list = entries.files.get_mut(&file);
             let same = |e: &Entry| {
                 e.record.mon_name == record.mon_name
                     && e.record.my_name == record.my_name
@@ -434,7 +557,7 @@ impl Instance {
                     && e.record.my_vers == record.my_vers
                     && e.record.my_proc == record.my_proc
             };
-            let previous = match entries.iter_mut().find(|e| same(e)) {
+            let previous = match list.and_then(|l| l.iter_mut().find(|e| same(e))) {
                 Some(e) if e.record.priv_ == record.priv_ => {
                     debug!(mon_name = %m.mon_id.mon_name, "SM_MON repeated with the same cookie");
                     return SmStatRes {
@@ -444,15 +567,11 @@ impl Instance {
                 }
                 Some(e) => Some(std::mem::replace(&mut e.record, record.clone())),
                 None => {
-                    entries.push(Entry {
-                        file: file.clone(),
-                        record: record.clone(),
-                        last_state: None,
-                    });
+                    entries.push(file.clone(), record.clone());
                     None
                 }
             };
-            let content = file_content(&entries, &file);
+            let content = entries.content(&file);
             (
                 self.committer.commit(Dir::Sm, file.clone(), content),
                 previous,
@@ -461,17 +580,20 @@ impl Instance {
         if let Err(e) = commit.await {
             warn!(mon_name = %m.mon_id.mon_name, "SM_MON failed: cannot record it durably: {e}");
             let mut entries = lock(&self.entries);
-            let pos = entries.iter().position(|e| e.record == record);
-            match (pos, previous) {
-                (Some(i), Some(old)) => entries[i].record = old,
-                (Some(i), None) => {
-                    entries.remove(i);
+            match previous {
+                Some(old) => {
+                    if let Some(e) = entries
+                        .files
+                        .get_mut(&file)
+                        .and_then(|l| l.iter_mut().find(|e| e.record == record))
+                    {
+                        e.record = old;
+                    }
                 }
-                (None, _) => {}
+                None => entries.remove_one(&file, &record),
             }
             return Self::fail();
         }
-        self.resolve_later(mon_name);
         self.callout(
             "add-client",
             vec![record.mon_name.clone(), record.my_name.clone()],
@@ -490,23 +612,11 @@ impl Instance {
     ) -> Result<Vec<Record>, StoreError> {
         let (commits, removed) = {
             let mut entries = lock(&self.entries);
-            let mut removed = Vec::new();
-            let mut files = Vec::new();
-            entries.retain(|e| {
-                if pred(&e.record) {
-                    removed.push(e.record.clone());
-                    if !files.contains(&e.file) {
-                        files.push(e.file.clone());
-                    }
-                    false
-                } else {
-                    true
-                }
-            });
+            let (removed, files) = entries.remove_where(pred);
             let commits: Vec<_> = files
                 .into_iter()
                 .map(|f| {
-                    let content = file_content(&entries, &f);
+                    let content = entries.content(&f);
                     self.committer.commit(Dir::Sm, f, content)
                 })
                 .collect();
@@ -618,8 +728,10 @@ impl Instance {
     }
 
     /// SM_NOTIFY from a peer: calls lockd back for every record that matches the sender by
-    /// name or address and has not seen this state yet. Never waits for lockd.
-    pub fn notify(&self, peer: SocketAddr, sc: &StatChge<'_>) {
+    /// name or address and has not seen this state yet. Never waits for lockd or DNS: records
+    /// whose name differs from the sender's and whose addresses are not known yet are looked
+    /// up in the background, and matched by the sender's address then.
+    pub fn notify(self: &Arc<Self>, peer: SocketAddr, sc: &StatChge<'_>) {
         let from = canonical(peer.ip());
         if !lock(&self.limiter).allow(from, Instant::now()) {
             debug!(%peer, "SM_NOTIFY over the rate limit for this address; ignored");
@@ -634,32 +746,103 @@ impl Instance {
                 sc.state.to_string().into_bytes(),
             ],
         );
-        let addrs = lock(&self.addrs).clone();
-        let mut matched = 0;
-        let mut entries = lock(&self.entries);
-        for e in entries.iter_mut() {
-            let by_name = same_host(name, &e.record.mon_name);
-            let by_addr = addrs
-                .get(&e.record.mon_name.to_ascii_lowercase())
-                .is_some_and(|v| v.contains(&from));
-            if !(by_name || by_addr) || e.last_state == Some(sc.state) {
-                continue;
+        let mut unknown: HashSet<Vec<u8>> = HashSet::new();
+        let matched = {
+            let now = Instant::now();
+            let addrs = lock(&self.addrs);
+            let mut entries = lock(&self.entries);
+            let mut matched = 0;
+            for e in entries.iter_mut() {
+                let mon = &e.record.mon_name;
+                let by_name = same_host(name, mon);
+                let known = match ip_literal(mon) {
+                    Some(ip) => Some(canonical(ip) == from),
+                    None => addrs
+                        .get(&mon.to_ascii_lowercase())
+                        .filter(|r| now.saturating_duration_since(r.at) < RESOLVED_FOR)
+                        .map(|r| r.addrs.contains(&from)),
+                };
+                let by_addr = known == Some(true);
+                if by_name && known == Some(false) {
+                    info!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY matched by name from an address not known for that host");
+                }
+                if by_name || by_addr {
+                    matched += self.call_back(e, sc.state);
+                } else if known.is_none() {
+                    unknown.insert(mon.to_ascii_lowercase());
+                }
             }
-            if by_name && !by_addr {
-                info!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY matched by name from an address not known for that host");
-            }
-            e.last_state = Some(sc.state);
-            matched += 1;
-            self.callbacks.queue(Callback {
-                mon_name: e.record.mon_name.clone(),
-                state: sc.state,
-                priv_: e.record.priv_,
-                prog: e.record.my_prog,
-                vers: e.record.my_vers,
-                proc_: e.record.my_proc,
-            });
-        }
+            matched
+        };
         info!(%peer, mon_name = %sc.mon_name, state = sc.state, matched, "SM_NOTIFY");
+        if unknown.is_empty() {
+            return;
+        }
+        if self.pending_matches.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_MATCHES {
+            self.pending_matches.fetch_sub(1, Ordering::Relaxed);
+            warn!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY not matched by address: {MAX_PENDING_MATCHES} matchings already wait for name lookups");
+            return;
+        }
+        debug!(%peer, names = unknown.len(), "SM_NOTIFY: looking up monitored names to match the sender's address");
+        let (this, state, mon_name) = (self.clone(), sc.state, sc.mon_name.to_string());
+        tokio::spawn(async move {
+            this.match_by_address(peer, from, &mon_name, state, unknown)
+                .await;
+            this.pending_matches.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// The second half of [`Instance::notify`]: looks up the names not known yet, then calls
+    /// lockd back for those records whose host has the sender's address.
+    async fn match_by_address(
+        &self,
+        peer: SocketAddr,
+        from: IpAddr,
+        mon_name: &str,
+        state: i32,
+        names: HashSet<Vec<u8>>,
+    ) {
+        let _one_at_a_time = self.matching.lock().await;
+        let now = Instant::now();
+        let stale: Vec<Vec<u8>> = names
+            .iter()
+            .filter(|n| !self.fresh(n, now))
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            self.look_up(stale).await;
+        }
+        let addrs = lock(&self.addrs);
+        let mut entries = lock(&self.entries);
+        let mut matched = 0;
+        for e in entries.iter_mut() {
+            let key = e.record.mon_name.to_ascii_lowercase();
+            if names.contains(&key) && addrs.get(&key).is_some_and(|r| r.addrs.contains(&from)) {
+                matched += self.call_back(e, state);
+            }
+        }
+        if matched > 0 {
+            info!(%peer, %mon_name, state, matched, "SM_NOTIFY matched by the sender's address");
+        } else {
+            debug!(%peer, %mon_name, state, "SM_NOTIFY: no more records match the sender's address");
+        }
+    }
+
+    /// Queues the lockd callback of a record unless it has seen `state` already; 1 if queued.
+    fn call_back(&self, e: &mut Entry, state: i32) -> usize {
+        if e.last_state == Some(state) {
+            return 0;
+        }
+        e.last_state = Some(state);
+        self.callbacks.queue(Callback {
+            mon_name: e.record.mon_name.clone(),
+            state,
+            priv_: e.record.priv_,
+            prog: e.record.my_prog,
+            vers: e.record.my_vers,
+            proc_: e.record.my_proc,
+        });
+        1
     }
 }
 
@@ -670,14 +853,6 @@ fn callouts_for(program: Option<PathBuf>) -> Callouts {
     }
 }
 
-/// Every record stored in `file`, in the order they were added.
-fn file_content(entries: &[Entry], file: &str) -> Vec<Record> {
-    entries
-        .iter()
-        .filter(|e| e.file == file)
-        .map(|e| e.record.clone())
-        .collect()
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -697,6 +872,42 @@ mod tests {
         assert_eq!(allowed, 20);
         assert!(r.allow(ip, t0 + Duration::from_millis(150)));
         assert!(r.allow(IpAddr::from([198, 51, 100, 10]), t0), "per address");
+    }
+
+    fn rec(mon: &str, my: &str) -> Record {
+        Record {
+            mon_name: mon.into(),
+            my_name: my.into(),
+            my_prog: NLM_PROG,
+            my_vers: 3,
+            my_proc: 16,
+            priv_: [7; 16],
+        }
+    }
+
+    #[test]
+    fn records_by_file_keep_order_and_count() {
+        let mut r = Records::default();
+        r.push("a".into(), rec("a", "s1"));
+        r.push("b".into(), rec("b", "s1"));
+        r.push("a".into(), rec("a", "s2"));
+        assert_eq!(r.len, 3);
+        assert_eq!(r.content("a"), [rec("a", "s1"), rec("a", "s2")]);
+        assert!(r.content("zz").is_empty());
+        let (removed, files) = r.remove_where(|x| x.my_name == b"s1");
+        assert_eq!(removed.len(), 2);
+        let mut files = files;
+        files.sort();
+        assert_eq!(files, ["a", "b"]);
+        assert_eq!(r.len, 1);
+        assert!(!r.files.contains_key("b"), "an emptied file is forgotten");
+        r.remove_one("a", &rec("a", "s2"));
+        assert_eq!((r.len, r.files.len()), (0, 0));
+        r.remove_one("a", &rec("a", "s2"));
+        assert_eq!(r.len, 0, "removing what is not there changes nothing");
+        r.push("c".into(), rec("c", "s1"));
+        r.clear();
+        assert_eq!((r.len, r.iter().count()), (0, 0));
     }
 
     #[test]

@@ -57,14 +57,20 @@ impl NsmService {
     /// (`/proc/net/tcp{,6}`); otherwise every active one (`active`).
     fn mon_targets(
         &self,
-        node: &Instance,
+        node: &Arc<Instance>,
         mon_name: &[u8],
         active: &[Arc<Instance>],
     ) -> Vec<Arc<Instance>> {
         let Some(services) = &self.services else {
             return Vec::new();
         };
-        let exact = services.attribute(&node.addresses_of(mon_name));
+        let addrs = node.addresses_of(mon_name);
+        if addrs.is_empty() {
+            // A host name not looked up yet: look it up for the next SM_MON of this host;
+            // this one must not wait for DNS.
+            node.look_up_later(mon_name);
+        }
+        let exact = services.attribute(&addrs);
         if exact.is_empty() {
             debug!(
                 instances = active.len(),
