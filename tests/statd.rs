@@ -518,6 +518,8 @@ fn notifies_the_previous_boots_peers_at_start_like_rpc_statd() {
                 common::NSMD,
                 "-F",
                 "-d",
+                "-p",
+                "32766",
                 "-P",
                 "/var/lib/nfs/nsmd",
                 "--proc-root",
@@ -555,4 +557,39 @@ fn notifies_the_previous_boots_peers_at_start_like_rpc_statd() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(files(&bak).is_empty(), "the acknowledged peer left sm.bak/");
+
+    // SM_SIMU_CRASH behaves like a restart: lockd monitors the client again, then the
+    // simulated crash bumps the state once more, retires the record and notifies the client,
+    // whose rpc.statd calls its lockd with the new state.
+    let local: SocketAddr = "127.0.0.1:32766".parse().unwrap();
+    in_netns(&srv, || {
+        assert_eq!(mon(local, 50, b"cli", C2), succ(state_before + 2));
+        let sock = UdpSocket::bind("127.0.0.1:889").unwrap();
+        sock.set_read_timeout(Some(T)).unwrap();
+        sock.send_to(&call(51, SM, 1, 5, &[]), local).unwrap();
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(answer(51, &buf[..n]), Answer::Accepted(0, vec![]));
+        assert_eq!(stat_state(local), state_before + 4);
+    });
+    let got = lockd.wait_for(2, T);
+    assert_eq!(
+        got.len(),
+        2,
+        "nsmd: {}\nclient statd: {}",
+        nsmd.log_tail(30),
+        statd.log_tail(10)
+    );
+    assert_eq!(
+        parse_status(&got[1].3),
+        (b"srv".to_vec(), state_before + 4, C1)
+    );
+    let deadline = Instant::now() + T;
+    while !files(&bak).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        files(&bak).is_empty(),
+        "the peer acknowledged the crash's notification and left sm.bak/"
+    );
 }

@@ -283,6 +283,34 @@ fn notify_at_start(cfg: &StatdConfig) {
     }
 }
 
+/// How the node instance notifies its peers after SM_SIMU_CRASH: as `nsm-notify` at start
+/// would (`-n NAME`: that name and its short name, from NAME's addresses; else each record's
+/// my_name from any address), from a privileged port unless `-o` says otherwise.
+async fn crash_notify(cfg: &StatdConfig) -> nsm_statd::CrashNotify {
+    let mut addrs = Vec::new();
+    if let Some(name) = &cfg.name {
+        match tokio::net::lookup_host((name.as_str(), 0)).await {
+            Ok(it) => addrs = it.map(|a| a.ip()).collect(),
+            Err(e) => warn!(
+                "-n {name} does not resolve ({e}): after SM_SIMU_CRASH, notifications leave from any address"
+            ),
+        }
+    }
+    nsm_statd::CrashNotify {
+        sources: nsm_notify::SourceSpec {
+            addrs,
+            port: cfg.outgoing_port,
+            device: None,
+        },
+        names: cfg
+            .name
+            .as_deref()
+            .map(nsm_notify::default_names)
+            .unwrap_or_default(),
+        policy: nsm_notify::Policy::default(),
+    }
+}
+
 /// `-T` / `-U` / `[lockd]`: tell the kernel lockd's ports, if lockd is loaded.
 fn apply_nlm_ports(cfg: &StatdConfig) {
     for (path, port) in cfg.nlm_port_writes() {
@@ -317,6 +345,7 @@ async fn serve(
     icfg.nsm_local_state = Some(cfg.proc_root.nsm_local_state());
     icfg.ha_callout = cfg.ha_callout.clone();
     icfg.authority = authority;
+    icfg.crash_notify = Some(crash_notify(&cfg).await);
     let (instance, report) = Instance::open(icfg).with_context(|| {
         format!(
             "cannot use the state directory {} (pass another with -P)",

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources, default_names};
 use nsm_store::{Committer, Dir, LoadReport, Record, StateDir, StoreError};
 use nsm_xdr::nsm::{Mon, MonId, MyId, NLM_PROG, Res, SmStat, SmStatRes, StatChge};
 use tokio::sync::Semaphore;
@@ -79,6 +80,21 @@ pub struct InstanceConfig {
     /// For a service instance: its service address, passed to the HA callout's
     /// `add-client` and `del-client` as a third argument.
     pub service_address: Option<String>,
+    /// How the peers are notified after an SM_SIMU_CRASH; `None`: they are not.
+    pub crash_notify: Option<CrashNotify>,
+}
+
+/// How an instance notifies its peers after SM_SIMU_CRASH, as a restart would (rpc.statd
+/// re-runs sm-notify).
+#[derive(Debug, Clone)]
+pub struct CrashNotify {
+    /// Where the SM_NOTIFYs leave from.
+    pub sources: SourceSpec,
+    /// The mon_names sent, in order; empty: each record's my_name, then its short name (as
+    /// sm-notify without `-v`).
+    pub names: Vec<String>,
+    /// Retries and window.
+    pub policy: Policy,
 }
 
 impl InstanceConfig {
@@ -94,6 +110,7 @@ impl InstanceConfig {
             authority: None,
             fence: None,
             service_address: None,
+            crash_notify: None,
         }
     }
 }
@@ -261,6 +278,9 @@ pub struct Instance {
     authority: Arc<dyn StateAuthority>,
     fence: Option<Arc<dyn Fence>>,
     service_address: Option<String>,
+    crash_notify: Option<CrashNotify>,
+    /// The notification started by the last SM_SIMU_CRASH, if it still runs.
+    notifying: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -317,6 +337,8 @@ impl Instance {
             authority,
             fence: cfg.fence,
             service_address: cfg.service_address,
+            crash_notify: cfg.crash_notify,
+            notifying: Mutex::new(None),
         });
         inst.publish_state();
         info!(
@@ -698,7 +720,8 @@ impl Instance {
     }
 
     /// SM_SIMU_CRASH: behaves like a restart of this host: the state number goes up by two
-    /// (durably), the records move to `sm.bak/` for the notifier, and nothing is monitored.
+    /// (durably), the records move to `sm.bak/`, nothing is monitored, and the peers in
+    /// `sm.bak/` are notified in the background (with [`InstanceConfig::crash_notify`]).
     /// Only from loopback and a privileged port.
     pub async fn simu_crash(&self, peer: SocketAddr) {
         if !is_local(peer) || peer.port() >= 1024 {
@@ -717,13 +740,34 @@ impl Instance {
                 lock(&self.entries).clear();
                 self.state.store(state, Ordering::Relaxed);
                 info!(
+                    instance = %self.name,
                     state,
                     moved,
-                    "SM_SIMU_CRASH: state bumped, records moved to sm.bak/ (notification of the peers comes with the notifier)"
+                    "SM_SIMU_CRASH: state bumped, records moved to sm.bak/"
                 );
+                self.notify_peers(state);
             }
             Ok(Err(e)) => warn!("SM_SIMU_CRASH failed: {e}"),
             Err(e) => warn!("SM_SIMU_CRASH failed: {e}"),
+        }
+    }
+
+    /// Notifies the peers in `sm.bak/` of `state` in the background (after SM_SIMU_CRASH),
+    /// instead of a notification still running for an older state.
+    fn notify_peers(&self, state: i32) {
+        let Some(cn) = self.crash_notify.clone() else {
+            info!(instance = %self.name, "peers not notified: no notifier configured for this instance");
+            return;
+        };
+        let (dir, fence, name) = (self.dir.clone(), self.fence.clone(), self.name.clone());
+        let task = tokio::spawn(async move {
+            match notify_bak_now(dir, &cn, state, fence.as_deref()).await {
+                Ok(msg) => info!(instance = %name, state, "after SM_SIMU_CRASH: {msg}"),
+                Err(e) => warn!(instance = %name, state, "after SM_SIMU_CRASH, peers not notified: {e}"),
+            }
+        });
+        if let Some(old) = lock(&self.notifying).replace(task) {
+            old.abort();
         }
     }
 
@@ -844,6 +888,42 @@ impl Instance {
         });
         1
     }
+}
+
+/// Notifies every peer in `sm.bak/` of `state` as `cn` says; a summary for the log.
+async fn notify_bak_now(
+    dir: Arc<StateDir>,
+    cn: &CrashNotify,
+    state: i32,
+    fence: Option<&dyn Fence>,
+) -> Result<String, String> {
+    let files = crate::bak::load_bak(&dir)
+        .map_err(|e| format!("cannot read {}/sm.bak: {e}", dir.path().display()))?;
+    if files.is_empty() {
+        return Ok("no one to notify".into());
+    }
+    let socks = bind_sources(&cn.sources).map_err(|e| e.to_string())?;
+    let cfg = NotifierConfig {
+        state,
+        policy: cn.policy.clone(),
+        ..NotifierConfig::default()
+    };
+    let names = |r: &Record| {
+        if cn.names.is_empty() {
+            default_names(&String::from_utf8_lossy(&r.my_name))
+        } else {
+            cn.names.clone()
+        }
+    };
+    let summary = crate::bak::notify_bak(dir, files, names, cfg, socks, fence)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} of {} peer(s) acknowledged, {} given up",
+        summary.acked(),
+        summary.peers.len(),
+        summary.gave_up()
+    ))
 }
 
 fn callouts_for(program: Option<PathBuf>) -> Callouts {

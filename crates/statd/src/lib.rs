@@ -24,7 +24,7 @@ use nsm_xdr::nsm::{
 use nsm_xdr::{Decode, Encode, from_bytes};
 use tracing::debug;
 
-pub use instance::{DirectAuthority, Instance, InstanceConfig, StateAuthority};
+pub use instance::{CrashNotify, DirectAuthority, Instance, InstanceConfig, StateAuthority};
 pub use service::{Route, ServiceSpec, Services, ServicesConfig};
 
 /// The NSM program of one nsmd process: the node instance, and the service instances picked

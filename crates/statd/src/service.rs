@@ -317,6 +317,19 @@ impl Services {
         icfg.callback = self.cfg.callback.clone();
         icfg.fence = Some(ownership.clone() as Arc<dyn Fence>);
         icfg.service_address = spec.addresses.first().map(ToString::to_string);
+        icfg.crash_notify = Some(crate::instance::CrashNotify {
+            sources: SourceSpec {
+                addrs: spec.addresses.clone(),
+                port: spec.notify_port,
+                device: spec.interface.clone(),
+            },
+            names: spec.names(),
+            policy: Policy {
+                budget: spec.retry,
+                window: spec.window,
+                ..Policy::default()
+            },
+        });
         let dir = Arc::new(nsm_store::StateDir::open(&spec.state_dir).map_err(|e| e.to_string())?);
         // Never the kernel's nsm_local_state: that is the node's.
         icfg.authority = Some(Arc::new(DirectAuthority {
