@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -63,6 +64,14 @@ impl Node {
         ] {
             host.write_file(&format!("/run/proc/{f}"), "").unwrap();
         }
+        // The HA callout (-H): logs its arguments, one event per line.
+        let script = host
+            .write_file(
+                "/run/callout.sh",
+                "#!/bin/sh\necho \"$@\" >> /run/callout.log\n",
+            )
+            .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self {
             host,
             nsmd: None,
@@ -81,6 +90,8 @@ impl Node {
                 "/var/lib/nfs/node",
                 "--proc-root",
                 "/run/proc",
+                "-H",
+                "/run/callout.sh",
                 "--instances",
                 instances.to_str().unwrap(),
             ],
@@ -432,6 +443,29 @@ fn active_active_one_service_moves() {
     assert_eq!(files(&d2.join("sm")), ["cli2"], "not recorded for svc2");
     let (ok, out, _) = a.ctl(&["peers", "svc2"]);
     assert!(ok && out.contains("cli2") && !out.contains("cli1"), "{out}");
+    // The HA callout heard of each record: the node instance's with nfs-utils' two
+    // arguments, a service instance's with its service address as a third.
+    let want = [
+        "add-client early server".to_owned(),
+        "add-client cli1 server".to_owned(),
+        format!("add-client cli1 server {SVC1_ADDR}"),
+        format!("add-client cli2 server {SVC1_ADDR}"),
+        format!("add-client cli2 server {SVC2_ADDR}"),
+        format!("add-client 198.51.100.71 server {SVC1_ADDR}"),
+    ];
+    let deadline = std::time::Instant::now() + T;
+    let callouts = loop {
+        let log =
+            String::from_utf8(a.host.read_file("/run/callout.log").unwrap_or_default()).unwrap();
+        if want.iter().all(|w| log.lines().any(|l| l == w)) || std::time::Instant::now() > deadline
+        {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for w in &want {
+        assert!(callouts.lines().any(|l| l == w), "{w:?} in {callouts}");
+    }
 
     // An SM_NOTIFY (from a host nobody monitors) sent to svc1's address goes to svc1 only,
     // which does not monitor "early"; the same sent to the node's address reaches the node
