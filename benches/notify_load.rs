@@ -24,8 +24,9 @@
 //!
 //! Environment (all optional):
 //! - `NSMD_BENCH_LEVELS`: comma-separated peer counts (default `1000,10000`);
-//! - `NSMD_BENCH_WINDOWS`: comma-separated `--window` values for nsm-notify (default `64`; the
-//!   first is also used for the baseline);
+//! - `NSMD_BENCH_WINDOWS`: comma-separated `--window` values for nsm-notify (default
+//!   `nsm_notify::DEFAULT_WINDOW`, the flag's default; the first is also used for the
+//!   baseline);
 //! - `NSMD_BENCH_ROUNDS`: how often each nsm-notify trial is repeated (default 3; sm-notify
 //!   runs once per level, it takes minutes);
 //! - `NSMD_BENCH_SMNOTIFY_CAP`: sm-notify's time cap in seconds (default 120);
@@ -516,7 +517,10 @@ fn main() {
         );
     }
     let levels = env_list("NSMD_BENCH_LEVELS", "1000,10000");
-    let windows = env_list("NSMD_BENCH_WINDOWS", "64");
+    let windows = env_list(
+        "NSMD_BENCH_WINDOWS",
+        &nsm_notify::DEFAULT_WINDOW.to_string(),
+    );
     let rounds: usize = env_or("NSMD_BENCH_ROUNDS", 3);
     let sm_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_SMNOTIFY_CAP", 120.0));
     let nsm_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_NSMNOTIFY_CAP", 60.0));
@@ -543,7 +547,10 @@ fn main() {
     );
     let started = Instant::now();
 
-    let w0 = windows.first().copied().unwrap_or(64);
+    let w0 = windows
+        .first()
+        .copied()
+        .unwrap_or(nsm_notify::DEFAULT_WINDOW);
     let base_sm = bench.baseline(Tool::SmNotify);
     let base_nsm = bench.baseline(Tool::NsmNotify { window: w0 });
     eprintln!("notify_load: baseline peak RSS: sm-notify {base_sm} kB, nsm-notify {base_nsm} kB");

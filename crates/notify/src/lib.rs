@@ -6,14 +6,16 @@
 //! - [`Scheduler`] ([`scheduler`]), a sans-IO core: it takes `now`, says what to send and
 //!   when to wake, and is fed the results. Per-peer exponential backoff (2 s doubling to
 //!   120 s), a bounded window of peers in their first try (a peer gives its slot up once a
-//!   request of its first try has gone unanswered for 2 s, so dead peers do not hold the
+//!   request of its first try has gone unanswered for 500 ms, so dead peers do not hold the
 //!   slots live peers need), an overall budget, one name after the other; O(log N) per event.
 //! - [`Notifier`] ([`driver`]), its tokio driver: one UDP socket per address family bound
 //!   to the source address (optionally to a device, on a privileged port unless told
-//!   otherwise: [`bind_sources`]), DNS in spawned tasks, statd's port through the peer's
-//!   rpcbind (portmapper v2 GETPORT for IPv4, rpcbind v4 GETADDR for IPv6), SM_NOTIFY calls
-//!   matched to their replies by xid only (as sm-notify does), a [`Summary`] at the end
-//!   (also as JSON).
+//!   otherwise: [`bind_sources`]), name lookups in spawned tasks, statd's port through the
+//!   peer's rpcbind (portmapper v2 GETPORT for IPv4, rpcbind v4 GETADDR for IPv6), SM_NOTIFY
+//!   calls matched to their replies by xid only (as sm-notify does), a [`Summary`] at the
+//!   end (also as JSON).
+//! - [`resolve`]: getaddrinfo's answers without re-parsing the hosts file per lookup (a
+//!   table parsed once, re-read when the file changes), for the driver and for nsmd.
 //!
 //! Where it differs from nfs-utils' sm-notify (which sends one SM_NOTIFY per record line,
 //! one socket for all, strictly one peer after another per loop turn, with a backoff that
@@ -24,11 +26,12 @@
 #![warn(missing_docs)]
 
 pub mod driver;
+pub mod resolve;
 pub mod scheduler;
 
 pub use driver::{
     Notifier, NotifierConfig, NotifyError, PeerSummary, SourceSpec, Sources, Summary, Target,
-    bind_sources,
+    bind_sources, raise_open_files_limit,
 };
 pub use scheduler::{
     AckResult, Action, DEFAULT_WINDOW, Outcome, PeerId, PeerReport, PeerStats, Policy, Scheduler,

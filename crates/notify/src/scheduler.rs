@@ -16,11 +16,11 @@
 //! wait in order (a FIFO queue). A peer holds its slot only while its first try has a fair
 //! chance: it leaves the window when it finishes, when a step fails (a failed lookup), or
 //! when a request of its first try (name lookup, port lookup or SM_NOTIFY) has gone
-//! unanswered for [`Policy::initial_timeout`], whichever comes first. The request may still
-//! be answered later; the peer then goes on, on its own timers, outside the window. So a dead
-//! peer holds a slot for at most one initial timeout (2 s), never for the driver's whole RPC
+//! unanswered for [`Policy::slot_hold`] (500 ms), whichever comes first. The request may
+//! still be answered later; the peer then goes on, on its own timers, outside the window. So
+//! a dead peer holds a slot for at most one slot hold, never for the driver's whole RPC
 //! timeout, live peers are not kept waiting behind dead ones, and new peers still start at a
-//! bounded rate.
+//! bounded rate (at most `window` per slot hold when none answers).
 //!
 //! **Budget.** When [`Policy::budget`] has passed since the first [`Scheduler::poll`], every
 //! unfinished peer is given up ([`Action::GiveUp`]).
@@ -43,9 +43,13 @@ pub type PeerId = usize;
 /// How hard and how wide to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// The first wait after a send or a failure (sm-notify: 2 s). Also how long a request of
-    /// a peer's first try may go unanswered before the peer leaves the window.
+    /// The first wait after a send or a failure (sm-notify: 2 s).
     pub initial_timeout: Duration,
+    /// How long a request of a peer's first try (name lookup, port lookup, SM_NOTIFY) may go
+    /// unanswered before the peer gives its slot of the window up (default 500 ms, the
+    /// driver's first RPC retransmission: a live peer on any network statd serves answers
+    /// well within it). The request goes on; only the slot is freed.
+    pub slot_hold: Duration,
     /// The wait never grows beyond this (sm-notify: 120 s).
     pub max_timeout: Duration,
     /// Give up on every unfinished peer after this long; `None`: never (sm-notify `-m 0`).
@@ -57,15 +61,16 @@ pub struct Policy {
     pub requery_after: u32,
 }
 
-/// The default [`Policy::window`]. A dead peer holds its slot for one initial timeout (2 s),
-/// so with 10% dead peers about 5,000 peers start per 2 s: 10,000 peers (answering at once)
-/// are all reached within 2 s, while no more than 512 first tries are in flight at once.
+/// The default [`Policy::window`]. A dead peer holds its slot for one slot hold (500 ms), so
+/// with 10% dead peers the window lets about 10,000 peers start per second, while no more
+/// than 512 first tries are in flight at once.
 pub const DEFAULT_WINDOW: usize = 512;
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
             initial_timeout: Duration::from_secs(2),
+            slot_hold: Duration::from_millis(500),
             max_timeout: Duration::from_secs(120),
             budget: Some(Duration::from_secs(15 * 60)),
             window: DEFAULT_WINDOW,
@@ -306,17 +311,24 @@ impl Scheduler {
         self.waiting.len()
     }
 
-    /// Sets the timer of `id`: `due` (the next action) or `hold` (the end of its slot while
-    /// an answer is awaited), or neither. Older heap entries of the peer become stale.
+    /// Sets the timers of `id`: `due` (the next action) and `hold` (the end of its slot while
+    /// an answer is awaited), either or both or neither. Older heap entries of the peer
+    /// become stale.
     fn arm(&mut self, id: PeerId, due: Option<Instant>, hold: Option<Instant>) {
         let p = &mut self.peers[id];
         p.generation = p.generation.wrapping_add(1);
         p.due = due;
-        p.hold = hold;
-        if let Some(t) = due.or(hold) {
+        // A hold that ends after the next action is moot: the action decides.
+        p.hold = hold.filter(|h| due.is_none_or(|d| *h < d));
+        for t in [p.due, p.hold].into_iter().flatten() {
             self.timers.push(Reverse((t, id, p.generation)));
             self.work += 1;
         }
+    }
+
+    /// The slot's end while `id` waits for an answer: `now` + the slot hold, if it holds one.
+    fn hold_until(&self, id: PeerId, now: Instant) -> Option<Instant> {
+        self.peers[id].slot.then(|| now + self.policy.slot_hold)
     }
 
     /// Sets the next action of `id` to `due`.
@@ -325,11 +337,9 @@ impl Scheduler {
     }
 
     /// `id` now waits for the driver's answer; while it holds a slot, it gives the slot up
-    /// if the answer takes longer than the initial timeout.
+    /// if the answer takes longer than the slot hold.
     fn await_answer(&mut self, id: PeerId, now: Instant) {
-        let hold = self.peers[id]
-            .slot
-            .then(|| now + self.policy.initial_timeout);
+        let hold = self.hold_until(id, now);
         self.arm(id, None, hold);
     }
 
@@ -432,11 +442,12 @@ impl Scheduler {
             if p.generation != generation || !p.active() {
                 continue;
             }
-            if p.due.is_some() {
+            if p.due.is_some_and(|d| d <= now) {
                 self.step(id, now, &mut out);
-            } else {
-                // The first try's request went unanswered for the initial timeout: the slot
-                // goes to the next waiting peer; this one waits for its answer outside.
+            } else if p.hold.is_some_and(|h| h <= now) {
+                // The first try's request went unanswered for the slot hold: the slot goes
+                // to the next waiting peer; this one waits for its answer outside (its
+                // `due`, if any, stays armed).
                 self.peers[id].hold = None;
                 self.release(id);
             }
@@ -511,7 +522,8 @@ impl Scheduler {
                     name_index: p.acked,
                     attempt: p.stats.notifies,
                 });
-                self.set_due(id, due);
+                let hold = self.hold_until(id, now);
+                self.arm(id, Some(due), hold);
             }
         }
     }
@@ -837,7 +849,15 @@ mod tests {
         // One finishes its lookup and fails: it leaves the window, the next one starts.
         s.on_resolved(1, Err("nxdomain".into()), t0);
         assert_eq!(s.poll(t0), [Action::Resolve(3)]);
-        assert_eq!(s.next_wake(), Some(t0 + Duration::from_secs(2)));
+        // Next: the slot hold of the lookups under way ends.
+        let hold = t0 + Policy::default().slot_hold;
+        assert_eq!(s.next_wake(), Some(hold));
+        // The unanswered lookups give their slots up to the next three.
+        assert_eq!(
+            s.poll(hold),
+            [Action::Resolve(4), Action::Resolve(5), Action::Resolve(6)]
+        );
+        assert_eq!(s.in_window(), 3);
     }
 
     #[test]
@@ -966,18 +986,23 @@ mod tests {
                 last = last.max(t);
             }
         }
-        assert!(last <= Duration::from_secs(2), "last live ack at {last:?}");
+        // The window filled up with 512 dead peers (5,120 peers) at once; they left it after
+        // the slot hold and the rest started.
+        assert!(
+            last <= Duration::from_millis(500),
+            "last live ack at {last:?}"
+        );
         assert_eq!(sim.max_window, Policy::default().window);
         // No live peer was sent more than one SM_NOTIFY.
         let r = sim.s.report();
         assert!(r.iter().all(|p| p.stats.notifies <= 1));
-        // The dead peers left the window after 2 s, not after their 5 s port lookups: the
-        // second half was admitted at 2 s.
+        // The dead peers left the window after the slot hold, not after their 5 s port
+        // lookups.
         assert!(r.iter().all(|p| p.stats.port_failures == 0));
     }
 
     #[test]
-    fn window_is_never_exceeded_and_dead_peers_free_their_slot_after_2s() {
+    fn window_is_never_exceeded_and_dead_peers_free_their_slot_after_the_slot_hold() {
         // Window 8, peers 0, 10, 20, ... dead; the window check runs after every call.
         let policy = Policy {
             window: 8,
@@ -985,10 +1010,10 @@ mod tests {
         };
         let sim = simulate(200, policy, Duration::from_secs(600));
         assert_eq!(sim.max_window, 8);
-        // Each dead peer holds its slot for 2 s: 8 dead peers per 2 s, 20 dead peers in all,
-        // so the last live peers start at 4 s, not at 10 s (5 s port lookups).
+        // Each dead peer holds its slot for 500 ms: 8 dead peers per 500 ms, 20 dead peers in
+        // all, so the last live peers start at 1 s, not at 10 s (5 s port lookups).
         let last = sim.acked_at.iter().flatten().max().copied().unwrap();
-        assert_eq!(last, Duration::from_secs(4));
+        assert_eq!(last, Duration::from_secs(1));
         assert_eq!(sim.acked_at.iter().flatten().count(), 180);
     }
 
@@ -1006,15 +1031,15 @@ mod tests {
             sim.events
         );
         assert!(sim.polls <= 2 * sim.events + 1000);
-        // Slots of dead peers are freed every 2 s: 512 per 2 s, 10,000 dead peers.
+        // Slots of dead peers are freed after 500 ms: 512 per 500 ms, 10,000 dead peers.
         let last = sim.acked_at.iter().flatten().max().copied().unwrap();
-        assert!(last <= Duration::from_secs(40), "last live ack at {last:?}");
+        assert!(last <= Duration::from_secs(10), "last live ack at {last:?}");
     }
 
     #[test]
     fn slot_released_after_unanswered_first_notify_and_late_answer_still_counts() {
         let t0 = Instant::now();
-        let t2 = t0 + Duration::from_secs(2);
+        let t2 = t0 + Policy::default().slot_hold;
         let mut s = Scheduler::new(Policy {
             window: 1,
             ..Policy::default()
@@ -1022,7 +1047,7 @@ mod tests {
         let a = s.add_peer(names(&["a"]));
         let b = s.add_peer(names(&["b"]));
         assert_eq!(s.poll(t0), [Action::Resolve(a)]);
-        // A slow name lookup: after 2 s the slot goes to b.
+        // A slow name lookup: after the slot hold (500 ms) the slot goes to b.
         assert_eq!(s.next_wake(), Some(t2));
         assert_eq!(s.poll(t2), [Action::Resolve(b)]);
         assert_eq!(s.in_window(), 1);
@@ -1033,12 +1058,20 @@ mod tests {
         s.on_port(a, addr(1), Ok(Some(700)), t2);
         assert!(matches!(&s.poll(t2)[..], [Action::SendNotify { peer, .. }] if *peer == a));
         assert_eq!(s.on_ack(a, 0, t2), AckResult::Done);
-        // b's first SM_NOTIFY goes unanswered: it gives its slot up at its retransmission.
+        // b's first SM_NOTIFY goes unanswered: it gives its slot up after the slot hold and
+        // is sent again at its retransmission (2 s), outside the window.
         s.on_resolved(b, Ok(vec![addr(2)]), t2);
         s.poll(t2);
         s.on_port(b, addr(2), Ok(Some(700)), t2);
-        s.poll(t2);
+        assert!(matches!(
+            &s.poll(t2)[..],
+            [Action::SendNotify { attempt: 1, .. }]
+        ));
         assert_eq!(s.in_window(), 1);
+        let t3 = t2 + Policy::default().slot_hold;
+        assert_eq!(s.next_wake(), Some(t3));
+        assert!(s.poll(t3).is_empty());
+        assert_eq!(s.in_window(), 0);
         let t4 = t2 + Duration::from_secs(2);
         assert_eq!(s.next_wake(), Some(t4));
         assert!(matches!(
@@ -1046,5 +1079,8 @@ mod tests {
             [Action::SendNotify { attempt: 2, .. }]
         ));
         assert_eq!(s.in_window(), 0);
+        // ... and its late answer still counts.
+        assert_eq!(s.on_ack(b, 0, t4), AckResult::Done);
+        assert!(s.is_finished());
     }
 }

@@ -475,12 +475,12 @@ impl Instance {
                 let host = std::str::from_utf8(&name).ok()?.to_owned();
                 let found = tokio::time::timeout(
                     Duration::from_secs(10),
-                    tokio::net::lookup_host((host.as_str(), 0)),
+                    nsm_notify::resolve::lookup(&host),
                 )
                 .await;
                 let addrs = match found {
                     Ok(Ok(it)) => {
-                        let mut v: Vec<IpAddr> = it.map(|a| canonical(a.ip())).collect();
+                        let mut v: Vec<IpAddr> = it.into_iter().map(canonical).collect();
                         v.sort_unstable();
                         v.dedup();
                         v
@@ -763,7 +763,9 @@ impl Instance {
         let task = tokio::spawn(async move {
             match notify_bak_now(dir, &cn, state, fence.as_deref()).await {
                 Ok(msg) => info!(instance = %name, state, "after SM_SIMU_CRASH: {msg}"),
-                Err(e) => warn!(instance = %name, state, "after SM_SIMU_CRASH, peers not notified: {e}"),
+                Err(e) => {
+                    warn!(instance = %name, state, "after SM_SIMU_CRASH, peers not notified: {e}")
+                }
             }
         });
         if let Some(old) = lock(&self.notifying).replace(task) {
@@ -932,7 +934,6 @@ fn callouts_for(program: Option<PathBuf>) -> Callouts {
         None => Callouts::none(),
     }
 }
-
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
