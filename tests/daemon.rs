@@ -228,14 +228,49 @@ fn without_dash_f_it_goes_into_the_background() {
     let lab = Lab::new("bg").unwrap();
     let h = lab.host("srv", &["198.51.100.53/24"]).unwrap();
     let _rpcbind = h.start_rpcbind().unwrap();
+    // A syslog socket (where /dev/log would be): once in the background, nsmd logs there.
+    let syslog_path = h.outside_path("/run/syslog").unwrap();
+    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    syslog.set_read_timeout(Some(T)).unwrap();
     // The command returns while the daemon keeps serving (the host kills it on drop).
     let out = h
-        .run(&[NSMD, "-p", "4714", "-P", "/var/lib/nfs/bg"], T)
+        .command(&[NSMD, "-p", "4714", "-P", "/var/lib/nfs/bg"])
+        .env("NSMD_SYSLOG_SOCKET", "/run/syslog")
+        .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "nothing on stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     h.wait_registered(100_024, T).unwrap();
     let out = h
         .run_ok(&["/usr/sbin/rpcinfo", "-t", "127.0.0.1", "100024", "1"], T)
         .unwrap();
     assert!(out.contains("ready and waiting"));
+    // Each event one datagram: <daemon.info>nsmd[PID]: message.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let registered = loop {
+        let n = syslog
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no 'registered' line in syslog ({e}): {seen:#?}"));
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if line.contains("registered program 100024") {
+            break line;
+        }
+        seen.push(line);
+    };
+    assert!(registered.starts_with("<30>nsmd["), "{registered}");
+    let pid: u32 = registered["<30>nsmd[".len()..]
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        h.pids().contains(&pid),
+        "the PID in the line is the daemon's: {registered}"
+    );
 }

@@ -24,7 +24,7 @@ use nsmd::config::{
     DEFAULT_STATE_DIR, NfsConf, SmNotifyConfig, SmNotifyOverrides, nfsconf, resolve_sm_notify,
 };
 use nsmd::privileges::drop_to_owner_of_sm;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The run-once lock of sm-notify.
 const DEFAULT_PID_FILE: &str = "/run/sm-notify.pid";
@@ -83,7 +83,8 @@ struct Args {
     /// nsmd-only: send only through this interface (SO_BINDTODEVICE).
     #[arg(long = "bind-device", value_name = "IFACE")]
     bind_device: Option<String>,
-    /// nsmd-only: how many peers are tried for the first time at once.
+    /// nsmd-only: how many peers are tried for the first time at once (the engine's
+    /// default window, `nsm_notify::DEFAULT_WINDOW`).
     #[arg(long = "window", value_name = "N", default_value_t = nsm_notify::DEFAULT_WINDOW)]
     window: usize,
     /// nsmd-only: print a JSON summary of every peer's outcome to stdout at the end.
@@ -118,11 +119,15 @@ fn main() -> ExitCode {
         proc_root: args.proc_root.clone(),
     };
     let cfg = resolve_sm_notify(&flags, &conf);
-    nsmd::logging::init(cfg.debug.any());
+    let log = nsmd::logging::init("nsm-notify", cfg.debug.any(), !cfg.foreground);
     for w in &cfg.warnings {
         warn!("{w}");
     }
-    match run(&args, &cfg) {
+    match nsm_notify::raise_open_files_limit() {
+        Ok(n) => debug!("open files limit: {n}"),
+        Err(e) => warn!("cannot raise the open files limit (many peers may be slow): {e}"),
+    }
+    match run(&args, &cfg, log.to_syslog()) {
         Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
@@ -260,7 +265,7 @@ fn record_names(args: &Args, cfg: &SmNotifyConfig, r: &Record) -> Vec<String> {
     }
 }
 
-fn run(args: &Args, cfg: &SmNotifyConfig) -> Result<ExitCode> {
+fn run(args: &Args, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitCode> {
     if !run_once(args, cfg)? {
         return Ok(ExitCode::SUCCESS);
     }
@@ -292,8 +297,8 @@ fn run(args: &Args, cfg: &SmNotifyConfig) -> Result<ExitCode> {
     info!("notifying {} peer(s) of state {state}", files.len());
 
     if !cfg.foreground {
-        // Keep stderr: nsm-notify logs there.
-        nix::unistd::daemon(false, true).context("cannot go into the background (use -d)")?;
+        // Keep stdout and stderr when there is no syslog socket: nsm-notify logs there then.
+        nix::unistd::daemon(false, !to_syslog).context("cannot go into the background (use -d)")?;
     }
     // Sockets as root, then drop privileges, before any thread exists.
     let socks = bind_sources(&SourceSpec {

@@ -29,9 +29,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let log = nsmd::logging::init(cfg.debug.any());
+    let log = nsmd::logging::init("nsmd", cfg.debug.any(), !cfg.foreground);
     for w in &cfg.warnings {
         warn!("{w}");
+    }
+    // Service instances notify thousands of peers at once, a socket per port lookup.
+    if let Err(e) = nsm_notify::raise_open_files_limit() {
+        warn!("cannot raise the open files limit (notifying many peers may be slow): {e}");
     }
     match run(&args, cfg, log) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -47,8 +51,9 @@ fn main() -> std::process::ExitCode {
 /// privileges must happen before any other thread exists.
 fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
     if !cfg.foreground {
-        // Keep stderr: nsmd logs there (no syslog yet).
-        nix::unistd::daemon(true, true).context("cannot go into the background (use -F)")?;
+        // Keep stdout and stderr when there is no syslog socket: nsmd logs there then.
+        nix::unistd::daemon(true, !log.to_syslog())
+            .context("cannot go into the background (use -F)")?;
     }
     if !cfg.no_notify {
         notify_at_start(&cfg);
