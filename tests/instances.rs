@@ -545,5 +545,36 @@ fn active_active_one_service_moves() {
     a.nsmd()
         .wait_for_log_line("notification: fenced", T)
         .unwrap();
+    // Within a second or two, A notices by itself and stops answering on svc1's address
+    // (its node address still answers); status says so; release still works.
+    a.nsmd()
+        .wait_for_log_line("no longer answering on", T)
+        .unwrap();
+    let null = |to: &str, xid: u32| {
+        let to: SocketAddr = format!("{to}:{}", a.port).parse().unwrap();
+        in_netns(&b.host, || {
+            udp_exchange(to, &call(xid, 100_024, 1, 0, &[])).is_some()
+        })
+    };
+    assert!(!null(SVC1_ADDR, 70), "a fenced service address is silent");
+    assert!(null("198.51.100.60", 71), "the node instance still answers");
+    let (ok, out, _) = a.ctl(&["--json", "status"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let svc1 = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "svc1")
+        .unwrap()
+        .clone();
+    assert_eq!(svc1["fenced"], true, "{svc1}");
+    let (ok, out, err) = a.ctl(&["release", "svc1"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(d1.join(".nsmd-owner")).unwrap(),
+        "epoch 99 owner elsewhere pid 1\n",
+        "releasing a fenced instance leaves the new owner's file alone"
+    );
     a.kill9();
 }

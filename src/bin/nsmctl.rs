@@ -145,7 +145,9 @@ fn show(cmd: &Cmd, v: &Value) {
                             vec![
                                 cell(&i["name"]),
                                 cell(&i["role"]),
-                                if i["active"] == Value::Bool(true) {
+                                if i["fenced"] == Value::Bool(true) {
+                                    "fenced"
+                                } else if i["active"] == Value::Bool(true) {
                                     "yes"
                                 } else {
                                     "no"

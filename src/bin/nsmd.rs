@@ -195,6 +195,7 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
                     "active": s.active,
                     "state": s.state,
                     "epoch": s.epoch,
+                    "fenced": s.fenced,
                     "peers": s.peers,
                     "state_dir": s.state_dir.display().to_string(),
                     "addresses": s.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -108,7 +108,17 @@ struct Active {
     instance: Arc<Instance>,
     ownership: Arc<Ownership>,
     notifying: Option<tokio::task::JoinHandle<()>>,
+    /// Checks the ownership every [`FENCE_CHECK`]; silences the addresses when fenced.
+    watch: tokio::task::JoinHandle<()>,
+    /// Set by the watch when another node took the instance over.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How often an active instance checks that it still owns its state directory.
+const FENCE_CHECK: Duration = Duration::from_secs(1);
+
+/// The address → instance table (`None`: silent), shared with the fence watches.
+type Routes = Arc<RwLock<HashMap<IpAddr, Option<Arc<Instance>>>>>;
 
 /// One service instance and what it is doing on this node.
 #[derive(Debug)]
@@ -137,6 +147,9 @@ pub struct ServiceStatus {
     pub epoch: Option<u64>,
     /// Records monitored (while active).
     pub peers: usize,
+    /// Another node took the instance over: this node silenced its addresses and waits to
+    /// be released.
+    pub fenced: bool,
     /// The last notification run.
     pub notify: NotifyProgress,
 }
@@ -162,7 +175,7 @@ pub enum Route {
 pub struct Services {
     cfg: ServicesConfig,
     list: Vec<Arc<Service>>,
-    routes: RwLock<HashMap<IpAddr, Option<Arc<Instance>>>>,
+    routes: Routes,
     /// One takeover or release at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -188,7 +201,7 @@ impl Services {
                     })
                 })
                 .collect(),
-            routes: RwLock::new(routes),
+            routes: Arc::new(RwLock::new(routes)),
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -227,13 +240,7 @@ impl Services {
     }
 
     fn set_routes(&self, addrs: &[IpAddr], to: Option<Arc<Instance>>) {
-        let mut routes = self
-            .routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for a in addrs {
-            routes.insert(canonical(*a), to.clone());
-        }
+        set_routes(&self.routes, addrs, to);
     }
 
     /// The active instances a client with these addresses is known to use: those whose
@@ -274,6 +281,9 @@ impl Services {
                     state: a.as_ref().map(|a| a.instance.state()),
                     epoch: a.as_ref().map(|a| a.ownership.epoch()),
                     peers: a.as_ref().map_or(0, |a| a.instance.len()),
+                    fenced: a
+                        .as_ref()
+                        .is_some_and(|a| a.fenced.load(std::sync::atomic::Ordering::Relaxed)),
                     notify: lock(&s.progress).clone(),
                 }
             })
@@ -359,10 +369,19 @@ impl Services {
             state,
             s.progress.clone(),
         ));
+        let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = tokio::spawn(fence_watch(
+            spec.clone(),
+            ownership.clone(),
+            self.routes.clone(),
+            fenced.clone(),
+        ));
         *lock(&s.active) = Some(Active {
             instance,
             ownership,
             notifying: Some(task),
+            watch,
+            fenced,
         });
         Ok(state)
     }
@@ -400,6 +419,7 @@ impl Services {
         };
         let spec = &s.spec;
         self.set_routes(&spec.addresses, None);
+        active.watch.abort();
         if let Some(t) = &active.notifying {
             t.abort();
         }
@@ -537,6 +557,55 @@ async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> 
                 return Err(format!("not ready after {:?}: {e}", spec.ready_timeout));
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+fn set_routes(routes: &Routes, addrs: &[IpAddr], to: Option<Arc<Instance>>) {
+    let mut routes = routes
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for a in addrs {
+        routes.insert(canonical(*a), to.clone());
+    }
+}
+
+/// While `spec` is active: checks every [`FENCE_CHECK`] that this node still owns the state
+/// directory. Once another node took it over (a newer epoch), calls to the service addresses
+/// go unanswered, so clients stop talking to the stale owner, until `nsmctl release` (which
+/// also releases the kernel's locks). A failing read (shared storage away) is logged, not
+/// acted on: writes are refused by the fence anyway.
+async fn fence_watch(
+    spec: ServiceSpec,
+    ownership: Arc<Ownership>,
+    routes: Routes,
+    fenced: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(FENCE_CHECK).await;
+        let own = ownership.clone();
+        let checked = tokio::task::spawn_blocking(move || own.check()).await;
+        match checked {
+            Ok(Ok(())) => warned = false,
+            Ok(Err(e @ crate::ownership::OwnershipError::Fenced { .. })) => {
+                set_routes(&routes, &spec.addresses, None);
+                fenced.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    instance = %spec.name,
+                    "{e}: no longer answering on {:?}; release it here (nsmctl release {}) to drop its kernel locks",
+                    spec.addresses,
+                    spec.name
+                );
+                return;
+            }
+            Ok(Err(crate::ownership::OwnershipError::Released { .. })) => return,
+            Ok(Err(e)) if !warned => {
+                warned = true;
+                warn!(instance = %spec.name, "cannot check the ownership: {e}");
+            }
+            Ok(Err(_)) => {}
+            Err(_) => return,
         }
     }
 }
