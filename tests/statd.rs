@@ -52,6 +52,25 @@ fn files(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Waits (up to `T`) until `dir` holds no record file; whether it got there.
+fn wait_empty(dir: &Path) -> bool {
+    let deadline = Instant::now() + T;
+    while !files(dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    files(dir).is_empty()
+}
+
+/// SM_SIMU_CRASH to `to` from the privileged loopback port `port`; asserts the void reply.
+fn simu_crash(to: SocketAddr, port: u16, xid: u32) {
+    let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(T)).unwrap();
+    sock.send_to(&call(xid, SM, 1, 5, &[]), to).unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(answer(xid, &buf[..n]), Answer::Accepted(0, vec![]));
+}
+
 fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -303,12 +322,7 @@ fn every_procedure_and_its_effect() {
 
         // SM_SIMU_CRASH from a privileged loopback port: state + 2, records to sm.bak/.
         assert_eq!(mon(local, 42, b"client4", C1), succ(state));
-        let sock = UdpSocket::bind("127.0.0.1:888").unwrap();
-        sock.set_read_timeout(Some(T)).unwrap();
-        sock.send_to(&call(43, SM, 1, 5, &[]), local).unwrap();
-        let mut buf = [0u8; 512];
-        let n = sock.recv(&mut buf).unwrap();
-        assert_eq!(answer(43, &buf[..n]), Answer::Accepted(0, vec![]));
+        simu_crash(local, 888, 43);
         assert_eq!(stat_state(local), state + 2);
         assert!(files(&sm).is_empty());
         assert_eq!(files(&sm.with_file_name("sm.bak")), ["client4"]);
@@ -534,29 +548,26 @@ fn notifies_the_previous_boots_peers_at_start_like_rpc_statd() {
         "sm/ was retired before loading: {}",
         nsmd.log_tail(20)
     );
-    let got = lockd.wait_for(1, T);
-    assert_eq!(
-        got.len(),
-        1,
-        "nsmd: {}\nclient statd: {}",
-        nsmd.log_tail(30),
-        statd.log_tail(10)
-    );
-    assert_eq!(
-        parse_status(&got[0].3),
-        (b"srv".to_vec(), state_before + 2, C1)
-    );
+    // The client's lockd hears of srv's reboot: the `n`th callback, with `state`.
+    let callback = |n: usize, state: i32| {
+        let got = lockd.wait_for(n, T);
+        assert_eq!(
+            got.len(),
+            n,
+            "nsmd: {}\nclient statd: {}",
+            nsmd.log_tail(30),
+            statd.log_tail(10)
+        );
+        assert_eq!(parse_status(&got[n - 1].3), (b"srv".to_vec(), state, C1));
+    };
+    callback(1, state_before + 2);
     let state_file = srv.read_file("/var/lib/nfs/nsmd/state").unwrap();
     assert_eq!(
         i32::from_ne_bytes(state_file[..4].try_into().unwrap()),
         state_before + 2
     );
     let bak = srv.nfs_dir().join("nsmd/sm.bak");
-    let deadline = Instant::now() + T;
-    while !files(&bak).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(files(&bak).is_empty(), "the acknowledged peer left sm.bak/");
+    assert!(wait_empty(&bak), "the acknowledged peer left sm.bak/");
 
     // SM_SIMU_CRASH behaves like a restart: lockd monitors the client again, then the
     // simulated crash bumps the state once more, retires the record and notifies the client,
@@ -564,32 +575,12 @@ fn notifies_the_previous_boots_peers_at_start_like_rpc_statd() {
     let local: SocketAddr = "127.0.0.1:32766".parse().unwrap();
     in_netns(&srv, || {
         assert_eq!(mon(local, 50, b"cli", C2), succ(state_before + 2));
-        let sock = UdpSocket::bind("127.0.0.1:889").unwrap();
-        sock.set_read_timeout(Some(T)).unwrap();
-        sock.send_to(&call(51, SM, 1, 5, &[]), local).unwrap();
-        let mut buf = [0u8; 512];
-        let n = sock.recv(&mut buf).unwrap();
-        assert_eq!(answer(51, &buf[..n]), Answer::Accepted(0, vec![]));
+        simu_crash(local, 889, 51);
         assert_eq!(stat_state(local), state_before + 4);
     });
-    let got = lockd.wait_for(2, T);
-    assert_eq!(
-        got.len(),
-        2,
-        "nsmd: {}\nclient statd: {}",
-        nsmd.log_tail(30),
-        statd.log_tail(10)
-    );
-    assert_eq!(
-        parse_status(&got[1].3),
-        (b"srv".to_vec(), state_before + 4, C1)
-    );
-    let deadline = Instant::now() + T;
-    while !files(&bak).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    callback(2, state_before + 4);
     assert!(
-        files(&bak).is_empty(),
+        wait_empty(&bak),
         "the peer acknowledged the crash's notification and left sm.bak/"
     );
 }
