@@ -42,6 +42,9 @@
 //! - `NSMD_BENCH_HOSTS=measured`: leave the pre-populated names out of the hosts file. A
 //!   diagnostic: every name lookup then reads a short file (rpc.statd's duplicate check, where
 //!   the lookups of pre-populated names now fail, and nsmd's background resolution).
+//! - `NSMD_BENCH_PIN=1`: run the generator on CPU 0 and the daemon (all its threads) on CPU 1,
+//!   so that they do not compete for one CPU and the daemon's cost per call bounds the rate;
+//! - `NSMD_BENCH_CALLERS`: concurrent SM_NULL / SM_STAT callers (default 8).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -53,7 +56,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
+use nix::sched::{CloneFlags, CpuSet, sched_setaffinity, setns};
+use nix::unistd::Pid;
 use nsm_testhost::{Host, Lab, Proc, prerequisites, tool_path};
 
 /// The nsmd under test: `cargo bench` builds it with the release profile.
@@ -76,8 +80,11 @@ const SERIAL_MAX: usize = 300;
 /// Concurrent SM_MON: this many callers, at most this many calls in all.
 const CONC_WORKERS: usize = 64;
 const CONC_MAX: usize = 64 * 24;
-/// Concurrent SM_NULL / SM_STAT callers.
+/// Concurrent SM_NULL / SM_STAT callers (default).
 const SIMPLE_WORKERS: usize = 8;
+/// With `NSMD_BENCH_PIN=1`: the CPU of the generator's callers and the CPU of the daemon.
+const GENERATOR_CPU: usize = 0;
+const DAEMON_CPU: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Impl {
@@ -399,6 +406,10 @@ fn drive(
     assert!(!matches!(op, Op::Mon(_)) || max_ops <= names.len());
     let Target { host, pid, addr } = *target;
     let ns_path = host.netns_path().to_owned();
+    let pin = pinned();
+    if pin {
+        pin_process(pid, DAEMON_CPU);
+    }
     let next = AtomicUsize::new(0);
     let barrier = Barrier::new(workers + 1);
     let lats = Mutex::new(Vec::new());
@@ -412,6 +423,14 @@ fn drive(
                 let joined = File::open(ns_path)
                     .map_err(|e| e.to_string())
                     .and_then(|f| setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+                let joined = joined.and_then(|()| {
+                    if pin {
+                        pin_thread(Pid::from_raw(0), GENERATOR_CPU)
+                            .map_err(|e| format!("pinning to CPU {GENERATOR_CPU}: {e}"))
+                    } else {
+                        Ok(())
+                    }
+                });
                 let caller = joined.and_then(|()| {
                     Caller::new(addr, op, names, w).map_err(|e| format!("connecting: {e}"))
                 });
@@ -445,6 +464,29 @@ fn drive(
         elapsed,
         lat,
         server_cpu,
+    }
+}
+
+/// Whether `NSMD_BENCH_PIN=1` asks for the generator and the daemon on separate CPUs.
+fn pinned() -> bool {
+    std::env::var("NSMD_BENCH_PIN").as_deref() == Ok("1")
+}
+
+fn pin_thread(tid: Pid, cpu: usize) -> nix::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    sched_setaffinity(tid, &set)
+}
+
+/// Pins every thread of `pid` to `cpu` (threads it starts later inherit it).
+fn pin_process(pid: u32, cpu: usize) {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("listing the threads of {pid}: {e}"));
+    for t in tasks.filter_map(Result::ok) {
+        if let Some(tid) = t.file_name().to_str().and_then(|t| t.parse().ok()) {
+            pin_thread(Pid::from_raw(tid), cpu)
+                .unwrap_or_else(|e| panic!("pinning thread {tid} to CPU {cpu}: {e}"));
+        }
     }
 }
 
@@ -1061,6 +1103,7 @@ fn main() {
     let cap = Duration::from_secs_f64(secs);
     let serial_max: usize = env_or("NSMD_BENCH_SERIAL_MAX", SERIAL_MAX);
     let simple_cap = cap / 4;
+    let callers: usize = env_or("NSMD_BENCH_CALLERS", SIMPLE_WORKERS);
     let only =
         std::env::var("NSMD_BENCH_ONLY").unwrap_or_else(|_| "floor,null,serial,concurrent".into());
     let runs_group = |g: &str| only.split(',').any(|x| x.trim() == g);
@@ -1079,6 +1122,12 @@ fn main() {
          {serial_max} calls, {CONC_WORKERS} concurrent callers at {CONC_MAX} calls"
     );
     eprintln!("statd_load: machine at start: {}", machine_load());
+    if pinned() {
+        eprintln!(
+            "statd_load: NSMD_BENCH_PIN=1: generator on CPU {GENERATOR_CPU}, daemon on CPU \
+             {DAEMON_CPU}"
+        );
+    }
     let started = Instant::now();
     let mut results = Results::default();
 
@@ -1130,8 +1179,8 @@ fn main() {
                     ] {
                         v.push((id.to_owned(), drive(t, op, &[], 1, usize::MAX, simple_cap)));
                         v.push((
-                            format!("{id}-x{SIMPLE_WORKERS}"),
-                            drive(t, op, &[], SIMPLE_WORKERS, usize::MAX, simple_cap),
+                            format!("{id}-x{callers}"),
+                            drive(t, op, &[], callers, usize::MAX, simple_cap),
                         ));
                     }
                     (v, 0)

@@ -301,99 +301,206 @@ fn enable_pktinfo(sock: &UdpSocket, v6: bool) -> bool {
     }
 }
 
-/// One datagram: its length, sender, and the local address it was sent to (from the
-/// packet-info control message; `fallback` when there is none).
-fn recv_with_dst(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-    fallback: SocketAddr,
-) -> std::io::Result<(usize, SocketAddr, SocketAddr)> {
-    use std::os::fd::AsRawFd;
+/// Datagrams taken from a UDP socket per system call (`recvmmsg`) when several are queued;
+/// the replies that are ready at once leave together (`sendmmsg`).
+const UDP_BATCH: usize = 16;
 
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
-    let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo);
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let m = recvmsg::<SockaddrStorage>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_TRUNC,
-    )?;
-    let peer = m
-        .address
-        .as_ref()
-        .and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|a| SocketAddr::V4((*a).into()))
-                .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
-        })
-        .ok_or_else(|| std::io::Error::other("datagram without a sender address"))?;
-    let mut local = fallback;
-    if let Ok(cmsgs) = m.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::Ipv4PacketInfo(pi) => {
-                    let ip = std::net::Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
-                    local = SocketAddr::new(ip.into(), fallback.port());
-                }
-                ControlMessageOwned::Ipv6PacketInfo(pi) => {
-                    let ip = std::net::Ipv6Addr::from(pi.ipi6_addr.s6_addr);
-                    local = SocketAddr::new(ip.into(), fallback.port());
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok((m.bytes, peer, local))
+/// A received datagram: its length, sender, and the local address it was sent to.
+#[derive(Debug, Clone, Copy)]
+struct Datagram {
+    len: usize,
+    peer: SocketAddr,
+    dst: SocketAddr,
 }
 
-/// Sends `reply` to `peer` from `local`'s address (a packet-info control message), so the
-/// reply leaves from the address the call was sent to even on a wildcard socket.
-fn send_from(
-    sock: &UdpSocket,
-    reply: &[u8],
+/// A reply ready to go, with the request's in-flight permit.
+#[derive(Debug)]
+struct ReadyReply {
+    reply: Bytes,
     peer: SocketAddr,
-    local: SocketAddr,
+    dst: SocketAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    a.as_sockaddr_in()
+        .map(|a| SocketAddr::V4((*a).into()))
+        .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
+}
+
+/// Receives the datagrams queued on `sock`, up to one per slot of `bufs` (each slot `slot`
+/// bytes), into `out`: their lengths (the real length, `MSG_TRUNC`), senders and destination
+/// addresses (from the packet-info control message when `pktinfo`; else `fallback`).
+/// `WouldBlock` when none is queued.
+fn recv_batch(
+    sock: &UdpSocket,
+    bufs: &mut [u8],
+    slot: usize,
+    pktinfo: bool,
+    fallback: SocketAddr,
+    out: &mut Vec<Datagram>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{
+        ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
+    };
+    out.clear();
+    let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = bufs
+        .chunks_mut(slot)
+        .map(|b| [std::io::IoSliceMut::new(b)])
+        .collect();
+    // Fresh headers per call: the kernel shrinks each header's control length to what it
+    // used, and nix does not restore it.
+    let cmsg = pktinfo.then(|| nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo));
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), cmsg);
+    let received = recvmmsg(
+        sock.as_raw_fd(),
+        &mut headers,
+        iovs.iter_mut(),
+        MsgFlags::MSG_TRUNC,
+        None,
+    )?;
+    for m in received {
+        let Some(peer) = m.address.as_ref().and_then(socket_addr) else {
+            debug!(local = %fallback, "dropped a datagram without a sender address");
+            continue;
+        };
+        let mut dst = fallback;
+        if let Ok(cmsgs) = m.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                        let ip = std::net::Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
+                        dst = SocketAddr::new(ip.into(), fallback.port());
+                    }
+                    ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                        let ip = std::net::Ipv6Addr::from(pi.ipi6_addr.s6_addr);
+                        dst = SocketAddr::new(ip.into(), fallback.port());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.push(Datagram {
+            len: m.bytes,
+            peer,
+            dst,
+        });
+    }
+    Ok(())
+}
+
+/// The source address to set on a reply to a call sent to `dst`: `None` when the socket does
+/// not learn destinations (it is bound to one address) or did not learn this one.
+fn reply_source(dst: SocketAddr, pktinfo: bool) -> Option<std::net::IpAddr> {
+    (pktinfo && !dst.ip().is_unspecified()).then(|| dst.ip())
+}
+
+/// Sends `replies` (which all leave from `from`, see [`reply_source`]) in one system call;
+/// returns how many were sent, from the first. A packet-info control message sets the source
+/// address, so the reply leaves from the address the call was sent to even on a wildcard socket.
+fn send_batch(
+    sock: &UdpSocket,
+    replies: &[ReadyReply],
+    from: Option<std::net::IpAddr>,
 ) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
 
-    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
-    let iov = [std::io::IoSlice::new(reply)];
-    let to = SockaddrStorage::from(peer);
-    let r = match local.ip() {
-        std::net::IpAddr::V4(ip) => {
-            let pi = nix::libc::in_pktinfo {
+    use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+    let iovs: Vec<[std::io::IoSlice<'_>; 1]> = replies
+        .iter()
+        .map(|r| [std::io::IoSlice::new(&r.reply)])
+        .collect();
+    let to: Vec<Option<SockaddrStorage>> = replies
+        .iter()
+        .map(|r| Some(SockaddrStorage::from(r.peer)))
+        .collect();
+    let v4;
+    let v6;
+    // The control buffer must hold exactly the message sent: the kernel rejects a zeroed
+    // trailing header.
+    let (cmsg, space) = match from {
+        None => (None, None),
+        Some(std::net::IpAddr::V4(ip)) => {
+            v4 = nix::libc::in_pktinfo {
                 ipi_ifindex: 0,
                 ipi_spec_dst: nix::libc::in_addr {
                     s_addr: u32::from(ip).to_be(),
                 },
                 ipi_addr: nix::libc::in_addr { s_addr: 0 },
             };
-            sendmsg(
-                sock.as_raw_fd(),
-                &iov,
-                &[ControlMessage::Ipv4PacketInfo(&pi)],
-                MsgFlags::empty(),
-                Some(&to),
+            (
+                Some(ControlMessage::Ipv4PacketInfo(&v4)),
+                Some(nix::cmsg_space!(nix::libc::in_pktinfo)),
             )
         }
-        std::net::IpAddr::V6(ip) => {
-            let pi = nix::libc::in6_pktinfo {
+        Some(std::net::IpAddr::V6(ip)) => {
+            v6 = nix::libc::in6_pktinfo {
                 ipi6_addr: nix::libc::in6_addr {
                     s6_addr: ip.octets(),
                 },
                 ipi6_ifindex: 0,
             };
-            sendmsg(
-                sock.as_raw_fd(),
-                &iov,
-                &[ControlMessage::Ipv6PacketInfo(&pi)],
-                MsgFlags::empty(),
-                Some(&to),
+            (
+                Some(ControlMessage::Ipv6PacketInfo(&v6)),
+                Some(nix::cmsg_space!(nix::libc::in6_pktinfo)),
             )
         }
     };
-    r.map_err(std::io::Error::from)
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), space);
+    let cmsgs: &[ControlMessage<'_>] = match &cmsg {
+        Some(c) => std::slice::from_ref(c),
+        None => &[],
+    };
+    let sent = sendmmsg(
+        sock.as_raw_fd(),
+        &mut headers,
+        &iovs,
+        &to,
+        cmsgs,
+        MsgFlags::empty(),
+    )?;
+    Ok(sent.count())
+}
+
+/// Sends `replies` without waiting: each run of replies from one source address in one
+/// system call. What the socket cannot take now goes to a task that waits for it.
+fn send_ready<S>(
+    ctx: &Ctx<S>,
+    sock: &Arc<UdpSocket>,
+    replies: &mut Vec<ReadyReply>,
+    pktinfo: bool,
+) {
+    let mut at = 0;
+    while at < replies.len() {
+        let from = reply_source(replies[at].dst, pktinfo);
+        let run = replies[at..]
+            .iter()
+            .take_while(|r| reply_source(r.dst, pktinfo) == from)
+            .count();
+        match sock.try_io(tokio::io::Interest::WRITABLE, || {
+            send_batch(sock, &replies[at..at + run], from)
+        }) {
+            Ok(n) => at += n.max(1).min(run),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let rest: Vec<ReadyReply> = replies.drain(at..).collect();
+                let sock = sock.clone();
+                ctx.tasks.spawn(async move {
+                    for r in rest {
+                        send_reply(&sock, &r, pktinfo).await;
+                    }
+                });
+                break;
+            }
+            Err(e) => {
+                // The first of the run could not be sent; the others still can.
+                debug!(peer = %replies[at].peer, error = %e, "could not send a UDP reply");
+                at += 1;
+            }
+        }
+    }
+    replies.clear();
 }
 
 async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
@@ -407,109 +514,79 @@ async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
     // A wildcard socket learns each call's destination address (design.md, data flow 2).
     let pktinfo = local.ip().is_unspecified() && enable_pktinfo(&sock, local.is_ipv6());
     let in_flight = Arc::new(Semaphore::new(ctx.limits.max_udp_in_flight));
-    // One byte more than the cap, so an oversized datagram is seen as such.
-    let mut buf = vec![0u8; ctx.limits.max_record + 1];
+    // One byte more than the cap per slot, so an oversized datagram is seen as such.
+    let slot = ctx.limits.max_record + 1;
+    let mut bufs = vec![0u8; slot * UDP_BATCH];
+    let mut got = Vec::with_capacity(UDP_BATCH);
+    let mut ready = Vec::with_capacity(UDP_BATCH);
     loop {
-        let (n, peer, dst) = tokio::select! {
+        let r = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
-            r = async {
-                if pktinfo {
-                    sock.async_io(tokio::io::Interest::READABLE, || recv_with_dst(&sock, &mut buf, local)).await
-                } else {
-                    sock.recv_from(&mut buf).await.map(|(n, p)| (n, p, local))
-                }
-            } => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here (ECONNREFUSED); keep going.
-                    debug!(%local, error = %e, "UDP receive error");
-                    continue;
-                }
-            },
+            r = sock.async_io(tokio::io::Interest::READABLE, || {
+                recv_batch(&sock, &mut bufs, slot, pktinfo, local, &mut got)
+            }) => r,
         };
-        if n > ctx.limits.max_record {
-            debug!(%peer, %local, "dropped an oversized UDP datagram");
+        if let Err(e) = r {
+            // ICMP errors from earlier sends surface here (ECONNREFUSED); keep going.
+            debug!(%local, error = %e, "UDP receive error");
             continue;
         }
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            debug!(%peer, %local, "UDP requests in flight at the limit; dropped one");
-            continue;
-        };
-        let message = Bytes::copy_from_slice(&buf[..n]);
-        let svc = ctx.service.clone();
-        let mut reply =
-            Box::pin(async move { dispatch(&*svc, message, peer, dst, Transport::Udp).await });
-        // Most calls (NULL, STAT, NOTIFY, every rejection) are answered without waiting:
-        // poll once here and reply inline, which saves a task and a thread hand-off per
-        // datagram. A call that must wait (SM_MON on the disk) moves into its own task, whose
-        // first poll registers the real waker.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match reply.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(None) => drop(permit),
-            std::task::Poll::Ready(Some(r)) => {
-                match try_send_reply(&sock, &r, peer, dst, pktinfo) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        let sock = sock.clone();
-                        ctx.tasks.spawn(async move {
-                            send_reply(&sock, &r, peer, dst, pktinfo).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => {
-                        debug!(%peer, error = %e, "could not send a UDP reply");
-                        drop(permit);
-                    }
-                    Ok(_) => drop(permit),
+        for (&Datagram { len, peer, dst }, buf) in got.iter().zip(bufs.chunks(slot)) {
+            if len > ctx.limits.max_record {
+                debug!(%peer, %local, "dropped an oversized UDP datagram");
+                continue;
+            }
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                debug!(%peer, %local, "UDP requests in flight at the limit; dropped one");
+                continue;
+            };
+            let message = Bytes::copy_from_slice(&buf[..len]);
+            let svc = ctx.service.clone();
+            let mut reply =
+                Box::pin(async move { dispatch(&*svc, message, peer, dst, Transport::Udp).await });
+            // Most calls (NULL, STAT, NOTIFY, every rejection) are answered without waiting:
+            // poll once here and reply inline, which saves a task and a thread hand-off per
+            // datagram. A call that must wait (SM_MON on the disk) moves into its own task,
+            // whose first poll registers the real waker.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match reply.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(None) => drop(permit),
+                std::task::Poll::Ready(Some(reply)) => ready.push(ReadyReply {
+                    reply,
+                    peer,
+                    dst,
+                    _permit: permit,
+                }),
+                std::task::Poll::Pending => {
+                    let sock = sock.clone();
+                    ctx.tasks.spawn(async move {
+                        if let Some(reply) = reply.await {
+                            let r = ReadyReply {
+                                reply,
+                                peer,
+                                dst,
+                                _permit: permit,
+                            };
+                            send_reply(&sock, &r, pktinfo).await;
+                        }
+                    });
                 }
             }
-            std::task::Poll::Pending => {
-                let sock = sock.clone();
-                ctx.tasks.spawn(async move {
-                    if let Some(r) = reply.await {
-                        send_reply(&sock, &r, peer, dst, pktinfo).await;
-                    }
-                    drop(permit);
-                });
-            }
         }
-    }
-}
-
-/// Sends a UDP reply without waiting (from `dst` when the socket learns destinations).
-fn try_send_reply(
-    sock: &UdpSocket,
-    reply: &[u8],
-    peer: SocketAddr,
-    dst: SocketAddr,
-    pktinfo: bool,
-) -> std::io::Result<usize> {
-    if pktinfo && !dst.ip().is_unspecified() {
-        sock.try_io(tokio::io::Interest::WRITABLE, || {
-            send_from(sock, reply, peer, dst)
-        })
-    } else {
-        sock.try_send_to(reply, peer)
+        send_ready(&ctx, &sock, &mut ready, pktinfo);
     }
 }
 
 /// Sends a UDP reply, waiting for the socket if needed.
-async fn send_reply(
-    sock: &UdpSocket,
-    reply: &[u8],
-    peer: SocketAddr,
-    dst: SocketAddr,
-    pktinfo: bool,
-) {
-    let sent = if pktinfo && !dst.ip().is_unspecified() {
-        sock.async_io(tokio::io::Interest::WRITABLE, || {
-            send_from(sock, reply, peer, dst)
+async fn send_reply(sock: &UdpSocket, r: &ReadyReply, pktinfo: bool) {
+    let from = reply_source(r.dst, pktinfo);
+    let sent = sock
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            send_batch(sock, std::slice::from_ref(r), from)
         })
-        .await
-    } else {
-        sock.send_to(reply, peer).await
-    };
+        .await;
     if let Err(e) = sent {
-        debug!(%peer, error = %e, "could not send a UDP reply");
+        debug!(peer = %r.peer, error = %e, "could not send a UDP reply");
     }
 }
 
@@ -539,6 +616,9 @@ async fn tcp_accept_loop<S: Service>(ctx: Ctx<S>, listener: TcpListener) {
     }
 }
 
+/// Most replies gathered into one write on a TCP connection.
+const TCP_WRITE_BATCH: usize = 64;
+
 async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr) {
     let Ok(local) = stream.local_addr() else {
         return;
@@ -555,7 +635,16 @@ async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr
     let writer = ctx.tasks.spawn(async move {
         let mut out = FramedWrite::new(wr, RecordCodec::default());
         while let Some(reply) = rx.recv().await {
-            match tokio::time::timeout(idle, out.send(reply)).await {
+            // Replies that are already waiting go out in the same write.
+            let write = async {
+                out.feed(reply).await?;
+                for _ in 1..TCP_WRITE_BATCH {
+                    let Ok(r) = rx.try_recv() else { break };
+                    out.feed(r).await?;
+                }
+                out.flush().await
+            };
+            match tokio::time::timeout(idle, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TCP write failed; closing");
@@ -593,14 +682,35 @@ async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr
                 Err(_) => break,
             },
         };
-        let (svc, tx) = (ctx.service.clone(), tx.clone());
-        ctx.tasks.spawn(async move {
-            if let Some(reply) = dispatch(&*svc, message, peer, local, Transport::Tcp).await {
-                // The writer may be gone (peer closed); nothing to do then.
-                let _ = tx.send(reply).await;
+        let svc = ctx.service.clone();
+        let mut reply =
+            Box::pin(async move { dispatch(&*svc, message, peer, local, Transport::Tcp).await });
+        // As on UDP: a call answered without waiting is answered here, without a task of its
+        // own; one that must wait moves into a task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match reply.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(None) => {}
+            std::task::Poll::Ready(Some(r)) => {
+                // The writer may be gone (peer closed); nothing to do then. When it is behind,
+                // the reply waits in a task, holding its permit, as a slow call's does.
+                if let Err(mpsc::error::TrySendError::Full(r)) = tx.try_send(r) {
+                    let tx = tx.clone();
+                    ctx.tasks.spawn(async move {
+                        let _ = tx.send(r).await;
+                        drop(permit);
+                    });
+                }
             }
-            drop(permit);
-        });
+            std::task::Poll::Pending => {
+                let tx = tx.clone();
+                ctx.tasks.spawn(async move {
+                    if let Some(r) = reply.await {
+                        let _ = tx.send(r).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     // Replies of requests still in progress go out before the connection closes.
     drop(tx);
@@ -656,6 +766,108 @@ mod tests {
                 "Request.local is the destination"
             );
         }
+        assert!(server.shutdown(Duration::from_secs(1)).await);
+    }
+
+    fn null_call(xid: u32) -> Vec<u8> {
+        let mut call = Vec::new();
+        for w in [xid, 0, 2, 100_024, 1, 0, 0, 0, 0, 0] {
+            call.extend_from_slice(&w.to_be_bytes());
+        }
+        call
+    }
+
+    #[tokio::test]
+    async fn queued_datagrams_are_answered_each_from_its_destination() {
+        let limits = Limits {
+            max_record: 200,
+            ..Limits::default()
+        };
+        let server = Server::new(Arc::new(Where), limits);
+        let sock = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Queued before the server reads: they arrive as one batch, an oversized datagram
+        // (dropped) among them, and the destinations alternate.
+        let dsts = [
+            "127.0.0.1",
+            "127.0.0.3",
+            "127.0.0.3",
+            "127.0.0.1",
+            "127.0.0.4",
+        ];
+        for (i, dst) in dsts.iter().enumerate() {
+            let to: SocketAddr = format!("{dst}:{port}").parse().unwrap();
+            if i == 2 {
+                client.send_to(&[0u8; 201], to).await.unwrap();
+            }
+            client.send_to(&null_call(i as u32), to).await.unwrap();
+        }
+        server.serve_udp(sock);
+        let mut buf = [0u8; 128];
+        for _ in &dsts {
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            let xid = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            let dst: std::net::Ipv4Addr = dsts[xid].parse().unwrap();
+            assert_eq!(from, SocketAddr::new(dst.into(), port), "reply {xid}");
+            assert_eq!(&buf[n - 4..n], &dst.octets(), "Request.local of {xid}");
+        }
+        assert!(server.shutdown(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_ipv6_socket_replies_from_the_destination_address() {
+        let Ok(sock) = UdpSocket::bind("[::]:0").await else {
+            return; // no IPv6 here
+        };
+        let Ok(client) = UdpSocket::bind("[::1]:0").await else {
+            return;
+        };
+        let server = Server::new(Arc::new(Where), Limits::default());
+        let to: SocketAddr = format!("[::1]:{}", sock.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        server.serve_udp(sock);
+        client.send_to(&null_call(7), to).await.unwrap();
+        let mut buf = [0u8; 128];
+        let (_, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, to, "the reply leaves from the address called");
+        assert_eq!(buf[..4], 7u32.to_be_bytes());
+        assert!(server.shutdown(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn pipelined_tcp_calls_are_all_answered_in_order() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = Server::new(Arc::new(Where), Limits::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        server.serve_tcp(listener);
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut records = Vec::new();
+        for xid in 0..100u32 {
+            let call = null_call(xid);
+            records.extend_from_slice(&(0x8000_0000 | call.len() as u32).to_be_bytes());
+            records.extend_from_slice(&call);
+        }
+        s.write_all(&records).await.unwrap();
+        for xid in 0..100u32 {
+            let mut mark = [0u8; 4];
+            s.read_exact(&mut mark).await.unwrap();
+            let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+            let mut reply = vec![0u8; len];
+            s.read_exact(&mut reply).await.unwrap();
+            assert_eq!(reply[..4], xid.to_be_bytes());
+            assert_eq!(reply[len - 4..], [127, 0, 0, 1]);
+        }
+        drop(s);
         assert!(server.shutdown(Duration::from_secs(1)).await);
     }
 }
