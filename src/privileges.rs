@@ -82,12 +82,22 @@ pub fn will_drop(state_dir: &Path) -> bool {
 /// The environment variable that turns an nsmd process into the state helper.
 pub const HELPER_ENV: &str = "NSMD_STATE_HELPER";
 const HELPER_KERNEL_ENV: &str = "NSMD_STATE_HELPER_KERNEL";
+const HELPER_INSTANCES_ENV: &str = "NSMD_STATE_HELPER_INSTANCES";
+const HELPER_PROC_ENV: &str = "NSMD_STATE_HELPER_PROC";
 
-/// A root helper process that does the only two things nsmd needs root for after it dropped
-/// privileges: bumping the state number in the root-owned `state` file, and writing the
-/// kernel's root-owned `nsm_local_state`. It is nsmd itself, re-executed before the drop with
-/// every capability removed (uid 0 alone may write root's own files), and it answers one line
-/// per request on a socket pair until nsmd exits.
+/// A root helper process that does the few things nsmd needs root for after it dropped
+/// privileges: bumping the state number in the node's root-owned `state` file, writing the
+/// kernel's root-owned `nsm_local_state`, and for service instances
+/// ([`nsm_statd::ServicePrivileges`]): bumping a service's root-owned `state`, creating its
+/// root-owned ownership file and writing the next epoch to it (nsmd opens it for reading and
+/// holds the lock), and writing a service's configured addresses and exports to the
+/// kernel's root-owned `unlock_ip` and `unlock_filesystem`. It is nsmd itself, re-executed before the drop with every
+/// capability removed (uid 0 alone may write root's own files), and it answers one line per
+/// request on a socket pair until nsmd exits.
+///
+/// nsmd names a service instance, never a path: the helper reads the instance files itself
+/// (from the directory root gave nsmd) and writes only in a state directory that root owns
+/// and that nothing above it lets another user replace.
 #[derive(Debug)]
 pub struct StateHelper {
     conn: std::sync::Mutex<(std::io::BufReader<UnixStream>, UnixStream)>,
@@ -100,13 +110,25 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
 impl StateHelper {
-    /// Starts the helper for `state_dir` and the kernel file `nsm_local_state`.
-    pub fn spawn(state_dir: &Path, nsm_local_state: &Path) -> Result<Self> {
+    /// Starts the helper for `state_dir` and the kernel file `nsm_local_state`, and for the
+    /// service instances configured in `instances` (`--instances`), whose kernel files are
+    /// under `proc_root`.
+    pub fn spawn(
+        state_dir: &Path,
+        nsm_local_state: &Path,
+        instances: Option<&Path>,
+        proc_root: &Path,
+    ) -> Result<Self> {
         let (ours, theirs) = UnixStream::pair().context("socketpair for the state helper")?;
         let exe = std::env::current_exe().context("cannot find nsmd's own executable")?;
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        if let Some(dir) = instances {
+            cmd.env(HELPER_INSTANCES_ENV, dir);
+        }
+        let child = cmd
             .env(HELPER_ENV, state_dir)
             .env(HELPER_KERNEL_ENV, nsm_local_state)
+            .env(HELPER_PROC_ENV, proc_root)
             .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
             .stdout(Stdio::from(OwnedFd::from(theirs)))
             .spawn()
@@ -134,6 +156,34 @@ impl StateHelper {
             Some(("err", msg)) => Err(msg.to_owned()),
             _ => Err(format!("state helper exited or said {reply:?}")),
         }
+    }
+}
+
+impl nsm_statd::ServicePrivileges for StateHelper {
+    fn create_owner(&self, name: &str) -> std::result::Result<(), String> {
+        self.request(&format!("create-owner {name}")).map(drop)
+    }
+
+    fn next_epoch(&self, name: &str, owner: &str) -> std::result::Result<u64, String> {
+        let owner: String = owner
+            .chars()
+            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .collect();
+        // The reply's number is an i32 on the wire of this protocol; epochs stay far below.
+        self.request(&format!("next-epoch {name} {owner}"))
+            .and_then(|e| u64::try_from(e).map_err(|_| format!("bad epoch {e}")))
+    }
+
+    fn bump(&self, name: &str) -> std::result::Result<i32, String> {
+        self.request(&format!("bump-instance {name}"))
+    }
+
+    fn unlock(&self, name: &str, file: &str, text: &str) -> std::result::Result<(), String> {
+        if text.contains('\n') {
+            return Err("a line break cannot be sent to the kernel file".to_owned());
+        }
+        self.request(&format!("unlock {name} {file} {text}"))
+            .map(drop)
     }
 }
 
@@ -172,6 +222,14 @@ pub fn helper_main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let services = Services {
+        specs: match std::env::var_os(HELPER_INSTANCES_ENV) {
+            Some(d) => nsmd_instances(Path::new(&d)),
+            None => Vec::new(),
+        },
+        proc_root: std::env::var_os(HELPER_PROC_ENV)
+            .map_or_else(|| "/proc".into(), std::path::PathBuf::from),
+    };
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lines() {
         let Ok(line) = line else { break };
@@ -181,6 +239,21 @@ pub fn helper_main() -> std::process::ExitCode {
                 Ok(n) => authority.publish(n).map(|()| n),
                 Err(_) => Err("bad state number".to_owned()),
             },
+            Some(("bump-instance", name)) => services.bump(name),
+            Some(("create-owner", name)) => services.open_owner(name).map(|_| 0),
+            Some(("next-epoch", rest)) => match rest.split_once(' ') {
+                Some((name, owner)) => services.next_epoch(name, owner),
+                None => Err("bad next-epoch request".to_owned()),
+            },
+            Some(("unlock", rest)) => {
+                let mut w = rest.splitn(3, ' ');
+                match (w.next(), w.next(), w.next()) {
+                    (Some(name), Some(file), Some(text)) => {
+                        services.unlock(name, file, text).map(|()| 0)
+                    }
+                    _ => Err("bad unlock request".to_owned()),
+                }
+            }
             _ => Err("unknown request".to_owned()),
         };
         let reply = match r {
@@ -196,4 +269,191 @@ pub fn helper_main() -> std::process::ExitCode {
         }
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// The service instances, as the helper (root) read them from the instance files.
+struct Services {
+    specs: Vec<nsm_statd::ServiceSpec>,
+    proc_root: std::path::PathBuf,
+}
+
+fn nsmd_instances(dir: &Path) -> Vec<nsm_statd::ServiceSpec> {
+    match crate::config::instances::load_dir(dir) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("nsmd state helper: {e}");
+            Vec::new()
+        }
+    }
+}
+
+impl Services {
+    fn find(&self, name: &str) -> std::result::Result<&nsm_statd::ServiceSpec, String> {
+        self.specs
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no instance named {name:?}"))
+    }
+
+    /// The instance's state directory, resolved, once it is safe for root to write in.
+    fn dir(&self, name: &str) -> std::result::Result<std::path::PathBuf, String> {
+        trusted_dir(&self.find(name)?.state_dir)
+    }
+
+    fn bump(&self, name: &str) -> std::result::Result<i32, String> {
+        let dir = self.dir(name)?;
+        let d = nsm_store::StateDir::open(&dir).map_err(|e| e.to_string())?;
+        d.state(true).map_err(|e| e.to_string())
+    }
+
+    /// The next epoch in the instance's ownership file (nsmd holds its lock).
+    fn next_epoch(&self, name: &str, owner: &str) -> std::result::Result<i32, String> {
+        let dir = self.dir(name)?;
+        let mut file = self.open_owner(name)?;
+        let epoch = nsm_statd::ownership::write_next_epoch(
+            &dir,
+            &mut file,
+            owner,
+            std::os::unix::process::parent_id(),
+        )
+        .map_err(|e| e.to_string())?;
+        i32::try_from(epoch).map_err(|_| format!("epoch {epoch} is too large"))
+    }
+
+    fn open_owner(&self, name: &str) -> std::result::Result<std::fs::File, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir(name)?.join(nsm_statd::ownership::OWNER_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match file.metadata() {
+            Ok(m) if m.is_file() => Ok(file),
+            _ => Err(format!("{} is not a regular file", path.display())),
+        }
+    }
+
+    /// Writes `text` to `<proc_root>/fs/nfsd/<file>` when it is one of the instance's
+    /// configured addresses (`unlock_ip`) or exports (`unlock_filesystem`).
+    fn unlock(&self, name: &str, file: &str, text: &str) -> std::result::Result<(), String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let spec = self.find(name)?;
+        let allowed = match file {
+            "unlock_ip" => spec.unlock_ip && spec.addresses.iter().any(|a| a.to_string() == text),
+            "unlock_filesystem" => spec.exports.iter().any(|e| e.as_os_str() == text),
+            _ => return Err(format!("{file:?} is not a kernel file the helper writes")),
+        };
+        if !allowed {
+            return Err(format!(
+                "{text:?} is not in instance {name}'s [release] {file}"
+            ));
+        }
+        let path = self.proc_root.join("fs/nfsd").join(file);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// `dir`, resolved, when root may write in it on behalf of the unprivileged daemon: the
+/// directory belongs to root and only root can write it, and so does every directory above
+/// it (sticky ones like `/tmp` excepted), so the daemon can neither plant a link in it nor
+/// replace it. Otherwise an error that says what to change.
+fn trusted_dir(dir: &Path) -> std::result::Result<std::path::PathBuf, String> {
+    let real = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (i, d) in real.ancestors().enumerate() {
+        let m = std::fs::metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let sticky = i > 0 && m.mode() & 0o1000 != 0;
+        if m.uid() != 0 || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} belongs to uid {} with mode {:o}: a service's state directory, and every \
+                 directory above it, must belong to root and be writable by root only \
+                 (`chown root: {}; chmod 755 {}`), with sm/ and sm.bak/ owned by nsmd's user",
+                d.display(),
+                m.uid(),
+                m.mode() & 0o7777,
+                d.display(),
+                d.display()
+            ));
+        }
+    }
+    Ok(real)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn services(proc_root: &Path, state_dir: &Path) -> Services {
+        let text = format!(
+            "hostname = \"svc.example.test\"\naddresses = [\"127.0.0.9\"]\nstate_dir = \"{}\"\n\
+             [release]\nexports = [\"/export/a\"]\n",
+            state_dir.display()
+        );
+        Services {
+            specs: vec![
+                crate::config::instances::parse(Path::new("svc.toml"), "svc", &text).unwrap(),
+            ],
+            proc_root: proc_root.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_helper_writes_only_the_configured_addresses_and_exports() {
+        let d = tempfile::tempdir().unwrap();
+        let nfsd = d.path().join("fs/nfsd");
+        std::fs::create_dir_all(&nfsd).unwrap();
+        std::fs::write(nfsd.join("unlock_ip"), "").unwrap();
+        std::fs::write(nfsd.join("unlock_filesystem"), "").unwrap();
+        let s = services(d.path(), &d.path().join("svc"));
+        assert!(s.unlock("svc", "unlock_ip", "127.0.0.8").is_err());
+        assert!(s.unlock("other", "unlock_ip", "127.0.0.9").is_err());
+        assert!(s.unlock("svc", "../../etc/passwd", "127.0.0.9").is_err());
+        assert!(s.unlock("svc", "unlock_filesystem", "/export/b").is_err());
+        assert!(s.bump("other").is_err());
+        s.unlock("svc", "unlock_ip", "127.0.0.9").unwrap();
+        s.unlock("svc", "unlock_filesystem", "/export/a").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(nfsd.join("unlock_ip")).unwrap(),
+            "127.0.0.9"
+        );
+        assert_eq!(
+            std::fs::read_to_string(nfsd.join("unlock_filesystem")).unwrap(),
+            "/export/a"
+        );
+        // Never created: only kernel files that exist are written.
+        std::fs::remove_file(nfsd.join("unlock_ip")).unwrap();
+        assert!(s.unlock("svc", "unlock_ip", "127.0.0.9").is_err());
+        assert!(!nfsd.join("unlock_ip").exists());
+    }
+
+    #[test]
+    fn the_helper_writes_only_in_directories_only_root_can_change() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("svc");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let s = services(d.path(), &dir);
+        let e = s.bump("svc").unwrap_err();
+        assert!(e.contains("must belong to root"), "{e}");
+        assert!(s.open_owner("svc").is_err());
+        assert!(!dir.join("state").exists() && !dir.join(".nsmd-owner").exists());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if getuid().is_root() && trusted_dir(d.path()).is_ok() {
+            assert_eq!(s.bump("svc").unwrap(), 3);
+            assert_eq!(s.next_epoch("svc", "me").unwrap(), 1);
+            assert_eq!(s.next_epoch("svc", "me").unwrap(), 2);
+        }
+    }
 }

@@ -578,3 +578,170 @@ fn active_active_one_service_moves() {
     );
     a.kill9();
 }
+
+/// `/proc/PID/status` fields of a process: `key` → its words.
+fn proc_status(pid: u32, key: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Debian's layout: the directory (and so `state` and `.nsmd-owner`) root's, `sm/` and
+/// `sm.bak/` the statd user's, as the README tells an operator to prepare a service's
+/// state directory.
+fn debian_layout(dir: &Path, statd: &nix::unistd::User) {
+    std::fs::create_dir_all(dir).unwrap();
+    for d in ["sm", "sm.bak"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+        std::os::unix::fs::chown(
+            dir.join(d),
+            Some(statd.uid.as_raw()),
+            Some(statd.gid.as_raw()),
+        )
+        .unwrap();
+    }
+}
+
+/// nsmd drops root to the owner of the node's `sm/` (Debian's `statd`, CAP_NET_BIND_SERVICE
+/// only) and still runs a service instance whose state directory has Debian's layout:
+/// takeover (the root helper bumps the root-owned `state` and opens the root-owned
+/// ownership file), SM_MON recorded as statd, SM_NOTIFY from the service address on a
+/// privileged port heard by the client's rpc.statd, release writing the root-owned
+/// `unlock_ip`. A directory prepared wrongly is refused with a message that says what to do.
+#[test]
+fn service_instance_with_dropped_privileges() {
+    if !require(
+        "service_instance_with_dropped_privileges",
+        &["rpcbind", "rpcinfo", "rpc.statd"],
+    ) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let statd = nix::unistd::User::from_name("statd")
+        .unwrap()
+        .expect("Debian's statd user (nfs-common)");
+    let shared = shared_dir();
+    // statd must reach the directories (a temporary directory is 0700).
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state_dir = shared.path().join("svc");
+    let bad_dir = shared.path().join("bad");
+    let inst = shared.path().join("instances");
+    instance_file(&inst, "svc", SVC, SVC_ADDR, &state_dir, "");
+    debian_layout(&state_dir, &statd);
+    // The other layout that works: the whole directory statd's (nsmd writes `state` and the
+    // ownership file itself; root never writes there).
+    let own_dir = shared.path().join("own");
+    instance_file(
+        &inst,
+        "own",
+        "nfs-own.example.test",
+        "198.51.100.104",
+        &own_dir,
+        "",
+    );
+    std::os::unix::fs::chown(&own_dir, Some(statd.uid.as_raw()), Some(statd.gid.as_raw())).unwrap();
+    // Left as root made it: sm/ is root's, so statd cannot record there.
+    instance_file(
+        &inst,
+        "bad",
+        "nfs-bad.example.test",
+        "198.51.100.103",
+        &bad_dir,
+        "",
+    );
+    std::fs::create_dir_all(bad_dir.join("sm")).unwrap();
+    std::fs::create_dir_all(bad_dir.join("sm.bak")).unwrap();
+    let lab = Lab::new("instpriv").unwrap();
+    lab.add_name(SVC_ADDR, &[SVC]).unwrap();
+    let mut a = Node::new(&lab, "a", "198.51.100.60/24");
+    debian_layout(&a.host.nfs_dir().join("node"), &statd);
+    let cli = Client::new(&lab, "cli", "198.51.100.70/24", SVC);
+    a.start(&inst);
+    a.host.add_addr(&format!("{SVC_ADDR}/24")).unwrap();
+
+    let pid = a.nsmd().pid();
+    let uid = statd.uid.as_raw().to_string();
+    assert_eq!(proc_status(pid, "Uid:"), [uid.as_str(); 4]);
+    assert_eq!(
+        proc_status(pid, "CapEff:"),
+        ["0000000000000400"],
+        "only CAP_NET_BIND_SERVICE"
+    );
+
+    // Takeover, then lockd's SM_MON recorded in the service's sm/ as statd.
+    let s1 = a.takeover("svc");
+    assert_eq!(s1 % 2, 1);
+    a.mon("cli");
+    assert_eq!(files(&state_dir.join("sm")), ["cli"]);
+    let owner = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+    assert_eq!(owner(&state_dir.join("sm/cli")), statd.uid.as_raw());
+    assert_eq!(owner(&state_dir.join("state")), 0, "state stays root's");
+    assert_eq!(owner(&state_dir.join(".nsmd-owner")), 0);
+
+    // Release: unlock_ip (root's, as on a real system) written.
+    let (ok, out, err) = a.ctl(&["release", "svc"]);
+    assert!(ok, "{out}{err}\n{}", a.nsmd().log_tail(30));
+    assert_eq!(
+        a.host.read_file("/run/proc/fs/nfsd/unlock_ip").unwrap(),
+        SVC_ADDR.as_bytes(),
+        "{}",
+        a.nsmd().log_tail(30)
+    );
+    assert_eq!(
+        a.host
+            .read_file("/run/proc/fs/nfsd/unlock_filesystem")
+            .unwrap(),
+        b"/export/svc"
+    );
+
+    // Taken over again: the client's rpc.statd hears the new state from the service
+    // address, and calls its lockd with the service hostname.
+    let s2 = a.takeover("svc");
+    assert!(s2 > s1, "{s2} > {s1}");
+    let got = cli.callbacks(1);
+    assert_eq!(
+        got,
+        [(SVC.to_owned(), s2)],
+        "{}\n{}",
+        cli.statd.log_tail(20),
+        a.nsmd().log_tail(30)
+    );
+    assert!(
+        !cli.senders().is_empty() && cli.senders().iter().all(|s| s == SVC_ADDR),
+        "{:?}",
+        cli.senders()
+    );
+    a.nsmd()
+        .wait_for_log_line("cli removed from sm.bak", T)
+        .unwrap();
+    assert_eq!(read_state(&state_dir), s2);
+    assert_eq!(proc_status(pid, "CapEff:"), ["0000000000000400"]);
+
+    // A directory statd cannot write is refused, saying what to change.
+    let (ok, out, err) = a.ctl(&["takeover", "bad"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(&bad_dir.join("sm").display().to_string()) && err.contains("chown"),
+        "{err}"
+    );
+    let (ok, out, err) = a.ctl(&["release", "svc"]);
+    assert!(ok, "{out}{err}");
+
+    a.host.add_addr("198.51.100.104/24").unwrap();
+    let (ok, out, err) = a.ctl(&["--json", "takeover", "own"]);
+    assert!(ok, "{out}{err}\n{}", a.nsmd().log_tail(20));
+    assert_eq!(read_state(&own_dir), 3);
+    assert_eq!(owner(&own_dir.join("state")), statd.uid.as_raw());
+    let (ok, out, err) = a.ctl(&["release", "own"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        a.host.read_file("/run/proc/fs/nfsd/unlock_ip").unwrap(),
+        b"198.51.100.104",
+        "written by the root helper"
+    );
+}

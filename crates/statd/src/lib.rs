@@ -25,7 +25,7 @@ use nsm_xdr::{Decode, Encode, from_bytes};
 use tracing::debug;
 
 pub use instance::{CrashNotify, DirectAuthority, Instance, InstanceConfig, StateAuthority};
-pub use service::{Route, ServiceSpec, Services, ServicesConfig};
+pub use service::{Route, ServicePrivileges, ServiceSpec, Services, ServicesConfig};
 
 /// The NSM program of one nsmd process: the node instance, and the service instances picked
 /// by the local address a call was sent to.

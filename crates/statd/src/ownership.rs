@@ -33,6 +33,14 @@ pub enum OwnershipError {
         /// The file.
         path: PathBuf,
     },
+    /// The root helper could not write the ownership file.
+    #[error("{path}: {message}")]
+    Helper {
+        /// The file.
+        path: PathBuf,
+        /// What the helper said.
+        message: String,
+    },
     /// This node released the instance.
     #[error("{path}: ownership was released on this node")]
     Released {
@@ -83,6 +91,34 @@ pub fn read_epoch(state_dir: &Path) -> Result<u64, OwnershipError> {
     }
 }
 
+/// Reads the epoch of the ownership file `file` of `state_dir` (opened for reading and
+/// writing), writes epoch + 1 with `owner` and `pid` (for people) in place, fsyncs it and the
+/// directory, and returns the new epoch. The caller holds the lock.
+pub fn write_next_epoch(
+    state_dir: &Path,
+    file: &mut File,
+    owner: &str,
+    pid: u32,
+) -> Result<u64, OwnershipError> {
+    let io = |source| OwnershipError::Io {
+        path: state_dir.join(OWNER_FILE),
+        source,
+    };
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.read_to_string(&mut text).map_err(io)?;
+    let epoch = parse_epoch(&text) + 1;
+    let line = format!("epoch {epoch} owner {owner} pid {pid}\n");
+    file.set_len(0).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.write_all(line.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(epoch)
+}
+
 impl Ownership {
     /// Takes the lock without waiting, then writes epoch + 1 (and `owner`, for people) in
     /// place and fsyncs it and the directory.
@@ -99,29 +135,48 @@ impl Ownership {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(OwnershipError::Busy { path });
-            }
-            Err((_, e)) => return Err(io(e.into())),
-        };
-        let mut text = String::new();
-        lock.read_to_string(&mut text).map_err(io)?;
-        let epoch = parse_epoch(&text) + 1;
-        let line = format!("epoch {epoch} owner {owner} pid {}\n", std::process::id());
-        lock.set_len(0).map_err(io)?;
-        lock.seek(SeekFrom::Start(0)).map_err(io)?;
-        lock.write_all(line.as_bytes()).map_err(io)?;
-        lock.sync_all().map_err(io)?;
-        File::open(state_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        let mut lock = Self::lock(&path, file)?;
+        let epoch = write_next_epoch(state_dir, &mut lock, owner, std::process::id())?;
         Ok(Self {
             path,
             epoch,
             lock: std::sync::Mutex::new(Some(lock)),
         })
+    }
+
+    /// [`Ownership::claim`] when this process may not write the ownership file (root's, in a
+    /// Debian-style directory, while nsmd runs unprivileged): `file` is the ownership file
+    /// opened for reading, which this process locks; `next_epoch` then writes epoch + 1
+    /// (a root helper doing [`write_next_epoch`]) and returns it.
+    pub fn claim_with(
+        state_dir: &Path,
+        file: File,
+        next_epoch: impl FnOnce() -> Result<u64, String>,
+    ) -> Result<Self, OwnershipError> {
+        let path = state_dir.join(OWNER_FILE);
+        let lock = Self::lock(&path, file)?;
+        let epoch = next_epoch().map_err(|message| OwnershipError::Helper {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(Self {
+            path,
+            epoch,
+            lock: std::sync::Mutex::new(Some(lock)),
+        })
+    }
+
+    fn lock(path: &Path, file: File) -> Result<Flock<File>, OwnershipError> {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(l),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(OwnershipError::Busy {
+                path: path.to_owned(),
+            }),
+            Err((_, e)) => Err(OwnershipError::Io {
+                path: path.to_owned(),
+                source: e.into(),
+            }),
+        }
     }
 
     /// The epoch claimed.

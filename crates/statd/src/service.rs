@@ -86,6 +86,106 @@ pub struct ServicesConfig {
     pub callback: CallbackPolicy,
     /// rpcbind's port (the readiness gate asks it on the service address).
     pub rpcbind_port: u16,
+    /// After nsmd dropped root: the root helper that does what needs root (see
+    /// [`ServicePrivileges`]). `None`: this process does everything itself.
+    pub privileged: Option<Arc<dyn ServicePrivileges>>,
+}
+
+/// What a service instance needs root for once nsmd runs as the owner of `sm/`: the
+/// root-owned `state` and ownership file of a Debian-style state directory (the directory
+/// root's, `sm/` and `sm.bak/` the daemon's user's, as nfs-utils lays out `/var/lib/nfs`),
+/// and the kernel's root-owned `unlock_ip` and `unlock_filesystem`. Implemented by a root
+/// helper that knows the configured instances by name and refuses anything else: the
+/// daemon names an instance, never a path.
+pub trait ServicePrivileges: Send + Sync + std::fmt::Debug {
+    /// Creates instance `name`'s (empty) ownership file `<state_dir>/.nsmd-owner` when it
+    /// is missing.
+    fn create_owner(&self, name: &str) -> Result<(), String>;
+    /// Writes the next epoch to instance `name`'s ownership file, durably, with `owner` and
+    /// nsmd's pid ([`crate::ownership::write_next_epoch`]); returns it. The caller holds the
+    /// lock.
+    fn next_epoch(&self, name: &str, owner: &str) -> Result<u64, String>;
+    /// Bumps instance `name`'s state by two, durably (nfs-utils' rules); returns it.
+    fn bump(&self, name: &str) -> Result<i32, String>;
+    /// Writes `text`, one of instance `name`'s addresses (`unlock_ip`) or exports
+    /// (`unlock_filesystem`), to `<proc_root>/fs/nfsd/<file>`.
+    fn unlock(&self, name: &str, file: &str, text: &str) -> Result<(), String>;
+}
+
+/// A service instance's state bumps (SM_SIMU_CRASH) through the root helper; never the
+/// kernel's `nsm_local_state`.
+#[derive(Debug)]
+struct HelperAuthority {
+    helper: Arc<dyn ServicePrivileges>,
+    name: String,
+}
+
+impl crate::StateAuthority for HelperAuthority {
+    fn bump(&self) -> Result<i32, String> {
+        self.helper.bump(&self.name)
+    }
+
+    fn publish(&self, _state: i32) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Whether the state directory of `spec` needs the root helper (`Ok(true)`: Debian's layout
+/// while nsmd runs unprivileged), can be used directly (`Ok(false)`), or cannot work: then
+/// the error says what the operator must change.
+fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
+    use nix::unistd::{AccessFlags, access, geteuid};
+    use std::os::unix::fs::MetadataExt;
+    let me = geteuid();
+    if me.is_root() {
+        return Ok(false);
+    }
+    let dir = &spec.state_dir;
+    let rw = AccessFlags::W_OK | AccessFlags::X_OK;
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        format!(
+            "{}: {e} (create it on the service's shared storage: owned by root, mode 0755, \
+             with sm/ and sm.bak/ owned by uid {me}, as which nsmd runs)",
+            dir.display()
+        )
+    })?;
+    let via_helper = if access(dir, rw).is_ok() {
+        false
+    } else if meta.uid() == 0 && helper {
+        true
+    } else if !helper {
+        return Err(format!(
+            "{} is not writable by uid {me}, as which nsmd runs (started without root)",
+            dir.display()
+        ));
+    } else {
+        return Err(format!(
+            "{} belongs to uid {} and nsmd runs as uid {me}: make it root's (`chown root: {}`, \
+             mode 0755) with sm/ and sm.bak/ owned by uid {me}, as nfs-utils lays out \
+             /var/lib/nfs",
+            dir.display(),
+            meta.uid(),
+            dir.display()
+        ));
+    };
+    for d in ["sm", "sm.bak"] {
+        let p = dir.join(d);
+        match std::fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !via_helper => {}
+            Ok(m) if m.is_dir() && access(&p, rw).is_ok() => {}
+            _ => {
+                return Err(format!(
+                    "{} must be a directory nsmd (uid {me}) can write: `mkdir -p {} {}; chown {me} {} {}`",
+                    p.display(),
+                    dir.join("sm").display(),
+                    dir.join("sm.bak").display(),
+                    dir.join("sm").display(),
+                    dir.join("sm.bak").display(),
+                ));
+            }
+        }
+    }
+    Ok(via_helper)
 }
 
 /// The progress of the last notification run of an instance.
@@ -307,21 +407,45 @@ impl Services {
         if lock(&s.active).is_some() {
             return Err(format!("instance {name} is already active on this node"));
         }
-        let spec = s.spec.clone();
         let owner = self.cfg.owner.clone();
-        let dir_path = spec.state_dir.clone();
-        let (ownership, state) = tokio::task::spawn_blocking(move || {
-            let own = Ownership::claim(&dir_path, &owner).map_err(|e| e.to_string())?;
+        let dir_path = s.spec.state_dir.clone();
+        let privileged = self.cfg.privileged.clone();
+        let spec = s.spec.clone();
+        let (ownership, state, helper) = tokio::task::spawn_blocking(move || {
+            // A root-owned directory while nsmd runs unprivileged: the root helper creates
+            // the ownership file, writes its epoch and bumps `state`; the lock is taken and
+            // sm/ and sm.bak/ are written here.
+            let helper = check_layout(&spec, privileged.is_some())?
+                .then_some(privileged)
+                .flatten();
+            let own = match &helper {
+                Some(h) => {
+                    // Locked here, written by the helper.
+                    let path = dir_path.join(crate::ownership::OWNER_FILE);
+                    if !path.exists() {
+                        h.create_owner(&spec.name)?;
+                    }
+                    let file = std::fs::File::open(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    Ownership::claim_with(&dir_path, file, || h.next_epoch(&spec.name, &owner))
+                }
+                None => Ownership::claim(&dir_path, &owner),
+            }
+            .map_err(|e| e.to_string())?;
             let dir = nsm_store::StateDir::open(&dir_path).map_err(|e| e.to_string())?;
             own.check().map_err(|e| e.to_string())?;
-            let state = dir.state(true).map_err(|e| e.to_string())?;
+            let state = match &helper {
+                Some(h) => h.bump(&spec.name)?,
+                None => dir.state(true).map_err(|e| e.to_string())?,
+            };
             own.check().map_err(|e| e.to_string())?;
             let moved = dir.retire().map_err(|e| e.to_string())?;
             info!(instance = %dir_path.display(), epoch = own.epoch(), state, moved, "ownership claimed, state bumped, sm/ moved to sm.bak/");
-            Ok::<_, String>((Arc::new(own), state))
+            Ok::<_, String>((Arc::new(own), state, helper))
         })
         .await
         .map_err(|e| e.to_string())??;
+        let spec = s.spec.clone();
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
         icfg.ha_callout = self.cfg.ha_callout.clone();
         icfg.callback = self.cfg.callback.clone();
@@ -340,12 +464,19 @@ impl Services {
                 ..Policy::default()
             },
         });
-        let dir = Arc::new(nsm_store::StateDir::open(&spec.state_dir).map_err(|e| e.to_string())?);
         // Never the kernel's nsm_local_state: that is the node's.
-        icfg.authority = Some(Arc::new(DirectAuthority {
-            dir,
-            nsm_local_state: None,
-        }));
+        icfg.authority = Some(match helper {
+            Some(helper) => Arc::new(HelperAuthority {
+                helper,
+                name: spec.name.clone(),
+            }),
+            None => Arc::new(DirectAuthority {
+                dir: Arc::new(
+                    nsm_store::StateDir::open(&spec.state_dir).map_err(|e| e.to_string())?,
+                ),
+                nsm_local_state: None,
+            }),
+        });
         let instance = match Instance::open(icfg) {
             Ok((i, _)) => i,
             Err(e) => {
@@ -423,14 +554,13 @@ impl Services {
         if let Some(t) = &active.notifying {
             t.abort();
         }
-        let nfsd = self.cfg.proc_root.join("fs/nfsd");
         if spec.unlock_ip {
             for a in &spec.addresses {
-                write_proc(&nfsd.join("unlock_ip"), &a.to_string());
+                self.write_nfsd(spec, "unlock_ip", &a.to_string());
             }
         }
         for e in &spec.exports {
-            write_proc(&nfsd.join("unlock_filesystem"), &e.to_string_lossy());
+            self.write_nfsd(spec, "unlock_filesystem", &e.to_string_lossy());
         }
         // Flush: every acknowledged change is already durable; make the directories so too.
         for d in ["sm", "sm.bak", ""] {
@@ -494,15 +624,27 @@ fn parse_proc_addr(s: &str) -> Option<IpAddr> {
     Some(canonical(ip))
 }
 
-/// Writes `text` to a /proc file if it exists.
-fn write_proc(path: &Path, text: &str) {
-    if !path.exists() {
-        info!("{} does not exist: {text} not written", path.display());
-        return;
-    }
-    match std::fs::write(path, text) {
-        Ok(()) => info!("{text} written to {}", path.display()),
-        Err(e) => warn!("cannot write {text:?} to {}: {e}", path.display()),
+impl Services {
+    /// Writes `text` to `<proc_root>/fs/nfsd/<file>` if it exists: through the root helper
+    /// after nsmd dropped root (the kernel's files are root's, mode 0200).
+    fn write_nfsd(&self, spec: &ServiceSpec, file: &str, text: &str) {
+        let path = self.cfg.proc_root.join("fs/nfsd").join(file);
+        if !path.exists() {
+            info!("{} does not exist: {text} not written", path.display());
+            return;
+        }
+        let r = match &self.cfg.privileged {
+            Some(h) => h.unlock(&spec.name, file, text),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                .map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(()) => info!("{text} written to {}", path.display()),
+            Err(e) => warn!("cannot write {text:?} to {}: {e}", path.display()),
+        }
     }
 }
 
@@ -775,6 +917,7 @@ mod tests {
             ha_callout: None,
             callback: CallbackPolicy::default(),
             rpcbind_port: 111,
+            privileged: None,
         };
         let s = Services::new(cfg, vec![spec("a", "127.0.0.9", &dir)]);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
