@@ -41,7 +41,7 @@
 //! - `NSMD_BENCH_LEVELS`: comma-separated pre-populated record counts (default `0,1000,10000`);
 //! - `NSMD_BENCH_HOSTS=measured`: leave the pre-populated names out of the hosts file. A
 //!   diagnostic: every name lookup then reads a short file (rpc.statd's duplicate check, where
-//!   the lookups of pre-populated names now fail, and nsmd's background resolution).
+//!   the lookups of pre-populated names now fail; nsmd looks nothing up for SM_MON).
 //! - `NSMD_BENCH_PIN=1`: run the generator on CPU 0 and the daemon (all its threads) on CPU 1,
 //!   so that they do not compete for one CPU and the daemon's cost per call bounds the rate;
 //! - `NSMD_BENCH_CALLERS`: concurrent SM_NULL / SM_STAT callers (default 8).
