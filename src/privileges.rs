@@ -222,17 +222,27 @@ pub fn helper_main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let services = Services {
-        specs: match std::env::var_os(HELPER_INSTANCES_ENV) {
-            Some(d) => nsmd_instances(Path::new(&d)),
-            None => Vec::new(),
-        },
+    let instances = std::env::var_os(HELPER_INSTANCES_ENV).map(std::path::PathBuf::from);
+    let mut services = Services {
+        specs: instances
+            .as_deref()
+            .map(|d| nsmd_instances(d).unwrap_or_default())
+            .unwrap_or_default(),
         proc_root: std::env::var_os(HELPER_PROC_ENV)
             .map_or_else(|| "/proc".into(), std::path::PathBuf::from),
     };
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lines() {
         let Ok(line) = line else { break };
+        // The instance files as they are now (nsmd re-reads them on SIGHUP); a file that does
+        // not parse keeps what was read before.
+        if let Some(d) = &instances
+            && line != "bump"
+            && !line.starts_with("publish ")
+            && let Some(specs) = nsmd_instances(d)
+        {
+            services.specs = specs;
+        }
         let r = match line.split_once(' ') {
             None if line == "bump" => authority.bump(),
             Some(("publish", n)) => match n.parse::<i32>() {
@@ -277,12 +287,12 @@ struct Services {
     proc_root: std::path::PathBuf,
 }
 
-fn nsmd_instances(dir: &Path) -> Vec<nsm_statd::ServiceSpec> {
+fn nsmd_instances(dir: &Path) -> Option<Vec<nsm_statd::ServiceSpec>> {
     match crate::config::instances::load_dir(dir) {
-        Ok(v) => v,
+        Ok(v) => Some(v),
         Err(e) => {
             eprintln!("nsmd state helper: {e}");
-            Vec::new()
+            None
         }
     }
 }

@@ -745,3 +745,112 @@ fn service_instance_with_dropped_privileges() {
         "written by the root helper"
     );
 }
+
+#[test]
+fn sighup_adds_changes_and_removes_instances() {
+    if !require(
+        "sighup_adds_changes_and_removes_instances",
+        &["rpcbind", "rpcinfo"],
+    ) {
+        return;
+    }
+    let shared = shared_dir();
+    let inst = shared.path().join("instances");
+    let (d1, d2) = (shared.path().join("svc1"), shared.path().join("svc2"));
+    instance_file(&inst, "svc1", SVC1, SVC1_ADDR, &d1, "");
+    let lab = Lab::new("insthup").unwrap();
+    let mut a = Node::new(&lab, "a", "198.51.100.60/24");
+    a.start(&inst);
+    a.host.add_addr(&format!("{SVC1_ADDR}/24")).unwrap();
+    a.host.add_addr(&format!("{SVC2_ADDR}/24")).unwrap();
+    a.takeover("svc1");
+    let names = |a: &Node| {
+        let (ok, out, err) = a.ctl(&["--json", "status"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["name"].as_str().unwrap().to_owned(), i["active"] == true))
+            .collect::<Vec<_>>()
+    };
+    let hup = |a: &Node| {
+        let mark = a.nsmd().log_mark();
+        a.nsmd().signal(Signal::Hup).unwrap();
+        let deadline = std::time::Instant::now() + T;
+        while !a.nsmd().log()[mark..].contains("instance files reloaded") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                a.nsmd().log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        a.nsmd().log()[mark..].to_owned()
+    };
+
+    // A new instance, and a change to the active one: svc2 appears (inactive, its address
+    // silent until taken over), svc1 keeps running with the settings it was taken over with.
+    instance_file(&inst, "svc2", SVC2, SVC2_ADDR, &d2, "");
+    instance_file(
+        &inst,
+        "svc1",
+        SVC1,
+        SVC1_ADDR,
+        &d1,
+        "aliases = [\"nfs-svc1\"]",
+    );
+    let log = hup(&a);
+    assert!(log.contains("added=[\"svc2\"]"), "{log}");
+    assert!(
+        log.contains("instance=svc1") && log.contains("unchanged until released"),
+        "{log}"
+    );
+    assert_eq!(
+        names(&a),
+        [
+            ("node".to_owned(), true),
+            ("svc1".to_owned(), true),
+            ("svc2".to_owned(), false)
+        ]
+    );
+    let null = |to: &str, xid: u32| {
+        let to: SocketAddr = format!("{to}:{}", a.port).parse().unwrap();
+        in_netns(&a.host, || {
+            udp_exchange(to, &call(xid, 100_024, 1, 0, &[])).is_some()
+        })
+    };
+    assert!(
+        !null(SVC2_ADDR, 1),
+        "svc2's address is silent while inactive"
+    );
+    let s2 = a.takeover("svc2");
+    assert_eq!(s2 % 2, 1);
+    assert!(null(SVC2_ADDR, 2), "svc2 answers once taken over");
+    assert!(null(SVC1_ADDR, 3), "svc1 kept answering through the reload");
+
+    // Removed while active: kept until released; removed by the next reload after that.
+    std::fs::remove_file(inst.join("svc2.toml")).unwrap();
+    let log = hup(&a);
+    assert!(log.contains("instance=svc2"), "{log}");
+    let (ok, out, err) = a.ctl(&["release", "svc2"]);
+    assert!(ok, "{out}{err}");
+    let log = hup(&a);
+    assert!(log.contains("removed=[\"svc2\"]"), "{log}");
+    assert_eq!(
+        names(&a),
+        [("node".to_owned(), true), ("svc1".to_owned(), true)]
+    );
+    assert!(
+        null(SVC2_ADDR, 4),
+        "svc2's address belongs to the node instance again"
+    );
+    // A broken file keeps what runs.
+    std::fs::write(inst.join("bad.toml"), "hostname = 3\n").unwrap();
+    a.nsmd().signal(Signal::Hup).unwrap();
+    a.nsmd()
+        .wait_for_log_line("instance files not reloaded", T)
+        .unwrap();
+    assert_eq!(names(&a).len(), 2);
+}

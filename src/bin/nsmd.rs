@@ -461,7 +461,12 @@ async fn serve(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(args, &cfg, &instance, &log),
+            _ = hup.recv() => {
+                reload(args, &cfg, &instance, &log);
+                if let Some(dir) = &args.instances {
+                    tokio::spawn(reload_instances(dir.clone(), services.clone()));
+                }
+            }
             _ = usr1.recv() => {
                 // As rpc.statd re-runs sm-notify (which usually stops at its run-once lock).
                 info!("SIGUSR1: running nsm-notify again");
@@ -478,6 +483,39 @@ async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP with `--instances`: reads the instance files again and applies them (new
+/// instances added, inactive ones changed or removed; active ones keep their settings until
+/// released).
+async fn reload_instances(dir: std::path::PathBuf, services: Arc<Services>) {
+    let specs = match tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || nsmd::config::instances::load_dir(&dir)
+    })
+    .await
+    {
+        Ok(Ok(specs)) => specs,
+        Ok(Err(e)) => {
+            warn!("SIGHUP: instance files not reloaded, keeping the current ones: {e}");
+            return;
+        }
+        Err(e) => {
+            warn!("SIGHUP: instance files not reloaded: {e}");
+            return;
+        }
+    };
+    let r = services.reconfigure(specs).await;
+    for name in &r.kept_active {
+        warn!(instance = %name, "SIGHUP: changed or removed in {} but active here: unchanged until released, then reload again", dir.display());
+    }
+    info!(
+        added = ?r.added,
+        changed = ?r.changed,
+        removed = ?r.removed,
+        "SIGHUP: instance files reloaded from {}",
+        dir.display()
+    );
 }
 
 /// SIGHUP: re-reads nfs.conf (rpc.statd exits on SIGHUP). The log level and the HA callout

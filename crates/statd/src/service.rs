@@ -25,7 +25,7 @@ use crate::names::canonical;
 use crate::ownership::{Fence, Ownership};
 
 /// How one service instance is set up (from its instance file).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// The instance's name (`nsmctl takeover NAME`).
     pub name: String,
@@ -188,6 +188,19 @@ fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
     Ok(via_helper)
 }
 
+/// What [`Services::reconfigure`] did, by instance name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// New instances (inactive).
+    pub added: Vec<String>,
+    /// Inactive instances whose settings changed.
+    pub changed: Vec<String>,
+    /// Inactive instances no longer configured.
+    pub removed: Vec<String>,
+    /// Active instances changed or removed in the files: unchanged until released.
+    pub kept_active: Vec<String>,
+}
+
 /// The progress of the last notification run of an instance.
 #[derive(Debug, Clone, Default)]
 pub struct NotifyProgress {
@@ -226,6 +239,16 @@ pub struct Service {
     spec: ServiceSpec,
     active: Mutex<Option<Active>>,
     progress: Arc<Mutex<NotifyProgress>>,
+}
+
+impl Service {
+    fn new(spec: ServiceSpec) -> Arc<Self> {
+        Arc::new(Self {
+            spec,
+            active: Mutex::new(None),
+            progress: Arc::default(),
+        })
+    }
 }
 
 /// What `nsmctl status` shows of an instance.
@@ -274,7 +297,7 @@ pub enum Route {
 #[derive(Debug)]
 pub struct Services {
     cfg: ServicesConfig,
-    list: Vec<Arc<Service>>,
+    list: RwLock<Vec<Arc<Service>>>,
     routes: Routes,
     /// One takeover or release at a time.
     busy: tokio::sync::Mutex<()>,
@@ -291,24 +314,94 @@ impl Services {
         }
         Self {
             cfg,
-            list: specs
-                .into_iter()
-                .map(|spec| {
-                    Arc::new(Service {
-                        spec,
-                        active: Mutex::new(None),
-                        progress: Arc::default(),
-                    })
-                })
-                .collect(),
+            list: RwLock::new(specs.into_iter().map(Service::new).collect()),
             routes: Arc::new(RwLock::new(routes)),
             busy: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The specs, in configuration order.
-    pub fn specs(&self) -> impl Iterator<Item = &ServiceSpec> {
-        self.list.iter().map(|s| &s.spec)
+    pub fn specs(&self) -> Vec<ServiceSpec> {
+        self.list().iter().map(|s| s.spec.clone()).collect()
+    }
+
+    fn list(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Service>>> {
+        self.list
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Uses `specs` (the instance files read again, on SIGHUP) from now on: new instances
+    /// are added (inactive, their addresses silent), inactive ones changed or removed. An
+    /// active instance keeps its settings until it is released; the differences are
+    /// reported (it is removed or changed at the next reload after its release).
+    pub async fn reconfigure(&self, specs: Vec<ServiceSpec>) -> Reconfigured {
+        let _busy = self.busy.lock().await;
+        let mut out = Reconfigured::default();
+        let mut list = self
+            .list
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next: Vec<Arc<Service>> = Vec::new();
+        for spec in specs {
+            match list.iter().find(|s| s.spec.name == spec.name) {
+                None => {
+                    out.added.push(spec.name.clone());
+                    next.push(Service::new(spec));
+                }
+                Some(old) if old.spec == spec => next.push(old.clone()),
+                Some(old) if lock(&old.active).is_some() => {
+                    out.kept_active.push(spec.name.clone());
+                    next.push(old.clone());
+                }
+                Some(_) => {
+                    out.changed.push(spec.name.clone());
+                    next.push(Service::new(spec));
+                }
+            }
+        }
+        for old in list.iter() {
+            if next.iter().any(|n| n.spec.name == old.spec.name) {
+                continue;
+            }
+            if lock(&old.active).is_some() {
+                out.kept_active.push(old.spec.name.clone());
+                next.push(old.clone());
+            } else {
+                out.removed.push(old.spec.name.clone());
+            }
+        }
+        // Addresses: silent for every instance not active here, its instance for each active
+        // one; addresses no instance has any more go back to the node instance.
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table: HashMap<IpAddr, Option<Arc<Instance>>> = HashMap::new();
+        for s in &next {
+            let active = lock(&s.active);
+            for a in &s.spec.addresses {
+                let a = canonical(*a);
+                let to = match active.as_ref() {
+                    Some(act) => routes
+                        .get(&a)
+                        .cloned()
+                        .flatten()
+                        .filter(|i| Arc::ptr_eq(i, &act.instance)),
+                    None => None,
+                };
+                match table.get(&a) {
+                    // An address two instances share: the active one answers on it.
+                    Some(Some(_)) => {}
+                    _ => {
+                        table.insert(a, to);
+                    }
+                }
+            }
+        }
+        *routes = table;
+        *list = next;
+        out
     }
 
     /// Where a call sent to `local` goes.
@@ -326,16 +419,17 @@ impl Services {
 
     /// The service instances active on this node.
     pub fn active(&self) -> Vec<Arc<Instance>> {
-        self.list
+        self.list()
             .iter()
             .filter_map(|s| lock(&s.active).as_ref().map(|a| a.instance.clone()))
             .collect()
     }
 
-    fn find(&self, name: &str) -> Result<&Arc<Service>, String> {
-        self.list
+    fn find(&self, name: &str) -> Result<Arc<Service>, String> {
+        self.list()
             .iter()
             .find(|s| s.spec.name == name)
+            .cloned()
             .ok_or_else(|| format!("no instance named {name:?}"))
     }
 
@@ -368,7 +462,7 @@ impl Services {
 
     /// The status of every service instance.
     pub fn status(&self) -> Vec<ServiceStatus> {
-        self.list
+        self.list()
             .iter()
             .map(|s| {
                 let a = lock(&s.active);
@@ -403,7 +497,7 @@ impl Services {
     /// passed (or timed out) and the notifier started. Returns the new state number.
     pub async fn takeover(&self, name: &str) -> Result<i32, String> {
         let _busy = self.busy.lock().await;
-        let s = self.find(name)?.clone();
+        let s = self.find(name)?;
         if lock(&s.active).is_some() {
             return Err(format!("instance {name} is already active on this node"));
         }
@@ -520,7 +614,7 @@ impl Services {
     /// Sends the notifications of `name` again from its `sm.bak/` (after a failed run).
     pub async fn notify(&self, name: &str) -> Result<usize, String> {
         let _busy = self.busy.lock().await;
-        let s = self.find(name)?.clone();
+        let s = self.find(name)?;
         let mut a = lock(&s.active);
         let Some(active) = a.as_mut() else {
             return Err(format!("instance {name} is not active on this node"));
@@ -544,7 +638,7 @@ impl Services {
     /// Releases `name` (see the module documentation).
     pub async fn release(&self, name: &str) -> Result<(), String> {
         let _busy = self.busy.lock().await;
-        let s = self.find(name)?.clone();
+        let s = self.find(name)?;
         let Some(active) = lock(&s.active).take() else {
             return Err(format!("instance {name} is not active on this node"));
         };
