@@ -40,7 +40,9 @@ const BOOT_MARKER: &str = ".nsm-notify-boot";
 #[derive(Debug, Parser)]
 #[command(name = "nsm-notify", version, disable_version_flag = true)]
 struct Args {
-    /// Stay in the foreground and log with debug detail (and progress) to stderr.
+    /// Stay in the foreground and log with debug detail (and progress) to stderr. Without -d,
+    /// nsm-notify goes into the background once the state is bumped and logs to syslog
+    /// (/dev/log; stderr if there is no syslog).
     #[arg(short = 'd')]
     debug: bool,
     /// Run even if the run-once lock (/run/sm-notify.pid) exists.

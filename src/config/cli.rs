@@ -37,13 +37,13 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
                   variable RPC_STATD_NO_NOTIFY=1 (a positive integer) acts like -L."
 )]
 pub struct StatdArgs {
-    /// Stay in the foreground. Without -F nsmd forks into the background at start (logs keep
-    /// going to the stderr it was started with).
+    /// Stay in the foreground and log to stderr. Without -F nsmd forks into the background at
+    /// start and logs to syslog (/dev/log, facility daemon; stderr if there is no syslog).
     #[arg(short = 'F', long = "foreground")]
     pub foreground: bool,
 
-    /// Log with debug detail (rpc.statd: every debug facility) to stderr. nsmd always logs to
-    /// stderr: at info level unless -d or [statd] debug asks for more.
+    /// Log with debug detail (rpc.statd: every debug facility). Logs go to stderr with -F, to
+    /// syslog without; at info level unless -d or [statd] debug asks for more.
     #[arg(short = 'd', long = "no-syslog")]
     pub no_syslog: bool,
 
