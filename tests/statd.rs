@@ -302,6 +302,58 @@ fn every_procedure_and_its_effect() {
         assert_eq!(answer(36, &r), Answer::Accepted(0, vec![state as u32]));
     });
 
+    // Two hosts with one short name: "hostb" sent from the client's address is
+    // hostb.example.test (which has that address), never hostb.other.test (another host).
+    lab.add_name("198.51.100.31", &["hostb.example.test"])
+        .unwrap();
+    lab.add_name("198.51.100.77", &["hostb.other.test"])
+        .unwrap();
+    in_netns(&s.host, || {
+        assert_eq!(mon(local, 37, b"hostb.example.test", C1), succ(state));
+        assert_eq!(mon(local, 38, b"hostb.other.test", C1), succ(state));
+    });
+    in_netns(&cli, || {
+        let remote: SocketAddr = format!("198.51.100.30:{}", s.port).parse().unwrap();
+        let mut a = xdr_string(b"hostb");
+        a.extend_from_slice(&15u32.to_be_bytes());
+        udp_exchange(remote, &call(39, SM, 1, 6, &a)).unwrap();
+    });
+    let got = s.lockd.wait_for(4, T);
+    assert_eq!(got.len(), 4, "{}", s.nsmd.log_tail(30));
+    assert_eq!(
+        parse_status(&got[3].3),
+        (b"hostb.example.test".to_vec(), 15, C1)
+    );
+    let got = s.lockd.wait_for(5, Duration::from_secs(2));
+    assert_eq!(got.len(), 4, "hostb.other.test is another host: {got:?}");
+
+    // SM_UNMON removes one registration, as rpc.statd: the record with that very name, never
+    // another host's that shares its short name.
+    in_netns(&s.host, || {
+        assert_eq!(mon(local, 40, b"hostb", C1), succ(state));
+        let unmon = |xid: u32, name: &[u8]| {
+            let mut a = xdr_string(name);
+            a.extend(xdr_string(b"server1"));
+            for w in [100_021u32, 3, 16] {
+                a.extend_from_slice(&w.to_be_bytes());
+            }
+            let r = udp_exchange(local, &call(xid, SM, 1, 3, &a)).unwrap();
+            assert_eq!(answer(xid, &r), Answer::Accepted(0, vec![state as u32]));
+        };
+        let hostb = |f: &Vec<String>| -> Vec<String> {
+            f.iter()
+                .filter(|n| n.starts_with("hostb"))
+                .cloned()
+                .collect()
+        };
+        unmon(41, b"hostb.example.test");
+        assert_eq!(hostb(&files(&sm)), ["hostb", "hostb.other.test"]);
+        unmon(42, b"hostb");
+        assert_eq!(hostb(&files(&sm)), ["hostb.other.test"]);
+        unmon(43, b"hostb.other.test");
+        assert!(hostb(&files(&sm)).is_empty());
+    });
+
     in_netns(&s.host, || {
         // SM_UNMON and SM_UNMON_ALL remove durably and answer the state.
         let mut a = xdr_string(b"client2");
@@ -583,4 +635,25 @@ fn notifies_the_previous_boots_peers_at_start_like_rpc_statd() {
         wait_empty(&bak),
         "the peer acknowledged the crash's notification and left sm.bak/"
     );
+
+    // SIGUSR1: the peers still in sm.bak/ are notified again with the current state; what is
+    // monitored now stays in sm/ and the state does not move (rpc.statd with -P would re-run
+    // sm-notify, retire the live records and bump the state behind its own back).
+    in_netns(&srv, || {
+        assert_eq!(mon(local, 60, b"cli", C2), succ(state_before + 4));
+    });
+    let hex: String = C2.iter().map(|b| format!("{b:02x}")).collect();
+    srv.write_file(
+        "/var/lib/nfs/nsmd/sm.bak/cli",
+        format!("{addr} 000186b5 00000003 00000010 {hex} cli srv\n"),
+    )
+    .unwrap();
+    nsmd.signal(nsm_testhost::Signal::Usr1).unwrap();
+    assert!(
+        wait_empty(&bak),
+        "the peer acknowledged again and left sm.bak/: {}",
+        nsmd.log_tail(20)
+    );
+    assert_eq!(files(&srv.nfs_dir().join("nsmd/sm")), ["cli"]);
+    in_netns(&srv, || assert_eq!(stat_state(local), state_before + 4));
 }

@@ -468,10 +468,11 @@ async fn serve(
                 }
             }
             _ = usr1.recv() => {
-                // As rpc.statd re-runs sm-notify (which usually stops at its run-once lock).
-                info!("SIGUSR1: running nsm-notify again");
-                let c = cfg.clone();
-                tokio::task::spawn_blocking(move || notify_at_start(&c));
+                // rpc.statd re-runs sm-notify, which stops at its run-once lock, or (with -P)
+                // moves the live records to sm.bak/ and bumps the state behind the daemon's
+                // back. nsmd sends the peers still in sm.bak/ their notification again.
+                info!("SIGUSR1: notifying the peers still in sm.bak/ again, state {}", instance.state());
+                instance.renotify();
             }
         }
     }

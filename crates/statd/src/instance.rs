@@ -666,13 +666,37 @@ impl Instance {
         let mon_name = id.mon_name.as_bytes();
         let my_name = sanitize_my_name(id.my_id.my_name.as_bytes());
         let my = &id.my_id;
-        let r = self
-            .remove("SM_UNMON", |r| {
-                same_host(&r.mon_name, mon_name)
-                    && r.my_name == my_name
-                    && (r.my_prog, r.my_vers, r.my_proc) == (my.my_prog, my.my_vers, my.my_proc)
-            })
-            .await;
+        // One registration, as rpc.statd removes one: the record with this very mon_name (lockd
+        // unmonitors with the name it monitored), else the same name in another case, else the
+        // only record of the same host by short name. Never several hosts' records.
+        let chosen = {
+            let entries = lock(&self.entries);
+            let candidates: Vec<&Record> = entries
+                .iter()
+                .map(|e| &e.record)
+                .filter(|r| {
+                    r.my_name == my_name
+                        && (r.my_prog, r.my_vers, r.my_proc) == (my.my_prog, my.my_vers, my.my_proc)
+                        && same_host(&r.mon_name, mon_name)
+                })
+                .collect();
+            let exact = candidates.iter().find(|r| r.mon_name == mon_name);
+            let folded = candidates
+                .iter()
+                .find(|r| r.mon_name.eq_ignore_ascii_case(mon_name));
+            exact
+                .or(folded)
+                .or(match candidates.as_slice() {
+                    [only] => Some(only),
+                    _ => None,
+                })
+                .map(|r| (*r).clone())
+        };
+        let Some(chosen) = chosen else {
+            debug!(mon_name = %id.mon_name, "SM_UNMON: no such registration");
+            return reply;
+        };
+        let r = self.remove("SM_UNMON", |r| *r == chosen).await;
         match r {
             Ok(removed) => {
                 for rec in removed {
@@ -752,6 +776,12 @@ impl Instance {
         }
     }
 
+    /// Notifies the peers still in `sm.bak/` again, with the current state, in the background
+    /// (SIGUSR1). Nothing moves and the state stays: the records monitored now stay in `sm/`.
+    pub fn renotify(&self) {
+        self.notify_peers(self.state());
+    }
+
     /// Notifies the peers in `sm.bak/` of `state` in the background (after SM_SIMU_CRASH),
     /// instead of a notification still running for an older state.
     fn notify_peers(&self, state: i32) {
@@ -762,10 +792,8 @@ impl Instance {
         let (dir, fence, name) = (self.dir.clone(), self.fence.clone(), self.name.clone());
         let task = tokio::spawn(async move {
             match notify_bak_now(dir, &cn, state, fence.as_deref()).await {
-                Ok(msg) => info!(instance = %name, state, "after SM_SIMU_CRASH: {msg}"),
-                Err(e) => {
-                    warn!(instance = %name, state, "after SM_SIMU_CRASH, peers not notified: {e}")
-                }
+                Ok(msg) => info!(instance = %name, state, "notification: {msg}"),
+                Err(e) => warn!(instance = %name, state, "peers in sm.bak/ not notified: {e}"),
             }
         });
         if let Some(old) = lock(&self.notifying).replace(task) {
@@ -797,25 +825,28 @@ impl Instance {
             let now = Instant::now();
             let addrs = lock(&self.addrs);
             let mut entries = lock(&self.entries);
+            let ambiguous = short_name_is_ambiguous(name, entries.iter());
             let mut matched = 0;
             for e in entries.iter_mut() {
                 let mon = &e.record.mon_name;
-                let by_name = same_host(name, mon);
-                let known = match ip_literal(mon) {
-                    Some(ip) => Some(canonical(ip) == from),
-                    None => addrs
+                let literal = ip_literal(mon).map(|ip| vec![canonical(ip)]);
+                let known = literal.as_deref().or_else(|| {
+                    addrs
                         .get(&mon.to_ascii_lowercase())
                         .filter(|r| now.saturating_duration_since(r.at) < RESOLVED_FOR)
-                        .map(|r| r.addrs.contains(&from)),
-                };
-                let by_addr = known == Some(true);
-                if by_name && known == Some(false) {
-                    info!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY matched by name from an address not known for that host");
-                }
-                if by_name || by_addr {
-                    matched += self.call_back(e, sc.state);
-                } else if known.is_none() {
-                    unknown.insert(mon.to_ascii_lowercase());
+                        .map(|r| r.addrs.as_slice())
+                });
+                match notify_match(name, mon, known, from, ambiguous) {
+                    NotifyMatch::Yes(how) => {
+                        if how == NotifyMatch::NAME && known.is_some_and(|a| !a.contains(&from)) {
+                            info!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY matched by name from an address not known for that host");
+                        }
+                        matched += self.call_back(e, sc.state);
+                    }
+                    NotifyMatch::No => {}
+                    NotifyMatch::LookUp => {
+                        unknown.insert(mon.to_ascii_lowercase());
+                    }
                 }
             }
             matched
@@ -860,15 +891,28 @@ impl Instance {
         }
         let addrs = lock(&self.addrs);
         let mut entries = lock(&self.entries);
+        let ambiguous = short_name_is_ambiguous(mon_name.as_bytes(), entries.iter());
         let mut matched = 0;
         for e in entries.iter_mut() {
             let key = e.record.mon_name.to_ascii_lowercase();
-            if names.contains(&key) && addrs.get(&key).is_some_and(|r| r.addrs.contains(&from)) {
+            if !names.contains(&key) {
+                continue;
+            }
+            // Looked up just now: a name that did not resolve has no address.
+            let known = addrs.get(&key).map_or(&[][..], |r| r.addrs.as_slice());
+            if let NotifyMatch::Yes(how) = notify_match(
+                mon_name.as_bytes(),
+                &e.record.mon_name,
+                Some(known),
+                from,
+                ambiguous,
+            ) {
+                debug!(%peer, %mon_name, record = %String::from_utf8_lossy(&e.record.mon_name), "SM_NOTIFY matched by {how}");
                 matched += self.call_back(e, state);
             }
         }
         if matched > 0 {
-            info!(%peer, %mon_name, state, matched, "SM_NOTIFY matched by the sender's address");
+            info!(%peer, %mon_name, state, matched, "SM_NOTIFY matched after looking up monitored names");
         } else {
             debug!(%peer, %mon_name, state, "SM_NOTIFY: no more records match the sender's address");
         }
@@ -890,6 +934,68 @@ impl Instance {
         });
         1
     }
+}
+
+/// Whether an SM_NOTIFY concerns a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotifyMatch {
+    /// It does, and how (for the log).
+    Yes(&'static str),
+    /// It does not.
+    No,
+    /// The record's addresses are needed to tell.
+    LookUp,
+}
+
+impl NotifyMatch {
+    const NAME: &'static str = "name";
+}
+
+/// Whether an SM_NOTIFY naming `name`, sent from `from`, concerns the record of `mon`, whose
+/// addresses are `known` (`None`: not looked up yet; empty: it does not resolve):
+/// - the same name (ASCII case aside): yes;
+/// - `from` among the record's addresses: yes;
+/// - a short name and its FQDN (`web1`, `web1.prod.example`) are the same host only when the
+///   addresses agree, since `web1.staging.example` is another host; only when the record's
+///   name does not resolve at all, and no other record has that short name, the names alone
+///   decide (the "FQDN or short name"; rpc.statd would not match then at all).
+fn notify_match(
+    name: &[u8],
+    mon: &[u8],
+    known: Option<&[IpAddr]>,
+    from: IpAddr,
+    ambiguous_short: bool,
+) -> NotifyMatch {
+    if name.eq_ignore_ascii_case(mon) {
+        return NotifyMatch::Yes(NotifyMatch::NAME);
+    }
+    match known {
+        None => NotifyMatch::LookUp,
+        Some(a) if a.contains(&from) => NotifyMatch::Yes("address"),
+        Some([]) if !ambiguous_short && same_host(name, mon) => {
+            NotifyMatch::Yes("short name (the monitored name does not resolve)")
+        }
+        Some(_) => NotifyMatch::No,
+    }
+}
+
+/// Whether more than one monitored host answers to the short form of `name` (`web1` for
+/// `web1.prod.example` and `web1.staging.example`).
+fn short_name_is_ambiguous<'a>(name: &[u8], entries: impl Iterator<Item = &'a Entry>) -> bool {
+    let mut seen: Option<Vec<u8>> = None;
+    for e in entries {
+        let mon = &e.record.mon_name;
+        if name.eq_ignore_ascii_case(mon) || !same_host(name, mon) {
+            continue;
+        }
+        let key = mon.to_ascii_lowercase();
+        match &seen {
+            None => seen = Some(key),
+            Some(k) if *k == key => {}
+            Some(_) => return true,
+        }
+    }
+    false
 }
 
 /// Notifies every peer in `sm.bak/` of `state` as `cn` says; a summary for the log.
@@ -989,6 +1095,73 @@ mod tests {
         r.push("c".into(), rec("c", "s1"));
         r.clear();
         assert_eq!((r.len, r.iter().count()), (0, 0));
+    }
+
+    #[test]
+    fn notify_matching_rules() {
+        let from = IpAddr::from([198, 51, 100, 2]);
+        let other = IpAddr::from([198, 51, 100, 60]);
+        let m = |name: &[u8], mon: &[u8], known: Option<&[IpAddr]>, amb: bool| {
+            notify_match(name, mon, known, from, amb)
+        };
+        // Same name: always.
+        assert_eq!(
+            m(b"HostB.Example.Test", b"hostb.example.test", None, false),
+            NotifyMatch::Yes("name")
+        );
+        // Short name vs FQDN: only when the addresses agree.
+        assert_eq!(
+            m(b"hostB", b"hostB.example.test", None, false),
+            NotifyMatch::LookUp
+        );
+        assert_eq!(
+            m(b"hostB", b"hostB.example.test", Some(&[from]), false),
+            NotifyMatch::Yes("address")
+        );
+        assert_eq!(
+            m(b"hostB", b"hostB.other.test", Some(&[other]), false),
+            NotifyMatch::No
+        );
+        // Unresolvable: the short name decides, unless two hosts share it.
+        assert!(matches!(
+            m(b"nfs1", b"nfs1.a.example", Some(&[]), false),
+            NotifyMatch::Yes(_)
+        ));
+        assert_eq!(
+            m(b"nfs1", b"nfs1.a.example", Some(&[]), true),
+            NotifyMatch::No
+        );
+        // Another name entirely: by address only.
+        assert_eq!(
+            m(b"renamed", b"client5.example.test", Some(&[from]), false),
+            NotifyMatch::Yes("address")
+        );
+        assert_eq!(
+            m(b"renamed", b"client5.example.test", Some(&[]), false),
+            NotifyMatch::No
+        );
+        assert_eq!(
+            m(b"renamed", b"198.51.100.2", Some(&[from]), false),
+            NotifyMatch::Yes("address")
+        );
+    }
+
+    #[test]
+    fn ambiguous_short_names() {
+        let entry = |mon: &str| Entry {
+            seq: 0,
+            record: rec(mon, "me"),
+            last_state: None,
+        };
+        let one = [
+            entry("nfs1.a.example"),
+            entry("NFS1.a.example"),
+            entry("other"),
+        ];
+        assert!(!short_name_is_ambiguous(b"nfs1", one.iter()));
+        let two = [entry("nfs1.a.example"), entry("nfs1.b.example")];
+        assert!(short_name_is_ambiguous(b"nfs1", two.iter()));
+        assert!(!short_name_is_ambiguous(b"nfs1.a.example", two.iter()));
     }
 
     #[test]
