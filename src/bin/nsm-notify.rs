@@ -85,8 +85,7 @@ struct Args {
     /// nsmd-only: send only through this interface (SO_BINDTODEVICE).
     #[arg(long = "bind-device", value_name = "IFACE")]
     bind_device: Option<String>,
-    /// nsmd-only: how many peers are tried for the first time at once (the engine's
-    /// default window, `nsm_notify::DEFAULT_WINDOW`).
+    /// nsmd-only: how many peers are tried for the first time at once.
     #[arg(long = "window", value_name = "N", default_value_t = nsm_notify::DEFAULT_WINDOW)]
     window: usize,
     /// nsmd-only: print a JSON summary of every peer's outcome to stdout at the end.
