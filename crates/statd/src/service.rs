@@ -584,6 +584,16 @@ impl Services {
         self.set_routes(&spec.addresses, Some(instance.clone()));
         *lock(&s.progress) = NotifyProgress::default();
         info!(instance = %spec.name, state, "answering on {:?}", spec.addresses);
+        for a in &spec.addresses {
+            if !is_local_address(*a) {
+                warn!(
+                    instance = %spec.name,
+                    "service address {a} is not on any interface of this node: clients cannot \
+                     reach this instance, and notifications wait for the readiness gate (bring \
+                     the address up before the takeover, e.g. order IPaddr2 first)"
+                );
+            }
+        }
         let ready = readiness(&spec, self.cfg.rpcbind_port).await;
         if let Err(e) = &ready {
             warn!(instance = %spec.name, "readiness gate: {e}; notifying anyway");
@@ -797,6 +807,14 @@ async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> 
     }
 }
 
+/// Whether `ip` is an address of this node (binding to it succeeds without IP_FREEBIND).
+fn is_local_address(ip: IpAddr) -> bool {
+    !matches!(
+        std::net::UdpSocket::bind(SocketAddr::new(ip, 0)),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL)
+    )
+}
+
 fn set_routes(routes: &Routes, addrs: &[IpAddr], to: Option<Arc<Instance>>) {
     let mut routes = routes
         .write()
@@ -939,6 +957,16 @@ mod tests {
             unlock_ip: true,
             exports: vec![PathBuf::from("/export/a")],
             takeover_at_start: false,
+        }
+    }
+
+    #[test]
+    fn local_addresses() {
+        assert!(is_local_address(IpAddr::from([127, 0, 0, 1])));
+        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind")
+            .is_ok_and(|v| v.trim() == "0")
+        {
+            assert!(!is_local_address(IpAddr::from([192, 0, 2, 99])));
         }
     }
 
