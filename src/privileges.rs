@@ -79,6 +79,24 @@ pub fn will_drop(state_dir: &Path) -> bool {
         && std::fs::symlink_metadata(state_dir.join("sm")).is_ok_and(|m| m.uid() != 0)
 }
 
+/// Whether the state directory itself belongs to the user nsmd drops to (the owner of `sm/`),
+/// as in RHEL's layout (`/var/lib/nfs/statd` owned by rpcuser) rather than Debian's (the
+/// directory is root's). nsmd then writes `state` itself, as that user, like nfs-utils
+/// (sm-notify bumps it after dropping privileges there, so the file is that user's): root
+/// (the capability-less helper) could not create a file in that directory, and should not
+/// write where the unprivileged user decides what the names are. Only the kernel's
+/// root-owned `nsm_local_state` still goes through the helper.
+pub fn owns_state_dir_after_drop(state_dir: &Path) -> bool {
+    getuid().is_root()
+        && match (
+            std::fs::metadata(state_dir),
+            std::fs::symlink_metadata(state_dir.join("sm")),
+        ) {
+            (Ok(base), Ok(sm)) => sm.uid() != 0 && base.uid() == sm.uid(),
+            _ => false,
+        }
+}
+
 /// The environment variable that turns an nsmd process into the state helper.
 pub const HELPER_ENV: &str = "NSMD_STATE_HELPER";
 const HELPER_KERNEL_ENV: &str = "NSMD_STATE_HELPER_KERNEL";
@@ -98,10 +116,17 @@ const HELPER_PROC_ENV: &str = "NSMD_STATE_HELPER_PROC";
 /// nsmd names a service instance, never a path: the helper reads the instance files itself
 /// (from the directory root gave nsmd) and writes only in a state directory that root owns
 /// and that nothing above it lets another user replace.
+///
+/// When the node's state directory belongs to nsmd's user ([`owns_state_dir_after_drop`],
+/// decided when the helper starts), nsmd bumps the node's `state` itself and asks the
+/// helper only to tell the kernel; the helper then refuses to bump there.
 #[derive(Debug)]
 pub struct StateHelper {
     conn: std::sync::Mutex<(std::io::BufReader<UnixStream>, UnixStream)>,
     _child: std::process::Child,
+    /// The node's state directory, bumped by nsmd itself (no kernel file: the helper
+    /// writes that).
+    direct: Option<nsm_statd::DirectAuthority>,
 }
 
 use std::io::{BufRead, Write};
@@ -134,9 +159,24 @@ impl StateHelper {
             .spawn()
             .with_context(|| format!("cannot start the state helper {}", exe.display()))?;
         let reader = std::io::BufReader::new(ours.try_clone()?);
+        let direct = if owns_state_dir_after_drop(state_dir) {
+            info!(
+                "{} belongs to the owner of its sm/: nsmd writes its state file itself",
+                state_dir.display()
+            );
+            Some(nsm_statd::DirectAuthority {
+                dir: std::sync::Arc::new(nsm_store::StateDir::open(state_dir).with_context(
+                    || format!("cannot use the state directory {}", state_dir.display()),
+                )?),
+                nsm_local_state: None,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             conn: std::sync::Mutex::new((reader, ours)),
             _child: child,
+            direct,
         })
     }
 
@@ -189,7 +229,14 @@ impl nsm_statd::ServicePrivileges for StateHelper {
 
 impl nsm_statd::StateAuthority for StateHelper {
     fn bump(&self) -> std::result::Result<i32, String> {
-        self.request("bump")
+        match &self.direct {
+            Some(d) => {
+                let state = d.bump()?;
+                self.publish(state)?;
+                Ok(state)
+            }
+            None => self.request("bump"),
+        }
     }
 
     fn publish(&self, state: i32) -> std::result::Result<(), String> {
@@ -244,7 +291,7 @@ pub fn helper_main() -> std::process::ExitCode {
             services.specs = specs;
         }
         let r = match line.split_once(' ') {
-            None if line == "bump" => authority.bump(),
+            None if line == "bump" => root_owned(Path::new(&dir)).and_then(|()| authority.bump()),
             Some(("publish", n)) => match n.parse::<i32>() {
                 Ok(n) => authority.publish(n).map(|()| n),
                 Err(_) => Err("bad state number".to_owned()),
@@ -279,6 +326,20 @@ pub fn helper_main() -> std::process::ExitCode {
         }
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// Ok when `dir` belongs to root: the helper writes the node's `state` only there (in a
+/// directory of nsmd's user, nsmd writes it itself).
+fn root_owned(dir: &Path) -> std::result::Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.uid() == 0 => Ok(()),
+        Ok(m) => Err(format!(
+            "{} belongs to uid {}, not root: nsmd writes its state itself",
+            dir.display(),
+            m.uid()
+        )),
+        Err(e) => Err(format!("{}: {e}", dir.display())),
+    }
 }
 
 /// The service instances, as the helper (root) read them from the instance files.

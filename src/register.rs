@@ -1,10 +1,16 @@
-//! Registration with the local rpcbind, and what to tell the operator when it fails.
+//! Registration with the local rpcbind, and what to tell the operator when it fails; and
+//! the start-up checks that keep a second statd from taking over: the probe for a statd
+//! already registered (as rpc.statd's `nfs_probe_statd`) and the lock on the state directory.
 
+use std::fs::File;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
-use nsm_rpc::rpcbind::Rpcbind;
-use nsm_xdr::rpcbind::netid;
-use tracing::{info, warn};
+use nsm_rpc::client::{CallOptions, Proc, call_tcp, call_udp};
+use nsm_rpc::rpcbind::{Rpcbind, getport};
+use nsm_xdr::rpcbind::{IPPROTO_TCP, IPPROTO_UDP, netid};
+use tracing::{debug, info, warn};
 
 /// The program's registrations: one per listener.
 #[derive(Debug)]
@@ -82,4 +88,179 @@ impl Registration {
             Err(e) => warn!("could not unregister from rpcbind: {e}"),
         }
     }
+}
+
+/// What the start-up probe found registered for the program with the local rpcbind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existing {
+    /// Nothing registered (or rpcbind not reachable: registration will say so).
+    None,
+    /// Registered and answering NULL: another statd is running.
+    Running {
+        /// Its port.
+        port: u16,
+        /// `name, pid N` of the process holding that port, when it can be found.
+        owner: Option<String>,
+    },
+    /// Registered but not answering (a killed daemon's leftover): registration replaces it.
+    Stale {
+        /// The registered port.
+        port: u16,
+    },
+}
+
+/// As rpc.statd at start (`nfs_probe_statd`): asks the rpcbind at `rpcbind` (127.0.0.1:111)
+/// for `prog`/`vers` over UDP (then TCP), and pings the port it gives with NULL, `timeout`
+/// for each step.
+pub async fn probe_existing(
+    rpcbind: SocketAddr,
+    prog: u32,
+    vers: u32,
+    timeout: Duration,
+) -> Existing {
+    let opts = CallOptions {
+        timeout,
+        ..CallOptions::default()
+    };
+    let null = Proc {
+        prog,
+        vers,
+        proc_: 0,
+    };
+    for (tcp, prot) in [(false, IPPROTO_UDP), (true, IPPROTO_TCP)] {
+        let port = match getport(rpcbind, prog, vers, prot, &opts).await {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                debug!("probe for a running statd: rpcbind at {rpcbind} did not answer: {e}");
+                return Existing::None;
+            }
+        };
+        let at = SocketAddr::new(rpcbind.ip(), port);
+        let answered = if tcp {
+            call_tcp(at, null, &(), &opts).await
+        } else {
+            call_udp(at, null, &(), &opts).await
+        };
+        return match answered {
+            Ok(_) => Existing::Running {
+                port,
+                owner: port_owner(port, tcp),
+            },
+            Err(e) => {
+                debug!("probe for a running statd: port {port}: {e}");
+                Existing::Stale { port }
+            }
+        };
+    }
+    Existing::None
+}
+
+/// `name, pid N` of the local process with a socket on `port` (from /proc, as root).
+fn port_owner(port: u16, tcp: bool) -> Option<String> {
+    let proto = if tcp { "tcp" } else { "udp" };
+    let mut inodes = Vec::new();
+    for file in [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let Some(local) = f.get(1) else { continue };
+            let p = local
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            if p == Some(port)
+                && let Some(ino) = f.get(9).filter(|i| **i != "0")
+            {
+                inodes.push(format!("socket:[{ino}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for proc_ in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = proc_.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if inodes.iter().any(|i| link.as_os_str() == i.as_str()) {
+                let comm = std::fs::read_to_string(proc_.path().join("comm"))
+                    .map(|c| c.trim().to_owned())
+                    .unwrap_or_else(|_| "?".to_owned());
+                return Some(format!("{comm}, pid {pid}"));
+            }
+        }
+    }
+    None
+}
+
+/// The lock that keeps a second nsmd off a state directory: an exclusive `flock` on the
+/// directory itself, held for the process's lifetime. The descriptor is close-on-exec, so
+/// nsm-notify and the state helper neither hold nor wait for it.
+#[derive(Debug)]
+pub struct StateDirLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl StateDirLock {
+    /// Locks `dir` (which must exist), or says who holds it.
+    pub fn take(dir: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY)
+            .open(dir)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot open the state directory {}: {e}", dir.display())
+            })?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Self { _lock: l }),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = lock_holder(&file)
+                    .map(|p| format!("pid {p}"))
+                    .unwrap_or_else(|| "pid unknown".to_owned());
+                Err(anyhow::anyhow!(
+                    "state directory {} is in use by another nsmd ({holder}); stop it first, \
+                     or pass another directory with -P",
+                    dir.display()
+                ))
+            }
+            Err((_, e)) => Err(anyhow::anyhow!(
+                "cannot lock the state directory {}: {e}",
+                dir.display()
+            )),
+        }
+    }
+}
+
+/// The pid that holds a `flock` on `file`, from /proc/locks, if that process still exists
+/// (the pid is the locker's: after nsmd goes into the background it is the exited parent's).
+fn lock_holder(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ok()?;
+    let dev = m.dev();
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        m.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let i = f.iter().position(|w| *w == "FLOCK")?;
+        let (pid, id) = (f.get(i + 3)?, f.get(i + 4)?);
+        let pid: u32 = pid.parse().ok()?;
+        (*id == want && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    })
 }

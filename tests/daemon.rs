@@ -274,3 +274,207 @@ fn without_dash_f_it_goes_into_the_background() {
         "the PID in the line is the daemon's: {registered}"
     );
 }
+
+/// RHEL's layout: the state directory itself belongs to the statd user, as sm/ and sm.bak/
+/// do. nsmd (as statd) writes `state` itself, so it is statd's, as with nfs-utils; root's
+/// helper (no CAP_DAC_OVERRIDE) could not create a file there. The kernel's root-owned
+/// nsm_local_state is still written, through the helper.
+#[test]
+fn simu_crash_bumps_the_state_in_a_state_directory_owned_by_statd() {
+    if !require(
+        "simu_crash_bumps_the_state_in_a_state_directory_owned_by_statd",
+        &["rpcbind"],
+    ) {
+        return;
+    }
+    let lab = Lab::new("rhel").unwrap();
+    let h = lab.host("srv", &["198.51.100.53/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    let base = h.nfs_dir().join("statd");
+    let statd = nix::unistd::User::from_name("statd")
+        .unwrap()
+        .expect("Debian's statd user");
+    for d in ["", "sm", "sm.bak"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+        chown(
+            base.join(d),
+            Some(statd.uid.as_raw()),
+            Some(statd.gid.as_raw()),
+        )
+        .unwrap();
+    }
+    h.write_file("/run/proc/sys/fs/nfs/nsm_local_state", "0")
+        .unwrap();
+    let (nsmd, port) = spawn_nsmd(
+        &h,
+        "nsmd",
+        &["-P", "/var/lib/nfs/statd", "--proc-root", "/run/proc"],
+    );
+    nsmd.wait_for_log_line("registered program", T).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", nsmd.pid())).unwrap();
+    let uid = statd.uid.as_raw().to_string();
+    assert!(
+        status.lines().any(|l| l
+            .strip_prefix("Uid:")
+            .is_some_and(|v| v.split_whitespace().all(|u| u == uid))),
+        "runs as statd: {status}"
+    );
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stat = |xid: u32| {
+        in_netns(&h, || {
+            let m = call(xid, 100_024, 1, 1, &xdr_string(b"localhost"));
+            match answer(xid, &udp_exchange(local, &m).unwrap()) {
+                Answer::Accepted(0, w) => w[1] as i32,
+                other => panic!("{other:?}"),
+            }
+        })
+    };
+    let file_state = || {
+        let b = std::fs::read(base.join("state")).unwrap();
+        i32::from_ne_bytes(b.try_into().unwrap())
+    };
+    let kernel =
+        || String::from_utf8(h.read_file("/run/proc/sys/fs/nfs/nsm_local_state").unwrap()).unwrap();
+    let before = stat(1);
+    assert_eq!(before % 2, 1);
+    assert_eq!(file_state(), before);
+    assert_eq!(kernel(), before.to_string());
+
+    // SM_SIMU_CRASH, from a privileged port on the loopback.
+    in_netns(&h, || {
+        let sock = (600..1024)
+            .find_map(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).ok())
+            .expect("a free privileged port");
+        sock.set_read_timeout(Some(T)).unwrap();
+        sock.send_to(&call(2, 100_024, 1, 5, &[]), local).unwrap();
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(answer(2, &buf[..n]), Answer::Accepted(0, vec![]));
+    });
+    let after = stat(3);
+    assert_eq!(after, before + 2, "{}", nsmd.log_tail(20));
+    assert_eq!(file_state(), after);
+    assert_eq!(
+        kernel(),
+        after.to_string(),
+        "nsm_local_state, through the helper"
+    );
+    let meta = std::fs::metadata(base.join("state")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        statd.uid.as_raw(),
+        "state belongs to statd, as with nfs-utils"
+    );
+    assert!(
+        !nsmd.log_tail(50).contains("SM_SIMU_CRASH failed"),
+        "{}",
+        nsmd.log_tail(50)
+    );
+}
+
+/// Waits for a refused nsmd to exit and returns its log; it must exit 1.
+fn refused(p: &nsm_testhost::Proc) -> String {
+    let status = p.wait(T).unwrap();
+    assert_eq!(status.code(), Some(1), "{}", p.log());
+    p.log()
+}
+
+#[test]
+fn a_second_nsmd_refuses_to_start_and_leaves_the_first_registered() {
+    if !require(
+        "a_second_nsmd_refuses_to_start_and_leaves_the_first_registered",
+        &["rpcbind", "rpcinfo"],
+    ) {
+        return;
+    }
+    let lab = Lab::new("second").unwrap();
+    let h = lab.host("srv", &["198.51.100.54/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    let (first, port) = spawn_nsmd(&h, "nsmd1", &["-P", "/var/lib/nfs/a"]);
+    first.wait_for_log_line("registered program", T).unwrap();
+    let second = h
+        .spawn("nsmd2", &[NSMD, "-F", "-d", "-L", "-P", "/var/lib/nfs/b"])
+        .unwrap();
+    let log = refused(&second);
+    assert!(
+        log.contains(&format!(
+            "another statd (nsmd, pid {}) is running on port {port}",
+            first.pid()
+        )) && log.contains("systemctl stop rpc-statd"),
+        "{log}"
+    );
+    // The first keeps its registration (the second never registered nor unregistered).
+    assert!(first.is_running());
+    let regs = h.wait_registered(100_024, T).unwrap();
+    assert!(regs.iter().all(|r| r.port == port), "{regs:?}");
+    let out = h
+        .run_ok(&["/usr/sbin/rpcinfo", "-u", "127.0.0.1", "100024", "1"], T)
+        .unwrap();
+    assert!(out.contains("ready and waiting"), "{out}");
+    // A killed daemon's registration is a leftover: the next nsmd replaces it.
+    first.signal(Signal::Kill).unwrap();
+    first.wait(T).unwrap();
+    let (third, port3) = spawn_nsmd(&h, "nsmd3", &["-P", "/var/lib/nfs/a"]);
+    third.wait_for_log_line("registered program", T).unwrap();
+    assert!(third.log().contains("nothing answers"), "{}", third.log());
+    let regs = h.wait_registered(100_024, T).unwrap();
+    assert!(regs.iter().all(|r| r.port == port3), "{regs:?}");
+}
+
+#[test]
+fn nsmd_refuses_to_start_beside_debian_rpc_statd() {
+    if !require(
+        "nsmd_refuses_to_start_beside_debian_rpc_statd",
+        &["rpcbind", "rpcinfo", "rpc.statd"],
+    ) {
+        return;
+    }
+    let lab = Lab::new("besidestatd").unwrap();
+    let h = lab.host("srv", &["198.51.100.55/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    let (statd, port) = common::debian_statd(&h, None);
+    let nsmd = h
+        .spawn("nsmd", &[NSMD, "-F", "-d", "-L", "-P", "/var/lib/nfs/n"])
+        .unwrap();
+    let log = refused(&nsmd);
+    assert!(
+        log.contains(&format!(
+            "another statd (rpc.statd, pid {}) is running on port {port}",
+            statd.pid()
+        )),
+        "{log}"
+    );
+    assert!(statd.is_running());
+    let out = h
+        .run_ok(&["/usr/sbin/rpcinfo", "-u", "127.0.0.1", "100024", "1"], T)
+        .unwrap();
+    assert!(out.contains("ready and waiting"), "{out}");
+}
+
+#[test]
+fn two_nsmds_on_one_state_directory_are_refused() {
+    if !require("two_nsmds_on_one_state_directory_are_refused", &[]) {
+        return;
+    }
+    // No rpcbind: the state directory's lock alone refuses the second.
+    let lab = Lab::new("samedir").unwrap();
+    let h = lab.host("srv", &["198.51.100.56/24"]).unwrap();
+    let (first, _) = spawn_nsmd(&h, "nsmd1", &["-P", "/var/lib/nfs/s"]);
+    let second = h
+        .spawn("nsmd2", &[NSMD, "-F", "-d", "-L", "-P", "/var/lib/nfs/s"])
+        .unwrap();
+    let log = refused(&second);
+    assert!(
+        log.contains(&format!(
+            "state directory /var/lib/nfs/s is in use by another nsmd (pid {})",
+            first.pid()
+        )),
+        "{log}"
+    );
+    assert!(first.is_running());
+    // Once the first is gone (even killed), the directory is free again.
+    first.signal(Signal::Kill).unwrap();
+    first.wait(T).unwrap();
+    let (third, _) = spawn_nsmd(&h, "nsmd3", &["-P", "/var/lib/nfs/s"]);
+    assert!(third.is_running());
+}

@@ -50,6 +50,10 @@ fn main() -> std::process::ExitCode {
 /// Everything before the runtime starts runs on the only thread: daemonising and dropping
 /// privileges must happen before any other thread exists.
 fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
+    // Before anything touches the directory or rpcbind (and before going into the
+    // background, so the operator sees why): one nsmd per state directory, one statd per host.
+    let _state_dir_lock = lock_state_dir(&cfg)?;
+    refuse_if_statd_running()?;
     if !cfg.foreground {
         // Keep stdout and stderr when there is no syslog socket: nsmd logs there then.
         nix::unistd::daemon(true, !log.to_syslog())
@@ -60,9 +64,11 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
     }
     // As root, before dropping privileges (as nfs-utils): create the directories and the
     // `state` file, which stay root's (only sm/ and sm.bak/ belong to the statd user,
-    // CVE-2019-3689).
+    // CVE-2019-3689). In a state directory of that user (RHEL's layout) root writes nothing:
+    // `state` is that user's, written once nsmd runs as it (as nfs-utils' sm-notify does).
+    let own_dir = nsmd::privileges::owns_state_dir_after_drop(&cfg.state_dir);
     nsm_store::StateDir::open(&cfg.state_dir)
-        .and_then(|d| d.state(false))
+        .and_then(|d| if own_dir { Ok(0) } else { d.state(false) })
         .with_context(|| {
             format!(
                 "cannot use the state directory {} (pass another with -P)",
@@ -104,6 +110,54 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(serve(args, cfg, log, helper, specs, control))
+}
+
+/// The state directory's lock (created first if need be, as root), held until nsmd exits.
+fn lock_state_dir(cfg: &StatdConfig) -> Result<nsmd::register::StateDirLock> {
+    if !cfg.state_dir.exists() {
+        nsm_store::StateDir::open(&cfg.state_dir).with_context(|| {
+            format!(
+                "cannot use the state directory {} (pass another with -P)",
+                cfg.state_dir.display()
+            )
+        })?;
+    }
+    nsmd::register::StateDirLock::take(&cfg.state_dir)
+}
+
+/// As rpc.statd at start: a statd registered with the local rpcbind that answers NULL means
+/// another one is running (registering would take its registration over, and unregistering
+/// at exit would leave it unregistered). A registration nobody answers is a leftover.
+fn refuse_if_statd_running() -> Result<()> {
+    use nsmd::register::{Existing, probe_existing};
+    // A runtime of one thread that ends here: no thread survives into daemon() and the drop.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let found = rt.block_on(probe_existing(
+        Rpcbind::default().addr,
+        nsm_xdr::nsm::SM_PROG,
+        nsm_xdr::nsm::SM_VERS,
+        Duration::from_secs(1),
+    ));
+    match found {
+        Existing::None => Ok(()),
+        Existing::Stale { port } => {
+            info!(
+                "program 100024 is registered with rpcbind on port {port} but nothing answers \
+                 there (a statd that died?): replacing that registration"
+            );
+            Ok(())
+        }
+        Existing::Running { port, owner } => {
+            let who = owner.map(|o| format!(" ({o})")).unwrap_or_default();
+            anyhow::bail!(
+                "another statd{who} is running on port {port}; stop it first \
+                 (systemctl stop rpc-statd)"
+            )
+        }
+    }
 }
 
 /// Where nsmctl finds nsmd unless told otherwise.

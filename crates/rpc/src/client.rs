@@ -210,6 +210,16 @@ fn bound_socket(dest: SocketAddr, tcp: bool, opts: &CallOptions) -> Result<Socke
         s.set_only_v6(true)
             .map_err(|e| io_err("set IPV6_V6ONLY for", e))?;
     }
+    if opts.source.is_some() {
+        // An explicit source may be a floating address that is not up yet (as for the
+        // SM_NOTIFY sockets): bind it anyway; packets flow once the address is configured.
+        let r = if ip.is_ipv6() {
+            s.set_freebind_v6(true)
+        } else {
+            s.set_freebind_v4(true)
+        };
+        r.map_err(|e| io_err("set IP_FREEBIND for", e))?;
+    }
     if !opts.privileged_port {
         s.bind(&SockAddr::from(SocketAddr::new(ip, 0)))
             .map_err(|e| io_err("bind a source address for", e))?;
@@ -372,5 +382,32 @@ async fn call_stream<T: AsyncRead + AsyncWrite + Unpin, A: Encode>(
         if let Some(r) = results(peer, xid, &reply)? {
             return Ok(r);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A client bound to an explicit source that is not (yet) on the host still binds:
+    /// IP_FREEBIND, as for the SM_NOTIFY sockets (a floating address not up yet).
+    #[test]
+    fn explicit_source_binds_a_non_local_address() {
+        let dest = SocketAddr::from(([127, 0, 0, 1], 111));
+        let src: IpAddr = "198.51.100.77".parse().unwrap();
+        let opts = CallOptions {
+            source: Some(src),
+            ..CallOptions::default()
+        };
+        for tcp in [false, true] {
+            let s = bound_socket(dest, tcp, &opts).expect("freebind bind");
+            let local = s.local_addr().unwrap().as_socket().unwrap();
+            assert_eq!(local.ip(), src);
+            assert!(s.freebind_v4().unwrap());
+        }
+        // Without an explicit source nothing changes.
+        let s = bound_socket(dest, false, &CallOptions::default()).unwrap();
+        assert!(!s.freebind_v4().unwrap());
     }
 }
