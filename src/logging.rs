@@ -84,6 +84,24 @@ pub fn init(ident: &'static str, debug: bool, background: bool) -> LogLevel {
     }
 }
 
+/// An error and its causes, `outer: cause: cause…`, leaving out a cause whose text the
+/// message already carries (many of our errors print their source themselves), so the operator
+/// reads each reason once.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Writes each event as one datagram `<PRI>IDENT[PID]: MESSAGE` (facility daemon) to the
 /// syslog socket, as glibc's `syslog()` does.
 #[derive(Debug)]
@@ -181,6 +199,20 @@ impl Drop for SyslogLine<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_reason_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let inner =
+            anyhow::Error::new(io).context("bind 0.0.0.0:700: Permission denied (os error 13)");
+        let e = inner.context("cannot notify");
+        assert_eq!(
+            error_chain(&e),
+            "cannot notify: bind 0.0.0.0:700: Permission denied (os error 13)"
+        );
+        let plain = anyhow::anyhow!("a").context("b");
+        assert_eq!(error_chain(&plain), "b: a");
+    }
 
     #[test]
     fn one_datagram_per_event_with_priority_ident_and_pid() {

@@ -128,10 +128,15 @@ fn main() -> ExitCode {
         Ok(n) => debug!("open files limit: {n}"),
         Err(e) => warn!("cannot raise the open files limit (many peers may be slow): {e}"),
     }
-    match run(&args, &cfg, log.to_syslog()) {
+    let to_syslog = log.to_syslog();
+    match run(&args, &cfg, to_syslog) {
         Ok(code) => code,
         Err(e) => {
-            error!("{e:#}");
+            let e = nsmd::logging::error_chain(&e);
+            error!("{e}");
+            if to_syslog {
+                eprintln!("nsm-notify: {e}");
+            }
             ExitCode::FAILURE
         }
     }

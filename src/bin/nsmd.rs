@@ -37,11 +37,16 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = nsm_notify::raise_open_files_limit() {
         warn!("cannot raise the open files limit (notifying many peers may be slow): {e}");
     }
+    let to_syslog = log.to_syslog();
     match run(&args, cfg, log) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("nsmd: {e:#}");
+            let e = nsmd::logging::error_chain(&e);
+            error!("{e}");
+            // The log went to syslog: say it on the terminal too.
+            if to_syslog {
+                eprintln!("nsmd: {e}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
