@@ -55,13 +55,13 @@ impl NsmService {
     /// The service instances an SM_MON of `mon_name` is recorded in: exactly those whose
     /// service address the client is connected to over TCP, when the kernel shows it
     /// (`/proc/net/tcp{,6}`); otherwise every active one (`active`).
-    fn mon_targets(
+    async fn mon_targets(
         &self,
         node: &Arc<Instance>,
         mon_name: &[u8],
         active: &[Arc<Instance>],
     ) -> Vec<Arc<Instance>> {
-        let Some(services) = &self.services else {
+        let Some(services) = self.services.clone() else {
             return Vec::new();
         };
         let addrs = node.addresses_of(mon_name);
@@ -70,7 +70,15 @@ impl NsmService {
             // this one must not wait for DNS.
             node.look_up_later(mon_name);
         }
-        let exact = services.attribute(&addrs);
+        // Reading /proc/net/tcp{,6} takes a while on a server with many connections: not on
+        // the thread that serves every other request.
+        let exact = if addrs.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || services.attribute(&addrs))
+                .await
+                .unwrap_or_default()
+        };
         if exact.is_empty() {
             debug!(
                 instances = active.len(),
@@ -139,7 +147,10 @@ impl Service for NsmService {
                     let m = args::<Mon<'_>>(&req)?;
                     let r = inst.mon(req.peer, &m).await;
                     if r.res_stat == nsm_xdr::nsm::Res::StatSucc && !also.is_empty() {
-                        for s in self.mon_targets(inst, m.mon_id.mon_name.as_bytes(), &also) {
+                        for s in self
+                            .mon_targets(inst, m.mon_id.mon_name.as_bytes(), &also)
+                            .await
+                        {
                             s.mon(req.peer, &m).await;
                         }
                     }
