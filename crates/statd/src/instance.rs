@@ -223,9 +223,21 @@ struct Resolved {
 
 /// How long looked-up addresses of a monitored name are used before they are looked up again.
 const RESOLVED_FOR: Duration = Duration::from_secs(300);
-/// Address matchings (after an SM_NOTIFY no record matched by name) waiting at most; more are
-/// dropped with a warning, so a flood of forged SM_NOTIFYs cannot queue unbounded work.
-const MAX_PENDING_MATCHES: usize = 256;
+/// SM_NOTIFYs waiting to be matched at most (behind name lookups); more are dropped with a
+/// warning, so a flood of forged SM_NOTIFYs cannot queue unbounded work.
+const MAX_PENDING_MATCHES: usize = 4096;
+
+/// An SM_NOTIFY to match in the background.
+#[derive(Debug)]
+struct MatchJob {
+    peer: SocketAddr,
+    from: IpAddr,
+    name: Vec<u8>,
+    state: i32,
+    /// `None`: match it entirely; `Some`: the records with these (lower-case) names are
+    /// left, to match once their addresses are looked up.
+    remainder: Option<HashSet<Vec<u8>>>,
+}
 
 /// A simple token bucket per sender address, to bound how much work forged or runaway
 /// SM_NOTIFYs can cause.
@@ -268,9 +280,11 @@ pub struct Instance {
     addrs: Mutex<HashMap<Vec<u8>, Resolved>>,
     /// Lookups at once.
     resolving: Arc<Semaphore>,
-    /// One address matching at a time, so a second SM_NOTIFY uses what the first looked up.
-    matching: tokio::sync::Mutex<()>,
-    /// Address matchings queued or running.
+    /// The matchings that wait for name lookups, done one after the other in arrival order
+    /// (so lockd never hears of an older state after a newer one, and a second SM_NOTIFY
+    /// uses what the first looked up).
+    matcher: tokio::sync::mpsc::UnboundedSender<MatchJob>,
+    /// Matchings queued or running; while there are any, new SM_NOTIFYs queue behind them.
     pending_matches: AtomicUsize,
     callbacks: Callbacks,
     callouts: Mutex<Callouts>,
@@ -311,6 +325,7 @@ impl Instance {
                 nsm_local_state: cfg.nsm_local_state.clone(),
             })
         });
+        let (matcher, mut jobs) = tokio::sync::mpsc::unbounded_channel::<MatchJob>();
         let inst = Arc::new(Self {
             name: cfg.name,
             dir,
@@ -325,7 +340,7 @@ impl Instance {
             }),
             addrs: Mutex::default(),
             resolving: Arc::new(Semaphore::new(16)),
-            matching: tokio::sync::Mutex::new(()),
+            matcher,
             pending_matches: AtomicUsize::new(0),
             callbacks: Callbacks::spawn(cfg.callback),
             callouts,
@@ -339,6 +354,14 @@ impl Instance {
             service_address: cfg.service_address,
             crash_notify: cfg.crash_notify,
             notifying: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inst);
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                let Some(this) = weak.upgrade() else { break };
+                this.run_match(job).await;
+                this.pending_matches.fetch_sub(1, Ordering::Relaxed);
+            }
         });
         inst.publish_state();
         info!(
@@ -820,53 +843,111 @@ impl Instance {
                 sc.state.to_string().into_bytes(),
             ],
         );
-        let mut unknown: HashSet<Vec<u8>> = HashSet::new();
-        let matched = {
-            let now = Instant::now();
-            let addrs = lock(&self.addrs);
-            let mut entries = lock(&self.entries);
-            let ambiguous = short_name_is_ambiguous(name, entries.iter());
-            let mut matched = 0;
-            for e in entries.iter_mut() {
-                let mon = &e.record.mon_name;
-                let literal = ip_literal(mon).map(|ip| vec![canonical(ip)]);
-                let known = literal.as_deref().or_else(|| {
-                    addrs
-                        .get(&mon.to_ascii_lowercase())
-                        .filter(|r| now.saturating_duration_since(r.at) < RESOLVED_FOR)
-                        .map(|r| r.addrs.as_slice())
-                });
-                match notify_match(name, mon, known, from, ambiguous) {
-                    NotifyMatch::Yes(how) => {
-                        if how == NotifyMatch::NAME && known.is_some_and(|a| !a.contains(&from)) {
-                            info!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY matched by name from an address not known for that host");
-                        }
-                        matched += self.call_back(e, sc.state);
-                    }
-                    NotifyMatch::No => {}
-                    NotifyMatch::LookUp => {
-                        unknown.insert(mon.to_ascii_lowercase());
-                    }
-                }
-            }
-            matched
-        };
-        info!(%peer, mon_name = %sc.mon_name, state = sc.state, matched, "SM_NOTIFY");
-        if unknown.is_empty() {
+        let addrs = lock(&self.addrs);
+        let mut entries = lock(&self.entries);
+        // Behind matchings still waiting for lookups, so the order of states is kept.
+        if self.pending_matches.load(Ordering::Relaxed) > 0 {
+            self.enqueue(MatchJob {
+                peer,
+                from,
+                name: name.to_vec(),
+                state: sc.state,
+                remainder: None,
+            });
             return;
         }
+        let (matched, unknown) = self.match_now(&addrs, &mut entries, peer, from, name, sc.state);
+        info!(%peer, mon_name = %sc.mon_name, state = sc.state, matched, "SM_NOTIFY");
+        if !unknown.is_empty() {
+            debug!(%peer, names = unknown.len(), "SM_NOTIFY: looking up monitored names to match the sender's address");
+            self.enqueue(MatchJob {
+                peer,
+                from,
+                name: name.to_vec(),
+                state: sc.state,
+                remainder: Some(unknown),
+            });
+        }
+    }
+
+    /// Queues `job` for the matcher (within [`MAX_PENDING_MATCHES`]).
+    fn enqueue(&self, job: MatchJob) {
         if self.pending_matches.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_MATCHES {
             self.pending_matches.fetch_sub(1, Ordering::Relaxed);
-            warn!(%peer, mon_name = %sc.mon_name, "SM_NOTIFY not matched by address: {MAX_PENDING_MATCHES} matchings already wait for name lookups");
+            warn!(peer = %job.peer, mon_name = %String::from_utf8_lossy(&job.name), "SM_NOTIFY dropped: {MAX_PENDING_MATCHES} notifications already wait for name lookups");
             return;
         }
-        debug!(%peer, names = unknown.len(), "SM_NOTIFY: looking up monitored names to match the sender's address");
-        let (this, state, mon_name) = (self.clone(), sc.state, sc.mon_name.to_string());
-        tokio::spawn(async move {
-            this.match_by_address(peer, from, &mon_name, state, unknown)
+        if self.matcher.send(job).is_err() {
+            self.pending_matches.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Matches an SM_NOTIFY against every record with what is known now: queues the callbacks
+    /// of the records it concerns; returns how many, and the (lower-case) names of the records
+    /// whose addresses must be looked up first.
+    fn match_now(
+        &self,
+        addrs: &HashMap<Vec<u8>, Resolved>,
+        entries: &mut Records,
+        peer: SocketAddr,
+        from: IpAddr,
+        name: &[u8],
+        state: i32,
+    ) -> (usize, HashSet<Vec<u8>>) {
+        let now = Instant::now();
+        let ambiguous = short_name_is_ambiguous(name, entries.iter());
+        let (mut matched, mut unknown) = (0, HashSet::new());
+        for e in entries.iter_mut() {
+            let mon = &e.record.mon_name;
+            let literal = ip_literal(mon).map(|ip| vec![canonical(ip)]);
+            let known = literal.as_deref().or_else(|| {
+                addrs
+                    .get(&mon.to_ascii_lowercase())
+                    .filter(|r| now.saturating_duration_since(r.at) < RESOLVED_FOR)
+                    .map(|r| r.addrs.as_slice())
+            });
+            match notify_match(name, mon, known, from, ambiguous) {
+                NotifyMatch::Yes(how) => {
+                    if how == NotifyMatch::NAME && known.is_some_and(|a| !a.contains(&from)) {
+                        info!(%peer, mon_name = %String::from_utf8_lossy(name), "SM_NOTIFY matched by name from an address not known for that host");
+                    }
+                    matched += self.call_back(e, state);
+                }
+                NotifyMatch::No => {}
+                NotifyMatch::LookUp => {
+                    unknown.insert(mon.to_ascii_lowercase());
+                }
+            }
+        }
+        (matched, unknown)
+    }
+
+    /// One queued matching: what can be matched now (a whole queued SM_NOTIFY), then the
+    /// records whose addresses had to be looked up.
+    async fn run_match(&self, job: MatchJob) {
+        let MatchJob {
+            peer,
+            from,
+            name,
+            state,
+            remainder,
+        } = job;
+        let mon_name = String::from_utf8_lossy(&name).into_owned();
+        let names = match remainder {
+            Some(n) => n,
+            None => {
+                let addrs = lock(&self.addrs);
+                let mut entries = lock(&self.entries);
+                let (matched, unknown) =
+                    self.match_now(&addrs, &mut entries, peer, from, &name, state);
+                info!(%peer, %mon_name, state, matched, "SM_NOTIFY (queued behind name lookups)");
+                unknown
+            }
+        };
+        if !names.is_empty() {
+            self.match_by_address(peer, from, &mon_name, state, names)
                 .await;
-            this.pending_matches.fetch_sub(1, Ordering::Relaxed);
-        });
+        }
     }
 
     /// The second half of [`Instance::notify`]: looks up the names not known yet, then calls
@@ -879,7 +960,6 @@ impl Instance {
         state: i32,
         names: HashSet<Vec<u8>>,
     ) {
-        let _one_at_a_time = self.matching.lock().await;
         let now = Instant::now();
         let stale: Vec<Vec<u8>> = names
             .iter()
