@@ -164,19 +164,11 @@ fn port_owner(port: u16, tcp: bool) -> Option<String> {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let Some(local) = f.get(1) else { continue };
-            let p = local
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok());
-            if p == Some(port)
-                && let Some(ino) = f.get(9).filter(|i| **i != "0")
-            {
-                inodes.push(format!("socket:[{ino}]"));
-            }
-        }
+        inodes.extend(
+            nsm_statd::service::proc_net_sockets(&text)
+                .filter(|s| s.local.port() == port && s.inode != 0)
+                .map(|s| format!("socket:[{}]", s.inode)),
+        );
     }
     if inodes.is_empty() {
         return None;

@@ -689,20 +689,9 @@ pub fn tcp_local_addrs(proc_root: &Path, peers: &[IpAddr]) -> Vec<IpAddr> {
         let Ok(text) = std::fs::read_to_string(proc_root.join(file)) else {
             continue;
         };
-        for line in text.lines().skip(1) {
-            let mut f = line.split_whitespace();
-            let (Some(_), Some(local), Some(remote), Some(st)) =
-                (f.next(), f.next(), f.next(), f.next())
-            else {
-                continue;
-            };
-            if st != "01" {
-                continue;
-            }
-            let (Some(l), Some(r)) = (parse_proc_addr(local), parse_proc_addr(remote)) else {
-                continue;
-            };
-            if peers.contains(&r) && !out.contains(&l) {
+        for s in proc_net_sockets(&text) {
+            let l = canonical(s.local.ip());
+            if s.state == 0x01 && peers.contains(&canonical(s.remote.ip())) && !out.contains(&l) {
                 out.push(l);
             }
         }
@@ -710,9 +699,39 @@ pub fn tcp_local_addrs(proc_root: &Path, peers: &[IpAddr]) -> Vec<IpAddr> {
     out
 }
 
-/// `0100007F:0801` (IPv4) or 32 hex digits (IPv6), then the port: the address, canonical.
-fn parse_proc_addr(s: &str) -> Option<IpAddr> {
-    let (hex, _port) = s.split_once(':')?;
+/// One socket of `/proc/net/{tcp,udp}{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcNetSocket {
+    /// The local address and port.
+    pub local: SocketAddr,
+    /// The remote address and port.
+    pub remote: SocketAddr,
+    /// The state (TCP: `0x01` is ESTABLISHED, `0x0A` LISTEN).
+    pub state: u8,
+    /// The socket's inode (`socket:[N]` among a process's descriptors); 0 when the line has
+    /// none.
+    pub inode: u64,
+}
+
+/// The sockets listed in the text of `/proc/net/{tcp,udp}{,6}` (the format of
+/// `linux: net/ipv4/tcp_ipv4.c`: addresses in hex, each 32-bit word in host byte order, then
+/// the port); lines that do not parse are skipped.
+pub fn proc_net_sockets(text: &str) -> impl Iterator<Item = ProcNetSocket> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().take(10).collect();
+        Some(ProcNetSocket {
+            local: parse_proc_addr(f.get(1)?)?,
+            remote: parse_proc_addr(f.get(2)?)?,
+            state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+            inode: f.get(9).and_then(|i| i.parse().ok()).unwrap_or(0),
+        })
+    })
+}
+
+/// `0100007F:0801` (IPv4) or 32 hex digits (IPv6), then the port in hex.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (hex, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
     let word = |h: &str| u32::from_str_radix(h, 16).ok().map(u32::to_ne_bytes);
     let ip = match hex.len() {
         8 => IpAddr::from(word(hex)?),
@@ -725,7 +744,7 @@ fn parse_proc_addr(s: &str) -> Option<IpAddr> {
         }
         _ => return None,
     };
-    Some(canonical(ip))
+    Some(SocketAddr::new(ip, port))
 }
 
 impl Services {
