@@ -360,8 +360,8 @@ fn notify_at_start(cfg: &StatdConfig) {
 async fn crash_notify(cfg: &StatdConfig) -> nsm_statd::CrashNotify {
     let mut addrs = Vec::new();
     if let Some(name) = &cfg.name {
-        match tokio::net::lookup_host((name.as_str(), 0)).await {
-            Ok(it) => addrs = it.map(|a| a.ip()).collect(),
+        match nsm_notify::resolve::lookup(name).await {
+            Ok(found) => addrs = found,
             Err(e) => warn!(
                 "-n {name} does not resolve ({e}): after SM_SIMU_CRASH, notifications leave from any address"
             ),
