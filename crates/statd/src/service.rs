@@ -306,15 +306,11 @@ pub struct Services {
 impl Services {
     /// The instances of `specs`, none active yet (their addresses are silent).
     pub fn new(cfg: ServicesConfig, specs: Vec<ServiceSpec>) -> Self {
-        let mut routes = HashMap::new();
-        for s in &specs {
-            for a in &s.addresses {
-                routes.insert(canonical(*a), None);
-            }
-        }
+        let list: Vec<Arc<Service>> = specs.into_iter().map(Service::new).collect();
+        let routes = route_table(&list, &HashMap::new());
         Self {
             cfg,
-            list: RwLock::new(specs.into_iter().map(Service::new).collect()),
+            list: RwLock::new(list),
             routes: Arc::new(RwLock::new(routes)),
             busy: tokio::sync::Mutex::new(()),
         }
@@ -371,35 +367,11 @@ impl Services {
                 out.removed.push(old.spec.name.clone());
             }
         }
-        // Addresses: silent for every instance not active here, its instance for each active
-        // one; addresses no instance has any more go back to the node instance.
         let mut routes = self
             .routes
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut table: HashMap<IpAddr, Option<Arc<Instance>>> = HashMap::new();
-        for s in &next {
-            let active = lock(&s.active);
-            for a in &s.spec.addresses {
-                let a = canonical(*a);
-                let to = match active.as_ref() {
-                    Some(act) => routes
-                        .get(&a)
-                        .cloned()
-                        .flatten()
-                        .filter(|i| Arc::ptr_eq(i, &act.instance)),
-                    None => None,
-                };
-                match table.get(&a) {
-                    // An address two instances share: the active one answers on it.
-                    Some(Some(_)) => {}
-                    _ => {
-                        table.insert(a, to);
-                    }
-                }
-            }
-        }
-        *routes = table;
+        *routes = route_table(&next, &routes);
         *list = next;
         out
     }
@@ -832,6 +804,34 @@ fn is_local_address(ip: IpAddr) -> bool {
         std::net::UdpSocket::bind(SocketAddr::new(ip, 0)),
         Err(e) if e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL)
     )
+}
+
+/// The address table for `list`: silent for every instance not active here, its instance
+/// for each active one (as `current` routes it: a fenced one stays silent); addresses no
+/// instance has go back to the node instance (absent).
+fn route_table(
+    list: &[Arc<Service>],
+    current: &HashMap<IpAddr, Option<Arc<Instance>>>,
+) -> HashMap<IpAddr, Option<Arc<Instance>>> {
+    let mut table: HashMap<IpAddr, Option<Arc<Instance>>> = HashMap::new();
+    for s in list {
+        let active = lock(&s.active);
+        for a in &s.spec.addresses {
+            let a = canonical(*a);
+            let to = active.as_ref().and_then(|act| {
+                current
+                    .get(&a)
+                    .cloned()
+                    .flatten()
+                    .filter(|i| Arc::ptr_eq(i, &act.instance))
+            });
+            // An address two instances share: the active one answers on it.
+            if !matches!(table.get(&a), Some(Some(_))) {
+                table.insert(a, to);
+            }
+        }
+    }
+    table
 }
 
 fn set_routes(routes: &Routes, addrs: &[IpAddr], to: Option<Arc<Instance>>) {
