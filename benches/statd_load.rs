@@ -18,7 +18,13 @@
 //! pre-populated records where it applies:
 //! - `disk-floor`: the disk alone, from the generator, with each implementation's write pattern;
 //! - `null-*`, `stat-*`: SM_NULL and SM_STAT from one caller (UDP, or one TCP connection kept
-//!   open) and from 8 concurrent callers (`-x8`);
+//!   open) and from 8 concurrent callers (`-x8`), each waiting for its reply before the next
+//!   call: on a small machine these callers cost about as much CPU per call as the daemon;
+//! - `null-*-w64/8`, `stat-*-w64/8` (the saturating generator): one generator thread keeps 64
+//!   calls outstanding over 8 UDP sockets or TCP connections and sends a new call for each
+//!   reply, the calls of one wake-up in one system call per socket, so the daemon's own cost
+//!   per call bounds the rate; then the same generator against a bare UDP responder (the
+//!   floor: the kernel's cost of a UDP call, nothing else);
 //! - `mon-percall-N`: serial SM_MON, a new TCP connection per call (lockd's pattern: the kernel
 //!   makes a fresh rpc_clnt per upcall); `mon-persistent-N`: serial SM_MON on one connection
 //!   (at N = 10,000 in the first round only: rpc.statd needs ~15 s per call there);
@@ -37,14 +43,17 @@
 //!   SM_STAT run for a quarter of it;
 //! - `NSMD_BENCH_SERIAL_MAX`: calls per serial SM_MON measurement (default 300);
 //! - `NSMD_BENCH_ONLY`: comma-separated groups to run: `floor` (the disk alone), `null`
-//!   (SM_NULL and SM_STAT), `serial`, `concurrent` (default all);
+//!   (SM_NULL and SM_STAT, callers waiting for replies), `window` (SM_NULL and SM_STAT, the
+//!   saturating generator, and the bare UDP responder), `serial`, `concurrent` (default all);
 //! - `NSMD_BENCH_LEVELS`: comma-separated pre-populated record counts (default `0,1000,10000`);
 //! - `NSMD_BENCH_HOSTS=measured`: leave the pre-populated names out of the hosts file. A
 //!   diagnostic: every name lookup then reads a short file (rpc.statd's duplicate check, where
 //!   the lookups of pre-populated names now fail; nsmd looks nothing up for SM_MON).
 //! - `NSMD_BENCH_PIN=1`: run the generator on CPU 0 and the daemon (all its threads) on CPU 1,
 //!   so that they do not compete for one CPU and the daemon's cost per call bounds the rate;
-//! - `NSMD_BENCH_CALLERS`: concurrent SM_NULL / SM_STAT callers (default 8).
+//! - `NSMD_BENCH_CALLERS`: concurrent SM_NULL / SM_STAT callers, and the saturating
+//!   generator's sockets (default 8);
+//! - `NSMD_BENCH_WINDOW`: calls the saturating generator keeps outstanding (default 64).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -82,6 +91,8 @@ const CONC_WORKERS: usize = 64;
 const CONC_MAX: usize = 64 * 24;
 /// Concurrent SM_NULL / SM_STAT callers (default).
 const SIMPLE_WORKERS: usize = 8;
+/// Calls the saturating generator keeps outstanding (default).
+const WINDOW: usize = 64;
 /// With `NSMD_BENCH_PIN=1`: the CPU of the generator's callers and the CPU of the daemon.
 const GENERATOR_CPU: usize = 0;
 const DAEMON_CPU: usize = 1;
@@ -90,6 +101,8 @@ const DAEMON_CPU: usize = 1;
 enum Impl {
     Nsmd,
     Statd,
+    /// The bare UDP responder ([`udp_echo`]): the floor, not an NSM.
+    Echo,
 }
 
 impl Impl {
@@ -97,6 +110,7 @@ impl Impl {
         match self {
             Self::Nsmd => "nsmd",
             Self::Statd => "rpc.statd",
+            Self::Echo => "bare echo",
         }
     }
 }
@@ -467,6 +481,350 @@ fn drive(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The saturating generator.
+
+/// Replies read per `recvmmsg` by the saturating generator.
+const WINDOW_RECV_BATCH: usize = 64;
+
+/// Outstanding calls of a [`Flow`]: xid -> when it was sent.
+type Sent = std::collections::HashMap<u32, Instant>;
+
+/// One socket of the saturating generator, with the calls it has outstanding.
+struct Flow {
+    sock: FlowSock,
+    sent: Sent,
+    xid: u32,
+}
+
+enum FlowSock {
+    Udp(UdpSocket),
+    /// The connection, and the bytes read that do not make a whole record yet.
+    Tcp(TcpStream, Vec<u8>),
+}
+
+impl Flow {
+    fn new(addr: SocketAddr, transport: Transport, index: usize) -> io::Result<Self> {
+        let sock = match transport {
+            Transport::Udp => {
+                let s = UdpSocket::bind("127.0.0.1:0")?;
+                s.connect(addr)?;
+                FlowSock::Udp(s)
+            }
+            Transport::Tcp => FlowSock::Tcp(TcpClient::connect(addr)?.s, Vec::new()),
+        };
+        Ok(Self {
+            sock,
+            sent: Sent::new(),
+            xid: u32::try_from(index).expect("few flows") << 24,
+        })
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match &self.sock {
+            FlowSock::Udp(s) => s.as_fd(),
+            FlowSock::Tcp(s, _) => s.as_fd(),
+        }
+    }
+
+    /// Sends `n` new calls of `proc_` with `args`, in one system call (UDP: `sendmmsg`; TCP:
+    /// one write of `n` records).
+    fn send(&mut self, n: usize, proc_: u32, args: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+        if n == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let msgs: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                self.xid = self.xid.wrapping_add(1);
+                self.sent.insert(self.xid, now);
+                call_msg(self.xid, proc_, args)
+            })
+            .collect();
+        match &mut self.sock {
+            FlowSock::Udp(s) => {
+                let mut at = 0;
+                while at < n {
+                    let iovs: Vec<[io::IoSlice<'_>; 1]> =
+                        msgs[at..].iter().map(|m| [io::IoSlice::new(m)]).collect();
+                    let to: Vec<Option<SockaddrStorage>> = vec![None; iovs.len()];
+                    let mut headers =
+                        MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), None);
+                    let sent = sendmmsg(
+                        s.as_raw_fd(),
+                        &mut headers,
+                        &iovs,
+                        &to,
+                        [],
+                        MsgFlags::empty(),
+                    )?;
+                    at += sent.count().max(1);
+                }
+            }
+            FlowSock::Tcp(s, _) => {
+                let mut out = Vec::with_capacity(n * 48);
+                for m in &msgs {
+                    let mark = 0x8000_0000u32 | u32::try_from(m.len()).expect("small message");
+                    out.extend_from_slice(&mark.to_be_bytes());
+                    out.extend_from_slice(m);
+                }
+                s.write_all(&out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every reply queued now (without waiting) and passes each to `f`.
+    fn drain(&mut self, buf: &mut [u8], f: &mut dyn FnMut(&mut Sent, &[u8])) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recv, recvmmsg};
+        let Self { sock, sent, .. } = self;
+        match sock {
+            FlowSock::Udp(s) => {
+                let slot = buf.len() / WINDOW_RECV_BATCH;
+                loop {
+                    let fd = s.as_raw_fd();
+                    let mut iovs: Vec<[io::IoSliceMut<'_>; 1]> = buf
+                        .chunks_mut(slot)
+                        .map(|b| [io::IoSliceMut::new(b)])
+                        .collect();
+                    let mut headers =
+                        MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), None);
+                    let lens: Vec<usize> = match recvmmsg(
+                        fd,
+                        &mut headers,
+                        iovs.iter_mut(),
+                        MsgFlags::MSG_DONTWAIT,
+                        None,
+                    ) {
+                        Ok(r) => r.map(|m| m.bytes).collect(),
+                        Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    for (len, b) in lens.iter().zip(buf.chunks(slot)) {
+                        f(sent, &b[..*len]);
+                    }
+                    if lens.len() < WINDOW_RECV_BATCH {
+                        return Ok(());
+                    }
+                }
+            }
+            FlowSock::Tcp(s, pending) => {
+                match recv(s.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                    Ok(0) => return Err(io::Error::other("the daemon closed the connection")),
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+                // Whole single-fragment records (both daemons send each reply as one).
+                let mut at = 0;
+                let mut records = Vec::new();
+                while pending.len() - at >= 4 {
+                    let mark = u32::from_be_bytes(pending[at..at + 4].try_into().expect("4 bytes"));
+                    assert!(mark & 0x8000_0000 != 0, "a reply in several fragments");
+                    let len = (mark & 0x7fff_ffff) as usize;
+                    if pending.len() - at - 4 < len {
+                        break;
+                    }
+                    records.push(pending[at + 4..at + 4 + len].to_vec());
+                    at += 4 + len;
+                }
+                pending.drain(..at);
+                for r in records {
+                    f(sent, &r);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs `op` (SM_NULL or SM_STAT) from one generator thread that keeps `window` calls
+/// outstanding, spread over `flows` sockets (UDP) or connections (TCP), until `cap` passed:
+/// each reply is checked and answered with a new call at once, the calls of one wake-up in one
+/// system call per socket. Unlike [`drive`], whose callers wait for each reply, this keeps the
+/// daemon busy without costing a wake-up per call in the generator, so the daemon's own cost
+/// per call bounds the rate.
+fn drive_window(target: &Target<'_>, op: Op, flows: usize, window: usize, cap: Duration) -> Run {
+    let Target { host, pid, addr } = *target;
+    let (transport, proc_, args) = match op {
+        Op::Null(t) => (t, SM_NULL, Vec::new()),
+        Op::Stat(t) => {
+            let mut a = Vec::new();
+            xdr_string(&mut a, STAT_NAME.as_bytes());
+            (t, SM_STAT, a)
+        }
+        Op::Mon(_) => panic!("the saturating generator sends SM_NULL and SM_STAT only"),
+    };
+    let pin = pinned();
+    if pin {
+        pin_process(pid, DAEMON_CPU);
+    }
+    let ns_path = host.netns_path().to_owned();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = File::open(&ns_path).unwrap_or_else(|e| panic!("{}: {e}", ns_path.display()));
+            setns(&f, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns: {e}"));
+            if pin {
+                pin_thread(Pid::from_raw(0), GENERATOR_CPU)
+                    .unwrap_or_else(|e| panic!("pinning to CPU {GENERATOR_CPU}: {e}"));
+            }
+            let mut socks: Vec<Flow> = (0..flows)
+                .map(|i| {
+                    Flow::new(addr, transport, i).unwrap_or_else(|e| panic!("connecting: {e}"))
+                })
+                .collect();
+            let mut buf = vec![0u8; WINDOW_RECV_BATCH * 2048];
+            let mut lat = Vec::new();
+            let cpu_before = CpuSample::take(pid);
+            let start = Instant::now();
+            let deadline = start + cap;
+            for (i, flow) in socks.iter_mut().enumerate() {
+                // The window spread as evenly as it goes.
+                let n = window / flows + usize::from(i < window % flows);
+                flow.send(n, proc_, &args)
+                    .unwrap_or_else(|e| panic!("{} to {addr}: {e}", op.what()));
+            }
+            let mut stopping = false;
+            loop {
+                let outstanding: usize = socks.iter().map(|f| f.sent.len()).sum();
+                if outstanding == 0 {
+                    break;
+                }
+                let ready: Vec<bool> = {
+                    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                    let mut fds: Vec<PollFd<'_>> = socks
+                        .iter()
+                        .map(|f| PollFd::new(f.fd(), PollFlags::POLLIN))
+                        .collect();
+                    let n = poll(&mut fds, PollTimeout::from(10_000u16))
+                        .unwrap_or_else(|e| panic!("poll: {e}"));
+                    assert!(
+                        n > 0,
+                        "{} to {addr}: {outstanding} calls unanswered for 10 s (lost datagrams?)",
+                        op.what()
+                    );
+                    fds.iter()
+                        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                        .collect()
+                };
+                stopping = stopping || Instant::now() >= deadline;
+                for (flow, ready) in socks.iter_mut().zip(ready) {
+                    if !ready {
+                        continue;
+                    }
+                    let mut answered = 0;
+                    let mut check = |sent: &mut std::collections::HashMap<u32, Instant>,
+                                     reply: &[u8]| {
+                        let xid = reply
+                            .get(..4)
+                            .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+                        let sent = sent.remove(&xid).unwrap_or_else(|| {
+                            panic!(
+                                "{} to {addr}: a reply to no outstanding call: {reply:x?}",
+                                op.what()
+                            )
+                        });
+                        lat.push(sent.elapsed());
+                        let words = result_words(xid, reply)
+                            .unwrap_or_else(|e| panic!("{} to {addr}: {e}", op.what()));
+                        match op {
+                            Op::Null(_) => assert!(words.is_empty(), "SM_NULL answered {words:?}"),
+                            _ => assert!(
+                                words.len() == 2 && words[0] == 0,
+                                "SM_STAT was not answered stat_succ: {words:?}"
+                            ),
+                        }
+                        answered += 1;
+                    };
+                    flow.drain(&mut buf, &mut check)
+                        .unwrap_or_else(|e| panic!("{} from {addr}: {e}", op.what()));
+                    if !stopping {
+                        flow.send(answered, proc_, &args)
+                            .unwrap_or_else(|e| panic!("{} to {addr}: {e}", op.what()));
+                    }
+                }
+            }
+            let elapsed = start.elapsed();
+            let server_cpu = cpu_before
+                .zip(CpuSample::take(pid))
+                .map(|(a, b)| b.since(&a));
+            lat.sort_unstable();
+            Run {
+                n: lat.len(),
+                elapsed,
+                lat,
+                server_cpu,
+            }
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floor: a bare UDP responder.
+
+/// The argument that makes this binary the bare UDP responder (`--udp-echo PORT`), started by
+/// the benchmark inside a test host.
+const ECHO_ARG: &str = "--udp-echo";
+
+/// The cheapest UDP server that answers an ONC RPC call on this machine: bound to 127.0.0.1
+/// (no packet-info control messages), it takes up to 16 datagrams per `recvmmsg` and answers
+/// each with the 24 bytes of an accepted, successful, empty reply to its xid in one `sendmmsg`,
+/// without decoding anything else. It is the floor of any RPC server's cost per UDP call: what
+/// the kernel's receive and send paths cost, with nothing of a server's own work. Runs until
+/// killed.
+fn udp_echo(port: u16) -> ! {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+    const BATCH: usize = 16;
+    let sock = UdpSocket::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("udp echo: binding 127.0.0.1:{port}: {e}"));
+    let fd = sock.as_raw_fd();
+    let mut bufs = vec![[0u8; 512]; BATCH];
+    let mut replies = vec![[0u8; 24]; BATCH];
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    loop {
+        let mut iovs: Vec<[io::IoSliceMut<'_>; 1]> =
+            bufs.iter_mut().map(|b| [io::IoSliceMut::new(b)]).collect();
+        let got: Vec<(usize, Option<SockaddrStorage>)> = match recvmmsg(
+            fd,
+            &mut recv_headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        ) {
+            Ok(r) => r.map(|m| (m.bytes, m.address)).collect(),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("udp echo: recvmmsg: {e}"),
+        };
+        let mut to = Vec::with_capacity(got.len());
+        for (i, (len, from)) in got.iter().enumerate() {
+            if *len < 4 || from.is_none() {
+                continue;
+            }
+            replies[to.len()][..4].copy_from_slice(&bufs[i][..4]);
+            replies[to.len()][4..8].copy_from_slice(&1u32.to_be_bytes());
+            to.push(*from);
+        }
+        let iovs: Vec<[io::IoSlice<'_>; 1]> = replies[..to.len()]
+            .iter()
+            .map(|r| [io::IoSlice::new(r)])
+            .collect();
+        if let Err(e) = sendmmsg(fd, &mut send_headers, &iovs, &to, [], MsgFlags::empty()) {
+            eprintln!("udp echo: sendmmsg: {e}");
+        }
+    }
+}
+
 /// Whether `NSMD_BENCH_PIN=1` asks for the generator and the daemon on separate CPUs.
 fn pinned() -> bool {
     std::env::var("NSMD_BENCH_PIN").as_deref() == Ok("1")
@@ -787,7 +1145,7 @@ impl Bench {
 
     fn host(&self, imp: Impl) -> &Host {
         &self.hosts[match imp {
-            Impl::Nsmd => 0,
+            Impl::Nsmd | Impl::Echo => 0,
             Impl::Statd => 1,
         }]
     }
@@ -903,6 +1261,7 @@ impl Bench {
                 "/run/proc",
             ],
             Impl::Statd => vec![&statd, "-F", "-L", "-p", &port_s, "-P", &inside_s],
+            Impl::Echo => panic!("the bare responder runs through echo_trial"),
         };
         let p = host
             .spawn(imp.label(), &argv)
@@ -948,6 +1307,34 @@ impl Bench {
             spec.records
         );
         self.used_dirs.push(outside);
+        out
+    }
+}
+
+impl Bench {
+    /// Starts the bare UDP responder ([`udp_echo`]) in the nsmd host, runs `f` against it,
+    /// stops it.
+    fn echo_trial<T>(&mut self, f: impl FnOnce(&Target<'_>) -> T) -> T {
+        self.trials += 1;
+        let port = 20_000 + u16::try_from(self.trials).expect("fewer than 45000 trials");
+        let exe = std::env::current_exe().expect("the benchmark's own path");
+        let exe = exe.to_string_lossy().into_owned();
+        let port_s = port.to_string();
+        let host = self.host(Impl::Nsmd);
+        let p = host
+            .spawn("udp-echo", &[exe.as_str(), ECHO_ARG, &port_s])
+            .unwrap_or_else(|e| panic!("starting the bare UDP responder: {e}"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        wait_answers(host, addr, &p);
+        let out = f(&Target {
+            host,
+            pid: p.pid(),
+            addr,
+        });
+        if let Err(e) = p.check_running() {
+            panic!("the bare UDP responder died during the measurement: {e}");
+        }
+        drop(p);
         out
     }
 }
@@ -1062,6 +1449,46 @@ impl Results {
                 ns(&b),
             );
         }
+        let floors: Vec<&String> = self
+            .order
+            .iter()
+            .filter(|id| self.runs.contains_key(&((*id).clone(), Impl::Echo)))
+            .collect();
+        if floors.is_empty() {
+            return;
+        }
+        println!();
+        println!(
+            "The floor: the bare UDP responder (recvmmsg/sendmmsg, no decoding, bound to \
+             127.0.0.1) under the same generator, same rounds."
+        );
+        println!();
+        println!(
+            "| measurement | bare echo ops/s | nsmd / echo | rpc.statd / echo | echo CPU us/call |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for id in floors {
+            let med = |imp, f: &dyn Fn(&Run) -> f64| {
+                let mut v: Vec<f64> = self
+                    .runs
+                    .get(&(id.clone(), imp))
+                    .map(|r| r.iter().map(f).collect())
+                    .unwrap_or_default();
+                v.sort_by(f64::total_cmp);
+                match v.len() {
+                    0 => f64::NAN,
+                    n if n % 2 == 1 => v[n / 2],
+                    n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+                }
+            };
+            let echo = med(Impl::Echo, &|r| r.ops());
+            println!(
+                "| {id} | {echo:.0} | {:.2} | {:.2} | {:.1} |",
+                med(Impl::Nsmd, &|r| r.ops()) / echo,
+                med(Impl::Statd, &|r| r.ops()) / echo,
+                med(Impl::Echo, &|r| r.cpu_us()),
+            );
+        }
     }
 }
 
@@ -1079,7 +1506,15 @@ fn measured_names(trial_tag: &str, n: usize) -> Vec<String> {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == ECHO_ARG) {
+        let port = args
+            .get(at + 1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{ECHO_ARG} needs a port"));
+        udp_echo(port);
+    }
+    if !args.iter().any(|a| a == "--bench") {
         eprintln!("statd_load: a load benchmark; run it with `cargo bench --bench statd_load`");
         return;
     }
@@ -1104,8 +1539,9 @@ fn main() {
     let serial_max: usize = env_or("NSMD_BENCH_SERIAL_MAX", SERIAL_MAX);
     let simple_cap = cap / 4;
     let callers: usize = env_or("NSMD_BENCH_CALLERS", SIMPLE_WORKERS);
-    let only =
-        std::env::var("NSMD_BENCH_ONLY").unwrap_or_else(|_| "floor,null,serial,concurrent".into());
+    let window: usize = env_or("NSMD_BENCH_WINDOW", WINDOW);
+    let only = std::env::var("NSMD_BENCH_ONLY")
+        .unwrap_or_else(|_| "floor,null,window,serial,concurrent".into());
     let runs_group = |g: &str| only.split(',').any(|x| x.trim() == g);
     let levels: Vec<usize> = std::env::var("NSMD_BENCH_LEVELS")
         .unwrap_or_else(|_| "0,1000,10000".into())
@@ -1189,6 +1625,42 @@ fn main() {
                     results.add(&id, imp, round, run, "");
                 }
             }
+        }
+        if runs_group("window") {
+            for imp in order {
+                let spec = TrialSpec {
+                    records: 0,
+                    names: &[],
+                };
+                let runs = bench.trial(imp, &spec, |t| {
+                    let mut v = Vec::new();
+                    for (id, op) in [
+                        ("null-udp", Op::Null(Transport::Udp)),
+                        ("null-tcp", Op::Null(Transport::Tcp)),
+                        ("stat-udp", Op::Stat(Transport::Udp)),
+                        ("stat-tcp", Op::Stat(Transport::Tcp)),
+                    ] {
+                        v.push((
+                            format!("{id}-w{window}/{callers}"),
+                            drive_window(t, op, callers, window, simple_cap),
+                        ));
+                    }
+                    (v, 0)
+                });
+                for (id, run) in runs {
+                    results.add(&id, imp, round, run, "");
+                }
+            }
+            let run = bench.echo_trial(|t| {
+                drive_window(t, Op::Null(Transport::Udp), callers, window, simple_cap)
+            });
+            results.add(
+                &format!("null-udp-w{window}/{callers}"),
+                Impl::Echo,
+                round,
+                run,
+                "",
+            );
         }
         for &level in &levels {
             let mut kinds = Vec::new();
