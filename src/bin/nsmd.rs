@@ -105,10 +105,11 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         None
     };
     drop_to_owner_of_sm(&cfg.state_dir)?;
-    // One worker, as rpc.statd's one loop: the work per call is tiny and two workers spent
-    // more on handing wake-ups to each other than they gained (0.32 context switches per
-    // SM_NULL under load, measured). Disk commits, name lookups and the state helper run on
-    // threads of their own.
+    // One worker: the work per call is tiny and two workers spent more on handing wake-ups
+    // to each other than they gained (0.32 context switches per SM_NULL under load,
+    // measured). Each UDP socket has a thread of its own that answers the calls needing no
+    // wait (nsm_rpc::server); disk commits, name lookups and the state helper run on threads
+    // of their own too.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -2,15 +2,20 @@
 //!
 //! The server owns the RPC layer: it parses calls, checks the credential, answers
 //! PROG_UNAVAIL / PROG_MISMATCH itself, and hands every other call to a [`Service`] as a
-//! [`Request`]. What the service answers ([`Outcome`]) becomes the reply. Every request runs in
-//! its own task, so a slow procedure never holds up another request, on UDP or on the same TCP
-//! connection; the number of requests in flight is bounded ([`Limits`]).
+//! [`Request`]. What the service answers ([`Outcome`]) becomes the reply. A call answered
+//! without waiting is answered where it was read; one that must wait continues in its own task,
+//! so a slow procedure never holds up another request, on UDP or on the same TCP connection;
+//! the number of requests in flight is bounded ([`Limits`]).
+//!
+//! Each UDP socket is served by a thread of its own (blocking `recvmmsg`, up to 16 datagrams
+//! per call); TCP connections are tasks of the Tokio runtime.
 //!
 //! Sockets are bound by the caller (tests bind port 0; the daemon binds its configured
 //! addresses), then passed to [`Server::serve_udp`] / [`Server::serve_tcp`].
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +97,9 @@ pub trait Service: Send + Sync + 'static {
     /// The lowest and highest version of `prog` served, or `None` if `prog` is not served.
     fn versions(&self, prog: u32) -> Option<(u32, u32)>;
 
-    /// Answers one call. Runs in its own task; may take as long as it needs.
+    /// Answers one call; may take as long as it needs. The future is first polled where the
+    /// call was read (a UDP socket's thread, inside the runtime's context, or a TCP
+    /// connection's task); if it must wait, it continues in a task of its own.
     fn call(&self, req: Request) -> impl Future<Output = Outcome> + Send;
 }
 
@@ -135,6 +142,9 @@ pub struct Server<S> {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
+    /// The UDP sockets served, each by a thread of its own: shut for reading at shutdown,
+    /// which wakes that thread.
+    udp: std::sync::Mutex<Vec<Arc<std::net::UdpSocket>>>,
 }
 
 impl<S: Service> Server<S> {
@@ -147,6 +157,7 @@ impl<S: Service> Server<S> {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             connections,
+            udp: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -155,10 +166,60 @@ impl<S: Service> Server<S> {
         self.shutdown.clone()
     }
 
-    /// Serves calls arriving on `sock` until shutdown.
+    /// Serves calls arriving on `sock` until shutdown, from a thread of its own that answers
+    /// the calls that need no waiting. Must be called within a Tokio runtime: calls that wait
+    /// continue there.
     pub fn serve_udp(&self, sock: UdpSocket) {
-        let ctx = self.ctx();
-        self.tasks.spawn(udp_loop(ctx, Arc::new(sock)));
+        let sock = match sock.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            Ok(s)
+        }) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                warn!(error = %e, "cannot take over a UDP socket; not serving it");
+                return;
+            }
+        };
+        let local = match sock.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "UDP socket has no local address; not serving it");
+                return;
+            }
+        };
+        // Recorded before the thread starts, so a shutdown from now on reaches it.
+        self.udp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sock.clone());
+        let (ctx, runtime) = (self.ctx(), tokio::runtime::Handle::current());
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let started = std::thread::Builder::new()
+            .name(format!("udp-{}", local.port()))
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                // A call that panics (a bug) loses its batch, not the socket.
+                while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    udp_thread(&ctx, &sock, local);
+                }))
+                .is_err()
+                    && !ctx.shutdown.is_cancelled()
+                {
+                    tracing::error!(%local, "a UDP call panicked (a bug; please report it); serving on");
+                }
+                drop(done);
+            });
+        match started {
+            // Server::shutdown waits for the thread through this task.
+            Ok(_) => {
+                self.tasks.spawn(async move {
+                    let _ = finished.await;
+                });
+            }
+            Err(e) => {
+                warn!(%local, error = %e, "cannot start the thread of a UDP socket; not serving it")
+            }
+        }
     }
 
     /// Accepts connections on `listener` and serves them until shutdown.
@@ -170,7 +231,7 @@ impl<S: Service> Server<S> {
     /// Stops accepting, lets calls in progress finish for at most `grace`, then returns.
     /// Returns false if some task was still running when the grace period ended.
     pub async fn shutdown(&self, grace: Duration) -> bool {
-        self.shutdown.cancel();
+        self.stop();
         self.tasks.close();
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
@@ -183,6 +244,30 @@ impl<S: Service> Server<S> {
             shutdown: self.shutdown.clone(),
             connections: self.connections.clone(),
         }
+    }
+}
+
+impl<S> Server<S> {
+    /// Cancels the shutdown token and wakes the UDP threads, which then exit.
+    fn stop(&self) {
+        self.shutdown.cancel();
+        for s in self
+            .udp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            // Wakes a thread blocked in recvmmsg: it then sees the cancelled token. (Linux
+            // shuts an unconnected UDP socket and says ENOTCONN.)
+            let _ = nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
+    }
+}
+
+impl<S> Drop for Server<S> {
+    /// A server dropped without [`Server::shutdown`] stops too, its UDP threads included.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -254,7 +339,12 @@ pub async fn dispatch<S: Service>(
         args: message.slice(args_at..),
     };
     let xid = h.xid;
-    let outcome = service.call(req).instrument(span).await;
+    // A disabled span costs an enter and an exit per poll: leave it out then.
+    let outcome = if span.is_disabled() {
+        service.call(req).await
+    } else {
+        service.call(req).instrument(span).await
+    };
     Some(match outcome {
         Outcome::Success(results) => encode(
             xid,
@@ -285,7 +375,7 @@ fn encode_denied(xid: u32, r: RejectReply) -> Bytes {
 /// Asks the kernel for the destination address of each datagram (`IP_PKTINFO` /
 /// `IPV6_RECVPKTINFO`), so a socket bound to a wildcard address can tell which local address
 /// a call was sent to and reply from it. `false` when the option cannot be set.
-fn enable_pktinfo(sock: &UdpSocket, v6: bool) -> bool {
+fn enable_pktinfo(sock: &std::net::UdpSocket, v6: bool) -> bool {
     use nix::sys::socket::{setsockopt, sockopt};
     let r = if v6 {
         setsockopt(sock, sockopt::Ipv6RecvPacketInfo, &true)
@@ -313,13 +403,12 @@ struct Datagram {
     dst: SocketAddr,
 }
 
-/// A reply ready to go, with the request's in-flight permit.
+/// A reply ready to go.
 #[derive(Debug)]
 struct ReadyReply {
     reply: Bytes,
     peer: SocketAddr,
     dst: SocketAddr,
-    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
@@ -328,20 +417,18 @@ fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
         .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())))
 }
 
-/// Receives the datagrams queued on `sock`, up to one per slot of `bufs` (each slot `slot`
-/// bytes), into `out`: their lengths (the real length, `MSG_TRUNC`), senders and destination
-/// addresses (from the packet-info control message when `pktinfo`; else `fallback`).
-/// `WouldBlock` when none is queued.
+/// Waits for datagrams on `sock` (a blocking socket), then takes every one queued, up to one
+/// per slot of `bufs` (each slot `slot` bytes), into `out`: their lengths (the real length,
+/// `MSG_TRUNC`), senders and destination addresses (from the packet-info control message when
+/// `pktinfo`; else `fallback`).
 fn recv_batch(
-    sock: &UdpSocket,
+    sock: &std::net::UdpSocket,
     bufs: &mut [u8],
     slot: usize,
     pktinfo: bool,
     fallback: SocketAddr,
     out: &mut Vec<Datagram>,
 ) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-
     use nix::sys::socket::{
         ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
     };
@@ -354,11 +441,12 @@ fn recv_batch(
     // used, and nix does not restore it.
     let cmsg = pktinfo.then(|| nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo));
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), cmsg);
+    // MSG_WAITFORONE: wait for the first datagram only, then take what is queued.
     let received = recvmmsg(
         sock.as_raw_fd(),
         &mut headers,
         iovs.iter_mut(),
-        MsgFlags::MSG_TRUNC,
+        MsgFlags::MSG_TRUNC | MsgFlags::MSG_WAITFORONE,
         None,
     )?;
     for m in received {
@@ -401,13 +489,12 @@ fn reply_source(dst: SocketAddr, pktinfo: bool) -> Option<std::net::IpAddr> {
 /// returns how many were sent, from the first. A packet-info control message sets the source
 /// address, so the reply leaves from the address the call was sent to even on a wildcard socket.
 fn send_batch(
-    sock: &UdpSocket,
+    sock: &std::net::UdpSocket,
     replies: &[ReadyReply],
     from: Option<std::net::IpAddr>,
+    flags: nix::sys::socket::MsgFlags,
 ) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-
-    use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+    use nix::sys::socket::{ControlMessage, MultiHeaders, SockaddrStorage, sendmmsg};
     let iovs: Vec<[std::io::IoSlice<'_>; 1]> = replies
         .iter()
         .map(|r| [std::io::IoSlice::new(&r.reply)])
@@ -453,25 +540,13 @@ fn send_batch(
         Some(c) => std::slice::from_ref(c),
         None => &[],
     };
-    let sent = sendmmsg(
-        sock.as_raw_fd(),
-        &mut headers,
-        &iovs,
-        &to,
-        cmsgs,
-        MsgFlags::empty(),
-    )?;
+    let sent = sendmmsg(sock.as_raw_fd(), &mut headers, &iovs, &to, cmsgs, flags)?;
     Ok(sent.count())
 }
 
-/// Sends `replies` without waiting: each run of replies from one source address in one
-/// system call. What the socket cannot take now goes to a task that waits for it.
-fn send_ready<S>(
-    ctx: &Ctx<S>,
-    sock: &Arc<UdpSocket>,
-    replies: &mut Vec<ReadyReply>,
-    pktinfo: bool,
-) {
+/// Sends `replies` from the UDP thread (a blocking socket: a full send buffer waits): each
+/// run of replies from one source address in one system call.
+fn send_ready(sock: &std::net::UdpSocket, replies: &mut Vec<ReadyReply>, pktinfo: bool) {
     let mut at = 0;
     while at < replies.len() {
         let from = reply_source(replies[at].dst, pktinfo);
@@ -479,20 +554,14 @@ fn send_ready<S>(
             .iter()
             .take_while(|r| reply_source(r.dst, pktinfo) == from)
             .count();
-        match sock.try_io(tokio::io::Interest::WRITABLE, || {
-            send_batch(sock, &replies[at..at + run], from)
-        }) {
+        match send_batch(
+            sock,
+            &replies[at..at + run],
+            from,
+            nix::sys::socket::MsgFlags::empty(),
+        ) {
             Ok(n) => at += n.max(1).min(run),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let rest: Vec<ReadyReply> = replies.drain(at..).collect();
-                let sock = sock.clone();
-                ctx.tasks.spawn(async move {
-                    for r in rest {
-                        send_reply(&sock, &r, pktinfo).await;
-                    }
-                });
-                break;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // The first of the run could not be sent; the others still can.
                 debug!(peer = %replies[at].peer, error = %e, "could not send a UDP reply");
@@ -503,90 +572,109 @@ fn send_ready<S>(
     replies.clear();
 }
 
-async fn udp_loop<S: Service>(ctx: Ctx<S>, sock: Arc<UdpSocket>) {
-    let local = match sock.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(error = %e, "UDP socket has no local address; not serving it");
-            return;
+/// Sends the reply of a call that waited, from its task: without blocking the runtime's
+/// thread, so a full send buffer is retried for up to about a second, then the reply is
+/// dropped (the client retransmits).
+async fn send_later(sock: &std::net::UdpSocket, r: ReadyReply, pktinfo: bool) {
+    let from = reply_source(r.dst, pktinfo);
+    let r = [r];
+    for _ in 0..1000 {
+        match send_batch(sock, &r, from, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+            Ok(1) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                debug!(peer = %r[0].peer, error = %e, "could not send a UDP reply");
+                return;
+            }
         }
-    };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    debug!(peer = %r[0].peer, "UDP send buffer full for a second; dropped a reply");
+}
+
+/// One call of a UDP socket still in progress in a task; the count is bounded by
+/// [`Limits::max_udp_in_flight`].
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves one UDP socket (blocking) until shutdown: waits for datagrams, takes up to
+/// [`UDP_BATCH`] per system call, answers each call that needs no waiting at once (NULL,
+/// STAT, NOTIFY, every rejection: most of them), and sends the replies of a batch together.
+/// A call that must wait (SM_MON on the disk) continues in a task of the runtime, which sends
+/// its reply. Run on a thread of its own, inside the runtime's context: the socket is not in
+/// the runtime's epoll set, so no readiness event or task wake-up is paid per datagram, and a
+/// busy socket does not hold up the runtime.
+fn udp_thread<S: Service>(ctx: &Ctx<S>, sock: &Arc<std::net::UdpSocket>, local: SocketAddr) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     // A wildcard socket learns each call's destination address (design.md, data flow 2).
-    let pktinfo = local.ip().is_unspecified() && enable_pktinfo(&sock, local.is_ipv6());
-    let in_flight = Arc::new(Semaphore::new(ctx.limits.max_udp_in_flight));
+    let pktinfo = local.ip().is_unspecified() && enable_pktinfo(sock, local.is_ipv6());
+    let waiting = Arc::new(AtomicUsize::new(0));
     // One byte more than the cap per slot, so an oversized datagram is seen as such.
     let slot = ctx.limits.max_record + 1;
     let mut bufs = vec![0u8; slot * UDP_BATCH];
     let mut got = Vec::with_capacity(UDP_BATCH);
     let mut ready = Vec::with_capacity(UDP_BATCH);
-    loop {
-        let r = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            r = sock.async_io(tokio::io::Interest::READABLE, || {
-                recv_batch(&sock, &mut bufs, slot, pktinfo, local, &mut got)
-            }) => r,
-        };
-        if let Err(e) = r {
-            // ICMP errors from earlier sends surface here (ECONNREFUSED); keep going.
-            debug!(%local, error = %e, "UDP receive error");
+    while !ctx.shutdown.is_cancelled() {
+        if let Err(e) = recv_batch(sock, &mut bufs, slot, pktinfo, local, &mut got) {
+            match e.raw_os_error() {
+                Some(nix::libc::EINTR) => {}
+                // ICMP errors from earlier sends surface here; keep going.
+                Some(
+                    nix::libc::ECONNREFUSED | nix::libc::EHOSTUNREACH | nix::libc::ENETUNREACH,
+                ) => {
+                    debug!(%local, error = %e, "UDP receive error");
+                }
+                _ => {
+                    // Not expected: say so, and do not spin on it.
+                    warn!(%local, error = %e, "UDP receive failed; retrying in 100 ms");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             continue;
+        }
+        if ctx.shutdown.is_cancelled() {
+            break;
         }
         for (&Datagram { len, peer, dst }, buf) in got.iter().zip(bufs.chunks(slot)) {
             if len > ctx.limits.max_record {
                 debug!(%peer, %local, "dropped an oversized UDP datagram");
                 continue;
             }
-            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            if waiting.load(Ordering::Relaxed) >= ctx.limits.max_udp_in_flight {
                 debug!(%peer, %local, "UDP requests in flight at the limit; dropped one");
                 continue;
-            };
+            }
             let message = Bytes::copy_from_slice(&buf[..len]);
             let svc = ctx.service.clone();
             let mut reply =
                 Box::pin(async move { dispatch(&*svc, message, peer, dst, Transport::Udp).await });
-            // Most calls (NULL, STAT, NOTIFY, every rejection) are answered without waiting:
-            // poll once here and reply inline, which saves a task and a thread hand-off per
-            // datagram. A call that must wait (SM_MON on the disk) moves into its own task,
+            // Poll once here and reply inline; a call that must wait moves into a task,
             // whose first poll registers the real waker.
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match reply.as_mut().poll(&mut cx) {
-                std::task::Poll::Ready(None) => drop(permit),
-                std::task::Poll::Ready(Some(reply)) => ready.push(ReadyReply {
-                    reply,
-                    peer,
-                    dst,
-                    _permit: permit,
-                }),
+                std::task::Poll::Ready(None) => {}
+                std::task::Poll::Ready(Some(reply)) => ready.push(ReadyReply { reply, peer, dst }),
                 std::task::Poll::Pending => {
+                    waiting.fetch_add(1, Ordering::Relaxed);
+                    let held = Waiting(waiting.clone());
                     let sock = sock.clone();
                     ctx.tasks.spawn(async move {
                         if let Some(reply) = reply.await {
-                            let r = ReadyReply {
-                                reply,
-                                peer,
-                                dst,
-                                _permit: permit,
-                            };
-                            send_reply(&sock, &r, pktinfo).await;
+                            send_later(&sock, ReadyReply { reply, peer, dst }, pktinfo).await;
                         }
+                        drop(held);
                     });
                 }
             }
         }
-        send_ready(&ctx, &sock, &mut ready, pktinfo);
-    }
-}
-
-/// Sends a UDP reply, waiting for the socket if needed.
-async fn send_reply(sock: &UdpSocket, r: &ReadyReply, pktinfo: bool) {
-    let from = reply_source(r.dst, pktinfo);
-    let sent = sock
-        .async_io(tokio::io::Interest::WRITABLE, || {
-            send_batch(sock, std::slice::from_ref(r), from)
-        })
-        .await;
-    if let Err(e) = sent {
-        debug!(peer = %r.peer, error = %e, "could not send a UDP reply");
+        send_ready(sock, &mut ready, pktinfo);
     }
 }
 
@@ -841,6 +929,68 @@ mod tests {
         assert_eq!(from, to, "the reply leaves from the address called");
         assert_eq!(buf[..4], 7u32.to_be_bytes());
         assert!(server.shutdown(Duration::from_secs(1)).await);
+    }
+
+    /// Panics on procedure 9, answers every other call with nothing.
+    struct Fragile;
+
+    impl Service for Fragile {
+        fn versions(&self, _prog: u32) -> Option<(u32, u32)> {
+            Some((1, 1))
+        }
+
+        async fn call(&self, req: Request) -> Outcome {
+            assert!(req.proc_ != 9, "procedure 9 panics on purpose");
+            Outcome::Success(Bytes::new())
+        }
+    }
+
+    fn call_of(xid: u32, proc_: u32) -> Vec<u8> {
+        let mut call = Vec::new();
+        for w in [xid, 0, 2, 100_024, 1, proc_, 0, 0, 0, 0] {
+            call.extend_from_slice(&w.to_be_bytes());
+        }
+        call
+    }
+
+    #[tokio::test]
+    async fn a_udp_call_that_panics_loses_its_reply_not_the_socket() {
+        let server = Server::new(Arc::new(Fragile), Limits::default());
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = sock.local_addr().unwrap();
+        server.serve_udp(sock);
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(&call_of(1, 9), to).await.unwrap();
+        let mut buf = [0u8; 128];
+        let quiet =
+            tokio::time::timeout(Duration::from_millis(300), client.recv_from(&mut buf)).await;
+        assert!(quiet.is_err(), "the call that panicked has no reply");
+        client.send_to(&call_of(2, 0), to).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .expect("the socket is still served after a panic")
+            .unwrap();
+        assert_eq!(buf[..4], 2u32.to_be_bytes());
+        assert_eq!(n, 24, "an accepted, empty reply");
+        assert!(server.shutdown(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_server_closes_its_udp_sockets() {
+        let server = Server::new(Arc::new(Where), Limits::default());
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        server.serve_udp(sock);
+        drop(server);
+        // The thread wakes, exits and closes the socket: the port can be bound again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} still bound 5 s after the server was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

@@ -121,19 +121,21 @@ impl Service for NsmService {
             .services
             .as_ref()
             .map_or(Route::Node, |s| s.route(req.local.ip()));
-        let (inst, also) = match route {
+        let (inst, node) = match route {
             // Calls to a service address go to that instance only.
-            Route::Service(i) => (i, Vec::new()),
+            Route::Service(i) => (i, false),
             Route::Silent => return Outcome::Drop,
-            // lockd's SM_MON does not say which server address the client used: record the
-            // peer in the node instance and in every service instance active here.
-            Route::Node => (
-                self.instance.clone(),
-                self.services
-                    .as_ref()
-                    .map(|s| s.active())
-                    .unwrap_or_default(),
-            ),
+            Route::Node => (self.instance.clone(), true),
+        };
+        // lockd's SM_MON does not say which server address the client used: SM_MON and
+        // SM_UNMON* to the node record the peer in (or remove it from) every service instance
+        // active here too. Listed only for those procedures.
+        let also = || {
+            self.services
+                .as_ref()
+                .filter(|_| node)
+                .map(|s| s.active())
+                .unwrap_or_default()
         };
         let inst = &inst;
         let r = async {
@@ -146,6 +148,7 @@ impl Service for NsmService {
                 SM_MON => {
                     let m = args::<Mon<'_>>(&req)?;
                     let r = inst.mon(req.peer, &m).await;
+                    let also = also();
                     if r.res_stat == nsm_xdr::nsm::Res::StatSucc && !also.is_empty() {
                         for s in self
                             .mon_targets(inst, m.mon_id.mon_name.as_bytes(), &also)
@@ -158,14 +161,14 @@ impl Service for NsmService {
                 }
                 SM_UNMON => {
                     let id = args::<MonId<'_>>(&req)?;
-                    for s in &also {
+                    for s in &also() {
                         s.unmon(req.peer, &id).await;
                     }
                     results(&inst.unmon(req.peer, &id).await)
                 }
                 SM_UNMON_ALL => {
                     let id = args::<MyId<'_>>(&req)?;
-                    for s in &also {
+                    for s in &also() {
                         s.unmon_all(req.peer, &id).await;
                     }
                     results(&inst.unmon_all(req.peer, &id).await)
