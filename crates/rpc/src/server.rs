@@ -975,6 +975,67 @@ mod tests {
         assert!(server.shutdown(Duration::from_secs(1)).await);
     }
 
+    /// Procedure 5 waits until released; every other call is answered at once.
+    struct Gate(Semaphore);
+
+    impl Service for Gate {
+        fn versions(&self, _prog: u32) -> Option<(u32, u32)> {
+            Some((1, 1))
+        }
+
+        async fn call(&self, req: Request) -> Outcome {
+            if req.proc_ == 5 {
+                drop(self.0.acquire().await);
+            }
+            Outcome::Success(Bytes::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_of_waiting_udp_calls_new_calls_are_dropped_until_one_ends() {
+        let gate = Arc::new(Gate(Semaphore::new(0)));
+        let limits = Limits {
+            max_udp_in_flight: 1,
+            ..Limits::default()
+        };
+        let server = Server::new(gate.clone(), limits);
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = sock.local_addr().unwrap();
+        server.serve_udp(sock);
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 128];
+        // The first waiting call takes the one slot. Until it ends, nothing new starts: a
+        // call cannot be known to need no wait before it runs.
+        client.send_to(&call_of(1, 5), to).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.send_to(&call_of(2, 5), to).await.unwrap();
+        client.send_to(&call_of(3, 0), to).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Released, the first waiting call is answered; the two dropped ones never are.
+        gate.0.add_permits(10);
+        let (_, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .expect("the waiting call answered once released")
+            .unwrap();
+        assert_eq!(buf[..4], 1u32.to_be_bytes());
+        let late =
+            tokio::time::timeout(Duration::from_millis(300), client.recv_from(&mut buf)).await;
+        assert!(
+            late.is_err(),
+            "calls over the limit were dropped, not queued"
+        );
+        // The slot is free again.
+        for xid in [4, 5] {
+            client.send_to(&call_of(xid, xid), to).await.unwrap();
+            let (_, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                .await
+                .expect("answered after the slot was freed")
+                .unwrap();
+            assert_eq!(buf[..4], xid.to_be_bytes());
+        }
+        assert!(server.shutdown(Duration::from_secs(1)).await);
+    }
+
     #[tokio::test]
     async fn a_dropped_server_closes_its_udp_sockets() {
         let server = Server::new(Arc::new(Where), Limits::default());
