@@ -23,8 +23,8 @@
 //! - `null-*-w64/8`, `stat-*-w64/8` (the saturating generator): one generator thread keeps 64
 //!   calls outstanding over 8 UDP sockets or TCP connections and sends a new call for each
 //!   reply, the calls of one wake-up in one system call per socket, so the daemon's own cost
-//!   per call bounds the rate; then the same generator against a bare UDP responder (the
-//!   floor: the kernel's cost of a UDP call, nothing else);
+//!   per call bounds the rate (after 0.3 s of warm-up, not counted); then the same generator
+//!   against a bare UDP responder (the floor: the kernel's cost of a UDP call, nothing else);
 //! - `mon-percall-N`: serial SM_MON, a new TCP connection per call (lockd's pattern: the kernel
 //!   makes a fresh rpc_clnt per upcall); `mon-persistent-N`: serial SM_MON on one connection
 //!   (at N = 10,000 in the first round only: rpc.statd needs ~15 s per call there);
@@ -377,6 +377,26 @@ struct Run {
 }
 
 impl Run {
+    /// The run of the calls whose latencies are `lat` (in any order), over `elapsed`, with the
+    /// CPU time the daemon `pid` used since `cpu_before`.
+    fn new(
+        elapsed: Duration,
+        mut lat: Vec<Duration>,
+        pid: u32,
+        cpu_before: Option<CpuSample>,
+    ) -> Self {
+        let server_cpu = cpu_before
+            .zip(CpuSample::take(pid))
+            .map(|(a, b)| b.since(&a));
+        lat.sort_unstable();
+        Self {
+            n: lat.len(),
+            elapsed,
+            lat,
+            server_cpu,
+        }
+    }
+
     fn ops(&self) -> f64 {
         self.n as f64 / self.elapsed.as_secs_f64()
     }
@@ -467,22 +487,15 @@ fn drive(
         barrier.wait();
         start = Instant::now();
     });
-    let elapsed = start.elapsed();
-    let server_cpu = cpu_before
-        .zip(CpuSample::take(pid))
-        .map(|(a, b)| b.since(&a));
-    let mut lat = lats.into_inner().unwrap_or_else(PoisonError::into_inner);
-    lat.sort_unstable();
-    Run {
-        n: lat.len(),
-        elapsed,
-        lat,
-        server_cpu,
-    }
+    let lat = lats.into_inner().unwrap_or_else(PoisonError::into_inner);
+    Run::new(start.elapsed(), lat, pid, cpu_before)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The saturating generator.
+
+/// The saturating generator's warm-up before each measurement.
+const WINDOW_WARMUP: Duration = Duration::from_millis(300);
 
 /// Replies read per `recvmmsg` by the saturating generator.
 const WINDOW_RECV_BATCH: usize = 64;
@@ -649,7 +662,7 @@ impl Flow {
 /// each reply is checked and answered with a new call at once, the calls of one wake-up in one
 /// system call per socket. Unlike [`drive`], whose callers wait for each reply, this keeps the
 /// daemon busy without costing a wake-up per call in the generator, so the daemon's own cost
-/// per call bounds the rate.
+/// per call bounds the rate. A warm-up of [`WINDOW_WARMUP`] comes first, not counted.
 fn drive_window(target: &Target<'_>, op: Op, flows: usize, window: usize, cap: Duration) -> Run {
     let Target { host, pid, addr } = *target;
     let (transport, proc_, args) = match op {
@@ -680,8 +693,9 @@ fn drive_window(target: &Target<'_>, op: Op, flows: usize, window: usize, cap: D
                 })
                 .collect();
             let mut buf = vec![0u8; WINDOW_RECV_BATCH * 2048];
-            let mut lat = Vec::new();
-            let cpu_before = CpuSample::take(pid);
+            // One phase: the window filled, kept full until `cap`, then drained. Returns how
+            // long it took; the latencies go to `lat`.
+            let mut phase = |cap: Duration, lat: &mut Vec<Duration>| -> Duration {
             let start = Instant::now();
             let deadline = start + cap;
             for (i, flow) in socks.iter_mut().enumerate() {
@@ -719,8 +733,7 @@ fn drive_window(target: &Target<'_>, op: Op, flows: usize, window: usize, cap: D
                         continue;
                     }
                     let mut answered = 0;
-                    let mut check = |sent: &mut std::collections::HashMap<u32, Instant>,
-                                     reply: &[u8]| {
+                    let mut check = |sent: &mut Sent, reply: &[u8]| {
                         let xid = reply
                             .get(..4)
                             .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
@@ -750,17 +763,16 @@ fn drive_window(target: &Target<'_>, op: Op, flows: usize, window: usize, cap: D
                     }
                 }
             }
-            let elapsed = start.elapsed();
-            let server_cpu = cpu_before
-                .zip(CpuSample::take(pid))
-                .map(|(a, b)| b.since(&a));
-            lat.sort_unstable();
-            Run {
-                n: lat.len(),
-                elapsed,
-                lat,
-                server_cpu,
-            }
+            start.elapsed()
+            };
+            // A warm-up phase first, not counted: the first calls after a daemon starts are
+            // slower (caches, buffers, the scheduler), and would weigh on the first
+            // measurement of each trial only.
+            phase(WINDOW_WARMUP.min(cap), &mut Vec::new());
+            let mut lat = Vec::new();
+            let cpu_before = CpuSample::take(pid);
+            let elapsed = phase(cap, &mut lat);
+            Run::new(elapsed, lat, pid, cpu_before)
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
@@ -1599,7 +1611,12 @@ fn main() {
                 "  (O_SYNC create)",
             );
         }
-        if runs_group("null") {
+        // SM_NULL and SM_STAT: callers that wait for each reply (`null`), then the saturating
+        // generator and the bare responder (`window`).
+        for (group, windowed) in [("null", false), ("window", true)] {
+            if !runs_group(group) {
+                continue;
+            }
             for imp in order {
                 let spec = TrialSpec {
                     records: 0,
@@ -1613,11 +1630,18 @@ fn main() {
                         ("stat-udp", Op::Stat(Transport::Udp)),
                         ("stat-tcp", Op::Stat(Transport::Tcp)),
                     ] {
-                        v.push((id.to_owned(), drive(t, op, &[], 1, usize::MAX, simple_cap)));
-                        v.push((
-                            format!("{id}-x{callers}"),
-                            drive(t, op, &[], callers, usize::MAX, simple_cap),
-                        ));
+                        if windowed {
+                            v.push((
+                                format!("{id}-w{window}/{callers}"),
+                                drive_window(t, op, callers, window, simple_cap),
+                            ));
+                        } else {
+                            v.push((id.to_owned(), drive(t, op, &[], 1, usize::MAX, simple_cap)));
+                            v.push((
+                                format!("{id}-x{callers}"),
+                                drive(t, op, &[], callers, usize::MAX, simple_cap),
+                            ));
+                        }
                     }
                     (v, 0)
                 });
@@ -1625,42 +1649,18 @@ fn main() {
                     results.add(&id, imp, round, run, "");
                 }
             }
-        }
-        if runs_group("window") {
-            for imp in order {
-                let spec = TrialSpec {
-                    records: 0,
-                    names: &[],
-                };
-                let runs = bench.trial(imp, &spec, |t| {
-                    let mut v = Vec::new();
-                    for (id, op) in [
-                        ("null-udp", Op::Null(Transport::Udp)),
-                        ("null-tcp", Op::Null(Transport::Tcp)),
-                        ("stat-udp", Op::Stat(Transport::Udp)),
-                        ("stat-tcp", Op::Stat(Transport::Tcp)),
-                    ] {
-                        v.push((
-                            format!("{id}-w{window}/{callers}"),
-                            drive_window(t, op, callers, window, simple_cap),
-                        ));
-                    }
-                    (v, 0)
+            if windowed {
+                let run = bench.echo_trial(|t| {
+                    drive_window(t, Op::Null(Transport::Udp), callers, window, simple_cap)
                 });
-                for (id, run) in runs {
-                    results.add(&id, imp, round, run, "");
-                }
+                results.add(
+                    &format!("null-udp-w{window}/{callers}"),
+                    Impl::Echo,
+                    round,
+                    run,
+                    "",
+                );
             }
-            let run = bench.echo_trial(|t| {
-                drive_window(t, Op::Null(Transport::Udp), callers, window, simple_cap)
-            });
-            results.add(
-                &format!("null-udp-w{window}/{callers}"),
-                Impl::Echo,
-                round,
-                run,
-                "",
-            );
         }
         for &level in &levels {
             let mut kinds = Vec::new();

@@ -834,10 +834,7 @@ mod tests {
         server.serve_udp(sock);
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         for dst in ["127.0.0.1", "127.0.0.3"] {
-            let mut call = Vec::new();
-            for w in [9u32, 0, 2, 100_024, 1, 0, 0, 0, 0, 0] {
-                call.extend_from_slice(&w.to_be_bytes());
-            }
+            let call = call_of(9, 0);
             let to: SocketAddr = format!("{dst}:{port}").parse().unwrap();
             client.send_to(&call, to).await.unwrap();
             let mut buf = [0u8; 128];
@@ -855,14 +852,6 @@ mod tests {
             );
         }
         assert!(server.shutdown(Duration::from_secs(1)).await);
-    }
-
-    fn null_call(xid: u32) -> Vec<u8> {
-        let mut call = Vec::new();
-        for w in [xid, 0, 2, 100_024, 1, 0, 0, 0, 0, 0] {
-            call.extend_from_slice(&w.to_be_bytes());
-        }
-        call
     }
 
     #[tokio::test]
@@ -889,7 +878,7 @@ mod tests {
             if i == 2 {
                 client.send_to(&[0u8; 201], to).await.unwrap();
             }
-            client.send_to(&null_call(i as u32), to).await.unwrap();
+            client.send_to(&call_of(i as u32, 0), to).await.unwrap();
         }
         server.serve_udp(sock);
         let mut buf = [0u8; 128];
@@ -920,7 +909,7 @@ mod tests {
             .parse()
             .unwrap();
         server.serve_udp(sock);
-        client.send_to(&null_call(7), to).await.unwrap();
+        client.send_to(&call_of(7, 0), to).await.unwrap();
         let mut buf = [0u8; 128];
         let (_, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
             .await
@@ -1064,7 +1053,7 @@ mod tests {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut records = Vec::new();
         for xid in 0..100u32 {
-            let call = null_call(xid);
+            let call = call_of(xid, 0);
             records.extend_from_slice(&(0x8000_0000 | call.len() as u32).to_be_bytes());
             records.extend_from_slice(&call);
         }
