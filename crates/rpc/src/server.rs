@@ -395,9 +395,11 @@ fn enable_pktinfo(sock: &std::net::UdpSocket, v6: bool) -> bool {
 /// the replies that are ready at once leave together (`sendmmsg`).
 const UDP_BATCH: usize = 16;
 
-/// A received datagram: its length, sender, and the local address it was sent to.
+/// A received datagram: the index of the buffer slot it is in, its length, sender, and the
+/// local address it was sent to.
 #[derive(Debug, Clone, Copy)]
 struct Datagram {
+    index: usize,
     len: usize,
     peer: SocketAddr,
     dst: SocketAddr,
@@ -449,7 +451,8 @@ fn recv_batch(
         MsgFlags::MSG_TRUNC | MsgFlags::MSG_WAITFORONE,
         None,
     )?;
-    for m in received {
+    // A datagram dropped here leaves its slot unused: each kept one says which slot it is in.
+    for (index, m) in received.enumerate() {
         let Some(peer) = m.address.as_ref().and_then(socket_addr) else {
             debug!(local = %fallback, "dropped a datagram without a sender address");
             continue;
@@ -471,6 +474,7 @@ fn recv_batch(
             }
         }
         out.push(Datagram {
+            index,
             len: m.bytes,
             peer,
             dst,
@@ -642,7 +646,14 @@ fn udp_thread<S: Service>(ctx: &Ctx<S>, sock: &Arc<std::net::UdpSocket>, local: 
         if ctx.shutdown.is_cancelled() {
             break;
         }
-        for (&Datagram { len, peer, dst }, buf) in got.iter().zip(bufs.chunks(slot)) {
+        for &Datagram {
+            index,
+            len,
+            peer,
+            dst,
+        } in &got
+        {
+            let buf = &bufs[index * slot..(index + 1) * slot];
             if len > ctx.limits.max_record {
                 debug!(%peer, %local, "dropped an oversized UDP datagram");
                 continue;
