@@ -358,6 +358,27 @@ pub async fn dispatch<S: Service>(
     })
 }
 
+/// [`dispatch`] where the call was read, for the calls that need no wait (most of them):
+/// polls it once, saving a task and a thread hand-off per call. `Ok` with the reply (`None`:
+/// nothing to send) when it finished; `Err` with the rest when it must wait, to be run in a
+/// task, whose first poll registers the real waker.
+fn dispatch_here<S: Service>(
+    service: &Arc<S>,
+    message: Bytes,
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+) -> Result<Option<Bytes>, std::pin::Pin<Box<impl Future<Output = Option<Bytes>> + Send + 'static>>>
+{
+    let svc = service.clone();
+    let mut reply = Box::pin(async move { dispatch(&*svc, message, peer, local, transport).await });
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match reply.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => Err(reply),
+    }
+}
+
 fn encode(xid: u32, body: &ReplyBody<RawXdr<'_>>) -> Bytes {
     let mut out = BytesMut::with_capacity(msg::reply_len(body));
     msg::encode_reply(xid, body, &mut out);
@@ -663,16 +684,10 @@ fn udp_thread<S: Service>(ctx: &Ctx<S>, sock: &Arc<std::net::UdpSocket>, local: 
                 continue;
             }
             let message = Bytes::copy_from_slice(&buf[..len]);
-            let svc = ctx.service.clone();
-            let mut reply =
-                Box::pin(async move { dispatch(&*svc, message, peer, dst, Transport::Udp).await });
-            // Poll once here and reply inline; a call that must wait moves into a task,
-            // whose first poll registers the real waker.
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match reply.as_mut().poll(&mut cx) {
-                std::task::Poll::Ready(None) => {}
-                std::task::Poll::Ready(Some(reply)) => ready.push(ReadyReply { reply, peer, dst }),
-                std::task::Poll::Pending => {
+            match dispatch_here(&ctx.service, message, peer, dst, Transport::Udp) {
+                Ok(None) => {}
+                Ok(Some(reply)) => ready.push(ReadyReply { reply, peer, dst }),
+                Err(reply) => {
                     waiting.fetch_add(1, Ordering::Relaxed);
                     let held = Waiting(waiting.clone());
                     let sock = sock.clone();
@@ -781,15 +796,9 @@ async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr
                 Err(_) => break,
             },
         };
-        let svc = ctx.service.clone();
-        let mut reply =
-            Box::pin(async move { dispatch(&*svc, message, peer, local, Transport::Tcp).await });
-        // As on UDP: a call answered without waiting is answered here, without a task of its
-        // own; one that must wait moves into a task.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match reply.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(None) => {}
-            std::task::Poll::Ready(Some(r)) => {
+        match dispatch_here(&ctx.service, message, peer, local, Transport::Tcp) {
+            Ok(None) => {}
+            Ok(Some(r)) => {
                 // The writer may be gone (peer closed); nothing to do then. When it is behind,
                 // the reply waits in a task, holding its permit, as a slow call's does.
                 if let Err(mpsc::error::TrySendError::Full(r)) = tx.try_send(r) {
@@ -800,7 +809,7 @@ async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr
                     });
                 }
             }
-            std::task::Poll::Pending => {
+            Err(reply) => {
                 let tx = tx.clone();
                 ctx.tasks.spawn(async move {
                     if let Some(r) = reply.await {

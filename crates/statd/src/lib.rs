@@ -121,22 +121,16 @@ impl Service for NsmService {
             .services
             .as_ref()
             .map_or(Route::Node, |s| s.route(req.local.ip()));
-        let (inst, node) = match route {
-            // Calls to a service address go to that instance only.
-            Route::Service(i) => (i, false),
-            Route::Silent => return Outcome::Drop,
-            Route::Node => (self.instance.clone(), true),
-        };
         // lockd's SM_MON does not say which server address the client used: SM_MON and
         // SM_UNMON* to the node record the peer in (or remove it from) every service instance
-        // active here too. Listed only for those procedures.
-        let also = || {
-            self.services
-                .as_ref()
-                .filter(|_| node)
-                .map(|s| s.active())
-                .unwrap_or_default()
+        // active here too (`also_in`, listed only for those procedures).
+        let (inst, also_in) = match route {
+            // Calls to a service address go to that instance only.
+            Route::Service(i) => (i, None),
+            Route::Silent => return Outcome::Drop,
+            Route::Node => (self.instance.clone(), self.services.as_ref()),
         };
+        let also = || also_in.map(|s| s.active()).unwrap_or_default();
         let inst = &inst;
         let r = async {
             Ok::<_, Outcome>(match req.proc_ {
