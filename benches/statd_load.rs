@@ -1411,19 +1411,6 @@ impl Results {
                     .unwrap_or_default()
             };
             let (a, b) = (get(Impl::Nsmd), get(Impl::Statd));
-            let stat = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> (f64, f64, f64) {
-                let mut v: Vec<f64> = runs.iter().map(f).collect();
-                v.sort_by(f64::total_cmp);
-                if v.is_empty() {
-                    return (f64::NAN, f64::NAN, f64::NAN);
-                }
-                let med = if v.len() % 2 == 1 {
-                    v[v.len() / 2]
-                } else {
-                    (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-                };
-                (med, v[0], v[v.len() - 1])
-            };
             let cell = |(m, lo, hi): (f64, f64, f64)| {
                 if m.is_nan() {
                     return "-".to_owned();
@@ -1481,17 +1468,11 @@ impl Results {
         println!("|---|---:|---:|---:|---:|");
         for id in floors {
             let med = |imp, f: &dyn Fn(&Run) -> f64| {
-                let mut v: Vec<f64> = self
-                    .runs
-                    .get(&(id.clone(), imp))
-                    .map(|r| r.iter().map(f).collect())
-                    .unwrap_or_default();
-                v.sort_by(f64::total_cmp);
-                match v.len() {
-                    0 => f64::NAN,
-                    n if n % 2 == 1 => v[n / 2],
-                    n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-                }
+                stat(
+                    self.runs.get(&(id.clone(), imp)).map_or(&[], Vec::as_slice),
+                    f,
+                )
+                .0
             };
             let echo = med(Impl::Echo, &|r| r.ops());
             println!(
@@ -1502,6 +1483,21 @@ impl Results {
             );
         }
     }
+}
+
+/// The median, lowest and highest of `f` over `runs` (NaN when there are none).
+fn stat(runs: &[Run], f: &dyn Fn(&Run) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let med = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (med, v[0], v[v.len() - 1])
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
