@@ -206,10 +206,7 @@ fn systemd_readiness_sighup_and_nfs_conf() {
         "{}",
         nsmd.log_tail(10)
     );
-    let out = h
-        .run_ok(&["/usr/sbin/rpcinfo", "-u", "127.0.0.1", "100024", "1"], T)
-        .unwrap();
-    assert!(out.contains("ready and waiting"));
+    assert_statd_answers(&h);
     assert!(nsmd.is_running());
     nsmd.signal(Signal::Term).unwrap();
     assert!(nsmd.wait(T).unwrap().success());
@@ -372,11 +369,23 @@ fn simu_crash_bumps_the_state_in_a_state_directory_owned_by_statd() {
     );
 }
 
-/// Waits for a refused nsmd to exit and returns its log; it must exit 1.
-fn refused(p: &nsm_testhost::Proc) -> String {
+/// Starts an nsmd on `state_dir` that must refuse to start: waits for it to exit 1 and returns
+/// its log.
+fn refused_nsmd(h: &Host, name: &str, state_dir: &str) -> String {
+    let p = h
+        .spawn(name, &[NSMD, "-F", "-d", "-L", "-P", state_dir])
+        .unwrap();
     let status = p.wait(T).unwrap();
     assert_eq!(status.code(), Some(1), "{}", p.log());
     p.log()
+}
+
+/// Asserts that the statd registered with `h`'s rpcbind answers NULL over UDP.
+fn assert_statd_answers(h: &Host) {
+    let out = h
+        .run_ok(&["/usr/sbin/rpcinfo", "-u", "127.0.0.1", "100024", "1"], T)
+        .unwrap();
+    assert!(out.contains("ready and waiting"), "{out}");
 }
 
 #[test]
@@ -392,10 +401,7 @@ fn a_second_nsmd_refuses_to_start_and_leaves_the_first_registered() {
     let _rpcbind = h.start_rpcbind().unwrap();
     let (first, port) = spawn_nsmd(&h, "nsmd1", &["-P", "/var/lib/nfs/a"]);
     first.wait_for_log_line("registered program", T).unwrap();
-    let second = h
-        .spawn("nsmd2", &[NSMD, "-F", "-d", "-L", "-P", "/var/lib/nfs/b"])
-        .unwrap();
-    let log = refused(&second);
+    let log = refused_nsmd(&h, "nsmd2", "/var/lib/nfs/b");
     assert!(
         log.contains(&format!(
             "another statd (nsmd, pid {}) is running on port {port}",
@@ -407,10 +413,7 @@ fn a_second_nsmd_refuses_to_start_and_leaves_the_first_registered() {
     assert!(first.is_running());
     let regs = h.wait_registered(100_024, T).unwrap();
     assert!(regs.iter().all(|r| r.port == port), "{regs:?}");
-    let out = h
-        .run_ok(&["/usr/sbin/rpcinfo", "-u", "127.0.0.1", "100024", "1"], T)
-        .unwrap();
-    assert!(out.contains("ready and waiting"), "{out}");
+    assert_statd_answers(&h);
     // A killed daemon's registration is a leftover: the next nsmd replaces it.
     first.signal(Signal::Kill).unwrap();
     first.wait(T).unwrap();
@@ -433,10 +436,7 @@ fn nsmd_refuses_to_start_beside_debian_rpc_statd() {
     let h = lab.host("srv", &["198.51.100.55/24"]).unwrap();
     let _rpcbind = h.start_rpcbind().unwrap();
     let (statd, port) = common::debian_statd(&h, None);
-    let nsmd = h
-        .spawn("nsmd", &[NSMD, "-F", "-d", "-L", "-P", "/var/lib/nfs/n"])
-        .unwrap();
-    let log = refused(&nsmd);
+    let log = refused_nsmd(&h, "nsmd", "/var/lib/nfs/n");
     assert!(
         log.contains(&format!(
             "another statd (rpc.statd, pid {}) is running on port {port}",
@@ -445,10 +445,7 @@ fn nsmd_refuses_to_start_beside_debian_rpc_statd() {
         "{log}"
     );
     assert!(statd.is_running());
-    let out = h
-        .run_ok(&["/usr/sbin/rpcinfo", "-u", "127.0.0.1", "100024", "1"], T)
-        .unwrap();
-    assert!(out.contains("ready and waiting"), "{out}");
+    assert_statd_answers(&h);
 }
 
 #[test]
@@ -460,10 +457,7 @@ fn two_nsmds_on_one_state_directory_are_refused() {
     let lab = Lab::new("samedir").unwrap();
     let h = lab.host("srv", &["198.51.100.56/24"]).unwrap();
     let (first, _) = spawn_nsmd(&h, "nsmd1", &["-P", "/var/lib/nfs/s"]);
-    let second = h
-        .spawn("nsmd2", &[NSMD, "-F", "-d", "-L", "-P", "/var/lib/nfs/s"])
-        .unwrap();
-    let log = refused(&second);
+    let log = refused_nsmd(&h, "nsmd2", "/var/lib/nfs/s");
     assert!(
         log.contains(&format!(
             "state directory /var/lib/nfs/s is in use by another nsmd (pid {})",
