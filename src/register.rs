@@ -38,47 +38,41 @@ impl Registration {
         self
     }
 
-    /// Clears stale registrations, then registers every listener. Failures are logged with
-    /// what to do; serving goes on either way.
-    pub async fn register(&self) -> bool {
+    /// Clears stale registrations, then registers every listener. `Err` says what failed
+    /// and what to do; the caller logs it (and retries: serving goes on either way).
+    pub async fn register(&self) -> Result<(), String> {
         let via = self.rpcbind.describe();
         if let Err(e) = self.rpcbind.unset(self.prog, self.vers).await {
-            warn!(
-                "rpcbind is not reachable ({e}): program {} version {} is NOT registered. \
-                 nsmd keeps serving, but lockd and remote peers find statd through rpcbind: \
-                 start rpcbind (e.g. `systemctl start rpcbind`) and restart nsmd",
+            return Err(format!(
+                "rpcbind at {via} is not reachable ({e}): program {} version {} is NOT \
+                 registered. nsmd keeps serving, but lockd and remote peers find statd through \
+                 rpcbind: start rpcbind (e.g. `systemctl start rpcbind`)",
                 self.prog, self.vers
-            );
-            return false;
+            ));
         }
-        let mut all = true;
+        let mut failed = Vec::new();
         for &(tcp, addr) in &self.endpoints {
             let id = netid(tcp, addr.is_ipv6());
             match self.rpcbind.set(self.prog, self.vers, id, addr).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    all = false;
-                    warn!(
-                        "rpcbind at {via} refused to register program {} version {} on {id} \
-                         port {}: another owner holds it (another statd?); stop it and restart nsmd",
-                        self.prog,
-                        self.vers,
-                        addr.port()
-                    );
-                }
-                Err(e) => {
-                    all = false;
-                    warn!(
-                        "registering {id} port {} with rpcbind failed: {e}",
-                        addr.port()
-                    );
-                }
+                Ok(false) => failed.push(format!(
+                    "rpcbind at {via} refused to register program {} version {} on {id} port \
+                     {}: another owner holds it (another statd?); stop it",
+                    self.prog,
+                    self.vers,
+                    addr.port()
+                )),
+                Err(e) => failed.push(format!(
+                    "registering {id} port {} with rpcbind at {via} failed: {e}",
+                    addr.port()
+                )),
             }
         }
-        if all {
-            info!(via = %via, "registered program {} version {} with rpcbind", self.prog, self.vers);
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
         }
-        all
+        info!(via = %via, "registered program {} version {} with rpcbind", self.prog, self.vers);
+        Ok(())
     }
 
     /// Removes the registrations (on shutdown).

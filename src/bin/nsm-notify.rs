@@ -91,6 +91,12 @@ struct Args {
     /// nsmd-only: print a JSON summary of every peer's outcome to stdout at the end.
     #[arg(long = "json")]
     json: bool,
+    /// Before the first SM_NOTIFY (after the state bump), wait until a byte can be read from
+    /// file descriptor FD; if FD reaches end of file first, send nothing and leave the peers
+    /// in sm.bak/. nsmd passes a pipe here and writes to it once it is registered with
+    /// rpcbind and answering, so that no peer reclaims before lockd can find statd.
+    #[arg(long = "wait-fd", value_name = "FD")]
+    wait_fd: Option<u32>,
     /// nsmd-only, for tests: the retry budget in seconds (overrides -m; 0 retries forever).
     #[arg(long = "retry-seconds", value_name = "SECONDS", hide = true)]
     retry_seconds: Option<u64>,
@@ -255,6 +261,24 @@ fn write_proc(path: &Path, text: &str) {
     }
 }
 
+/// `--wait-fd`: blocks until a byte arrives on `fd` (`true`) or its end of file (`false`).
+/// The descriptor is opened again through /proc, so no descriptor number is trusted blindly.
+fn wait_for_go(fd: u32) -> Result<bool> {
+    use std::io::Read;
+    let path = format!("/proc/self/fd/{fd}");
+    let mut f = std::fs::File::open(&path)
+        .with_context(|| format!("--wait-fd {fd}: cannot open {path}"))?;
+    info!("waiting until statd is registered with rpcbind before notifying");
+    let mut b = [0u8; 1];
+    loop {
+        match f.read(&mut b) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("--wait-fd {fd}: cannot read")),
+        }
+    }
+}
+
 /// The mon_names for one record.
 fn record_names(args: &Args, cfg: &SmNotifyConfig, r: &Record) -> Vec<String> {
     if !args.mon_names.is_empty() {
@@ -313,6 +337,16 @@ fn run(args: &Args, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitCode> {
         device: args.bind_device.clone(),
     })?;
     drop_to_owner_of_sm(dir.path())?;
+    if let Some(fd) = args.wait_fd
+        && !wait_for_go(fd)?
+    {
+        info!(
+            "statd stopped before it was registered with rpcbind: {} peer(s) not notified, \
+             kept in sm.bak/ for its next start",
+            files.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let budget = match args.retry_seconds {
         Some(0) => None,

@@ -15,7 +15,7 @@ use nsmd::logging::LogLevel;
 use nsmd::privileges::drop_to_owner_of_sm;
 use nsmd::register::Registration;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 fn main() -> std::process::ExitCode {
     if std::env::var_os(nsmd::privileges::HELPER_ENV).is_some() {
@@ -58,15 +58,17 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
     // Before anything touches the directory or rpcbind (and before going into the
     // background, so the operator sees why): one nsmd per state directory, one statd per host.
     let _state_dir_lock = lock_state_dir(&cfg)?;
-    refuse_if_statd_running()?;
+    refuse_if_statd_running(&cfg)?;
     if !cfg.foreground {
         // Keep stdout and stderr when there is no syslog socket: nsmd logs there then.
         nix::unistd::daemon(true, !log.to_syslog())
             .context("cannot go into the background (use -F)")?;
     }
-    if !cfg.no_notify {
-        notify_at_start(&cfg);
-    }
+    let notifier = if cfg.no_notify {
+        None
+    } else {
+        notify_at_start(&cfg)
+    };
     // As root, before dropping privileges (as nfs-utils): create the directories and the
     // `state` file, which stay root's (only sm/ and sm.bak/ belong to the statd user,
     // CVE-2019-3689). In a state directory of that user (RHEL's layout) root writes nothing:
@@ -115,7 +117,7 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args, cfg, log, helper, specs, control))
+    rt.block_on(serve(args, cfg, log, helper, specs, control, notifier))
 }
 
 /// The state directory's lock (created first if need be, as root), held until nsmd exits.
@@ -133,8 +135,11 @@ fn lock_state_dir(cfg: &StatdConfig) -> Result<nsmd::register::StateDirLock> {
 
 /// As rpc.statd at start: a statd registered with the local rpcbind that answers NULL means
 /// another one is running (registering would take its registration over, and unregistering
-/// at exit would leave it unregistered). A registration nobody answers is a leftover.
-fn refuse_if_statd_running() -> Result<()> {
+/// at exit would leave it unregistered). A registration nobody answers is a leftover: it is
+/// removed here, as root and before anything is notified, because lockd would send its
+/// SM_MONs to that dead port (and refuse the reclaims of the clients nsmd is about to notify)
+/// until nsmd's own registration replaces it.
+fn refuse_if_statd_running(cfg: &StatdConfig) -> Result<()> {
     use nsmd::register::{Existing, probe_existing};
     // A runtime of one thread that ends here: no thread survives into daemon() and the drop.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -152,9 +157,22 @@ fn refuse_if_statd_running() -> Result<()> {
         Existing::Stale { port } => {
             info!(
                 "program 100024 is registered with rpcbind on port {port} but nothing answers \
-                 there (a statd that died?): replacing that registration"
+                 there (a statd that died?): removing that registration before notifying anyone"
             );
-            Ok(())
+            let rpcbind = rpcbind(cfg);
+            match rt.block_on(rpcbind.unset(nsm_xdr::nsm::SM_PROG, nsm_xdr::nsm::SM_VERS)) {
+                Ok(true) => Ok(()),
+                Ok(false) => anyhow::bail!(
+                    "rpcbind at {} refused to remove the stale registration of program 100024 \
+                     on port {port}; remove it (rpcinfo -d 100024 1) and start nsmd again",
+                    rpcbind.describe()
+                ),
+                Err(e) => anyhow::bail!(
+                    "cannot remove the stale registration of program 100024 on port {port} \
+                     from rpcbind at {}: {e}; remove it (rpcinfo -d 100024 1) and start nsmd again",
+                    rpcbind.describe()
+                ),
+            }
         }
         Existing::Running { port, owner } => {
             let who = owner.map(|o| format!(" ({o})")).unwrap_or_default();
@@ -163,6 +181,14 @@ fn refuse_if_statd_running() -> Result<()> {
                  (systemctl stop rpc-statd)"
             )
         }
+    }
+}
+
+/// The local rpcbind nsmd registers with.
+fn rpcbind(cfg: &StatdConfig) -> Rpcbind {
+    Rpcbind {
+        socket: cfg.rpcbind_socket.clone(),
+        ..Rpcbind::default()
     }
 }
 
@@ -318,10 +344,14 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
 }
 
 /// Notifies the peers of the previous boot, as rpc.statd runs sm-notify: `nsm-notify` (next to
-/// `nsmd`) moves `sm/` to `sm.bak/`, bumps the state and goes into the background to notify;
-/// nsmd waits only for that first part (so it loads the records and the state afterwards, as
-/// rpc.statd does), never for the peers.
-fn notify_at_start(cfg: &StatdConfig) {
+/// `nsmd`) moves `sm/` to `sm.bak/`, bumps the state and goes into the background; nsmd waits
+/// only for that first part (so it loads the records and the state afterwards, as rpc.statd
+/// does), never for the peers. Unlike rpc.statd, nothing is sent before nsmd is registered
+/// with rpcbind and answering: `nsm-notify` waits on a pipe (`--wait-fd`) whose write end is
+/// returned here; a byte written to it lets the notifications go, and closing it unwritten
+/// (nsmd exits first) leaves the peers in `sm.bak/` for the next start.
+fn notify_at_start(cfg: &StatdConfig) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("nsm-notify")));
@@ -329,7 +359,26 @@ fn notify_at_start(cfg: &StatdConfig) {
         warn!(
             "nsm-notify was not found next to nsmd: peers are not notified of this restart (install it, or pass -L)"
         );
-        return;
+        return None;
+    };
+    // Both ends close on exec; the read end is made inheritable for nsm-notify alone (nsmd
+    // has no other thread yet, so no other child can inherit it).
+    let (go_rd, go_wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).and_then(
+        |(rd, wr)| {
+            nix::fcntl::fcntl(
+                &rd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map(|_| (rd, wr))
+        },
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(
+                "cannot create a pipe for nsm-notify: {e}: peers are not notified of this restart"
+            );
+            return None;
+        }
     };
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("-P")
@@ -338,6 +387,8 @@ fn notify_at_start(cfg: &StatdConfig) {
         .arg(&cfg.proc_root.0)
         .arg("--config")
         .arg(&cfg.config_file)
+        .arg("--wait-fd")
+        .arg(go_rd.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null());
     if let Some(name) = &cfg.name {
         cmd.arg("-v").arg(name);
@@ -345,20 +396,26 @@ fn notify_at_start(cfg: &StatdConfig) {
     if let Some(port) = cfg.outgoing_port {
         cmd.arg("-p").arg(port.to_string());
     }
-    info!(program = %exe.display(), "notifying the peers of the previous boot");
-    match cmd.status() {
-        Ok(s) if s.success() => {}
+    info!(program = %exe.display(), "notifying the peers of the previous boot once nsmd is registered");
+    let status = cmd.status();
+    drop(go_rd);
+    match status {
+        Ok(s) if s.success() => return Some(go_wr),
         Ok(s) => {
             warn!(program = %exe.display(), "nsm-notify failed ({s}): peers may not be notified of this restart")
         }
         Err(e) => warn!(program = %exe.display(), "cannot run nsm-notify: {e}"),
     }
+    None
 }
 
 /// How the node instance notifies its peers after SM_SIMU_CRASH: as `nsm-notify` at start
 /// would (`-n NAME`: that name and its short name, from NAME's addresses; else each record's
 /// my_name from any address), from a privileged port unless `-o` says otherwise.
-async fn crash_notify(cfg: &StatdConfig) -> nsm_statd::CrashNotify {
+async fn crash_notify(
+    cfg: &StatdConfig,
+    registered: nsm_statd::Registered,
+) -> nsm_statd::CrashNotify {
     let mut addrs = Vec::new();
     if let Some(name) = &cfg.name {
         match nsm_notify::resolve::lookup(name).await {
@@ -380,6 +437,7 @@ async fn crash_notify(cfg: &StatdConfig) -> nsm_statd::CrashNotify {
             .map(nsm_notify::default_names)
             .unwrap_or_default(),
         policy: nsm_notify::Policy::default(),
+        registered,
     }
 }
 
@@ -407,6 +465,7 @@ async fn serve(
     helper: Option<Arc<nsmd::privileges::StateHelper>>,
     specs: Vec<ServiceSpec>,
     control: Option<std::os::unix::net::UnixListener>,
+    notifier: Option<std::os::fd::OwnedFd>,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
@@ -419,7 +478,9 @@ async fn serve(
     icfg.authority = helper
         .clone()
         .map(|h| h as Arc<dyn nsm_statd::StateAuthority>);
-    icfg.crash_notify = Some(crash_notify(&cfg).await);
+    // Nothing is notified before nsmd is registered with rpcbind and answering.
+    let (open_registered, registered) = nsm_statd::Registered::channel();
+    icfg.crash_notify = Some(crash_notify(&cfg, registered.clone()).await);
     let (instance, report) = Instance::open(icfg).with_context(|| {
         format!(
             "cannot use the state directory {} (pass another with -P)",
@@ -456,6 +517,7 @@ async fn serve(
             callback: nsm_statd::callback::CallbackPolicy::default(),
             rpcbind_port: 111,
             privileged: helper.map(|h| h as Arc<dyn nsm_statd::ServicePrivileges>),
+            registered,
         },
         specs,
     ));
@@ -499,20 +561,40 @@ async fn serve(
     );
 
     let reg = Arc::new(
-        Registration::new(nsm_xdr::nsm::SM_PROG, nsm_xdr::nsm::SM_VERS, endpoints).with_rpcbind(
-            Rpcbind {
-                socket: cfg.rpcbind_socket.clone(),
-                ..Rpcbind::default()
-            },
-        ),
+        Registration::new(nsm_xdr::nsm::SM_PROG, nsm_xdr::nsm::SM_VERS, endpoints)
+            .with_rpcbind(rpcbind(&cfg)),
     );
     // Registration runs beside the signal handlers: a slow rpcbind never delays a shutdown.
+    // The listeners serve already, so once registered nsmd answers lockd: only then do the
+    // notifications go (the peers reclaim at once, and their reclaims make lockd monitor them).
     let registering = tokio::spawn({
         let reg = reg.clone();
         async move {
-            reg.register().await;
-            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-                warn!("cannot tell systemd nsmd is ready: {e}");
+            let mut first = true;
+            let mut wait = Duration::from_secs(1);
+            while let Err(e) = reg.register().await {
+                if first {
+                    first = false;
+                    ready_for_systemd();
+                    warn!(
+                        "{e}. No peer is notified until nsmd is registered: retrying every {}s \
+                         at most",
+                        REGISTER_RETRY_MAX.as_secs()
+                    );
+                } else {
+                    debug!("registration with rpcbind failed again: {e}");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(REGISTER_RETRY_MAX);
+            }
+            open_registered.open();
+            if let Some(go) = notifier {
+                use std::io::Write;
+                // nsm-notify may have nobody to notify and be gone already: nothing to do then.
+                let _ = std::fs::File::from(go).write_all(b"go");
+            }
+            if first {
+                ready_for_systemd();
             }
         }
     });
@@ -544,6 +626,16 @@ async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The longest wait between two attempts to register with rpcbind.
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Tells systemd nsmd is up (`Type=notify`).
+fn ready_for_systemd() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("cannot tell systemd nsmd is ready: {e}");
+    }
 }
 
 /// SIGHUP with `--instances`: reads the instance files again and applies them (new

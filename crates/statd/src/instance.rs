@@ -95,6 +95,8 @@ pub struct CrashNotify {
     pub names: Vec<String>,
     /// Retries and window.
     pub policy: Policy,
+    /// Nothing is sent before this gate opens (nsmd registered with rpcbind).
+    pub registered: crate::registered::Registered,
 }
 
 impl InstanceConfig {
@@ -814,6 +816,13 @@ impl Instance {
         };
         let (dir, fence, name) = (self.dir.clone(), self.fence.clone(), self.name.clone());
         let task = tokio::spawn(async move {
+            if !cn.registered.is_open() {
+                info!(instance = %name, state, "notification waits until nsmd is registered with rpcbind");
+            }
+            if !cn.registered.wait().await {
+                info!(instance = %name, state, "not notified: nsmd stops before it was registered; the peers stay in sm.bak/");
+                return;
+            }
             match notify_bak_now(dir, &cn, state, fence.as_deref()).await {
                 Ok(msg) => info!(instance = %name, state, "notification: {msg}"),
                 Err(e) => warn!(instance = %name, state, "peers in sm.bak/ not notified: {e}"),

@@ -11,6 +11,7 @@ pub mod callout;
 pub mod instance;
 pub mod names;
 pub mod ownership;
+pub mod registered;
 pub mod service;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use nsm_xdr::{Decode, Encode, from_bytes};
 use tracing::debug;
 
 pub use instance::{CrashNotify, DirectAuthority, Instance, InstanceConfig, StateAuthority};
+pub use registered::{OpenRegistered, Registered};
 pub use service::{Route, ServicePrivileges, ServiceSpec, Services, ServicesConfig};
 
 /// The NSM program of one nsmd process: the node instance, and the service instances picked

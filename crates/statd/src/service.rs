@@ -89,6 +89,9 @@ pub struct ServicesConfig {
     /// After nsmd dropped root: the root helper that does what needs root (see
     /// [`ServicePrivileges`]). `None`: this process does everything itself.
     pub privileged: Option<Arc<dyn ServicePrivileges>>,
+    /// No instance notifies before this gate opens (nsmd registered with rpcbind): a client
+    /// that reclaims at once must find this statd, not nothing or a dead one's port.
+    pub registered: crate::registered::Registered,
 }
 
 /// What a service instance needs root for once nsmd runs as the owner of `sm/`: the
@@ -529,6 +532,7 @@ impl Services {
                 window: spec.window,
                 ..Policy::default()
             },
+            registered: self.cfg.registered.clone(),
         });
         // Never the kernel's nsm_local_state: that is the node's.
         icfg.authority = Some(match helper {
@@ -575,6 +579,7 @@ impl Services {
             ownership.clone(),
             state,
             s.progress.clone(),
+            self.cfg.registered.clone(),
         ));
         let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watch = tokio::spawn(fence_watch(
@@ -613,6 +618,7 @@ impl Services {
             active.ownership.clone(),
             state,
             s.progress.clone(),
+            self.cfg.registered.clone(),
         )));
         Ok(peers)
     }
@@ -888,8 +894,16 @@ async fn notify_task(
     ownership: Arc<Ownership>,
     state: i32,
     progress: Arc<Mutex<NotifyProgress>>,
+    registered: crate::registered::Registered,
 ) {
-    let r = notify_run(&spec, &ownership, state, &progress).await;
+    if !registered.is_open() {
+        info!(instance = %spec.name, state, "notification waits until nsmd is registered with rpcbind");
+    }
+    let r = if registered.wait().await {
+        notify_run(&spec, &ownership, state, &progress).await
+    } else {
+        Err("nsmd stopped before it was registered with rpcbind: the peers stay in sm.bak/".into())
+    };
     let mut p = lock(&progress);
     p.finished = true;
     if let Err(e) = r {
@@ -1059,6 +1073,7 @@ mod tests {
             callback: CallbackPolicy::default(),
             rpcbind_port: 111,
             privileged: None,
+            registered: crate::registered::Registered::open(),
         };
         let s = Services::new(cfg, vec![spec("a", "127.0.0.9", &dir)]);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
@@ -1090,6 +1105,66 @@ mod tests {
         drop(other);
         let s2 = s.takeover("a").await.unwrap();
         assert!(s2 > s1);
+        s.release("a").await.unwrap();
+    }
+
+    /// A takeover before nsmd is registered with rpcbind claims, bumps and answers, but its
+    /// peers are not notified until the gate opens.
+    #[tokio::test]
+    async fn takeover_notifies_only_once_nsmd_is_registered() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("svc");
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = nsm_store::StateDir::open(&dir).unwrap();
+        let record = nsm_store::Record {
+            mon_name: b"127.0.0.10".to_vec(),
+            my_name: b"a.example.test".to_vec(),
+            my_prog: 100_021,
+            my_vers: 3,
+            my_proc: 16,
+            priv_: [7; 16],
+        };
+        store
+            .write(nsm_store::Dir::Sm, "127.0.0.10", &[record])
+            .unwrap();
+        let (opener, registered) = crate::registered::Registered::channel();
+        let cfg = ServicesConfig {
+            owner: "test".into(),
+            proc_root: d.path().join("proc"),
+            ha_callout: None,
+            callback: CallbackPolicy::default(),
+            rpcbind_port: 111,
+            privileged: None,
+            registered,
+        };
+        let s = Services::new(cfg, vec![spec("a", "127.0.0.9", &dir)]);
+        s.takeover("a").await.unwrap();
+        assert!(matches!(
+            s.route("127.0.0.9".parse().unwrap()),
+            Route::Service(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let p = s.status()[0].notify.clone();
+        assert_eq!(
+            (p.peers, p.finished),
+            (0, false),
+            "no notification has started before the gate opened"
+        );
+        assert!(dir.join("sm.bak/127.0.0.10").exists());
+        opener.open();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.status()[0].notify.finished {
+            assert!(
+                Instant::now() < deadline,
+                "the notification did not finish within 20 s of the gate opening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            s.status()[0].notify.peers,
+            1,
+            "the peer was notified once the gate opened"
+        );
         s.release("a").await.unwrap();
     }
 }
