@@ -421,6 +421,45 @@ fn state_directory_interop_with_rpc_statd_both_ways() {
     let (nsmd, _) = start_nsmd(&srv, "nsmd-2", dir);
     assert_eq!(records_loaded(&nsmd), 4, "{}", nsmd.log());
     stop_clean(&nsmd);
+
+    // d. The kernel sends an address as mon_name: rpc.statd names the file by the address's
+    // reverse name. nsmd, monitoring the same mon_name again (a new cookie), rewrites that
+    // file rather than adding a second file for the same peer (which would be notified twice).
+    let addr_peer = "198.51.100.95";
+    let reverse = "peer5.example.test";
+    lab.add_name(addr_peer, &[reverse]).unwrap();
+    let (old, new) = (cookie(0xb0, 5, 7), cookie(0xb1, 5, 8));
+    let statd = start_statd(&srv, "statd-3", dir);
+    in_netns(&srv, || {
+        assert_eq!(mon(local, false, 0x500, addr_peer, "srv", old), succ(state));
+    });
+    stop_clean(&statd);
+    assert_eq!(
+        read_sm(&sm).0.get(reverse),
+        Some(&Ok(vec![lockd_line(addr_peer, "srv", old)])),
+        "rpc.statd names the file by the reverse name"
+    );
+    let (nsmd, port) = start_nsmd(&srv, "nsmd-3", dir);
+    assert_eq!(records_loaded(&nsmd), 5, "{}", nsmd.log());
+    let nsmd_local: SocketAddr = ([127, 0, 0, 1], port).into();
+    in_netns(&srv, || {
+        assert_eq!(
+            mon(nsmd_local, true, 0x501, addr_peer, "srv", new),
+            succ(state)
+        );
+    });
+    stop_clean(&nsmd);
+    let (files, _) = read_sm(&sm);
+    assert_eq!(
+        files.get(reverse),
+        Some(&Ok(vec![lockd_line(addr_peer, "srv", new)])),
+        "nsmd rewrote rpc.statd's file for that mon_name"
+    );
+    assert!(
+        !files.contains_key(addr_peer),
+        "no second file for the same peer: {:?}",
+        files.keys().collect::<Vec<_>>()
+    );
     eprintln!("interop: {:.1?}", started.elapsed());
 }
 

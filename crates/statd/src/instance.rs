@@ -142,12 +142,20 @@ struct Entry {
 struct Records {
     /// Each file's records, in the order they were added (the file's line order).
     files: HashMap<String, Vec<Entry>>,
+    /// mon_names whose records were loaded from a file named otherwise (rpc.statd names a
+    /// file by the mon_name's canonical DNS name, e.g. `client1.example.com` for a kernel's
+    /// `198.51.100.20`): that file, so a later SM_MON of the same mon_name rewrites it
+    /// instead of adding a second file, and the peer is notified once.
+    adopted: HashMap<Vec<u8>, String>,
     next_seq: u64,
     len: usize,
 }
 
 impl Records {
     fn push(&mut self, file: String, record: Record) {
+        if file.as_bytes() != record.mon_name.as_slice() {
+            self.adopted.insert(record.mon_name.clone(), file.clone());
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.len += 1;
@@ -164,6 +172,15 @@ impl Records {
 
     fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
         self.files.values_mut().flatten()
+    }
+
+    /// The file the records of `mon_name` go to: the one they were loaded from if it was
+    /// named otherwise and still holds records, else `own` (the mon_name's own file name).
+    fn file_for(&self, mon_name: &[u8], own: String) -> String {
+        match self.adopted.get(mon_name) {
+            Some(f) if self.files.contains_key(f) => f.clone(),
+            _ => own,
+        }
     }
 
     /// Every record stored in `file`, in the order they were added.
@@ -192,6 +209,8 @@ impl Records {
             }
         }
         self.files.retain(|_, list| !list.is_empty());
+        let files_left = &self.files;
+        self.adopted.retain(|_, f| files_left.contains_key(f));
         self.len -= removed.len();
         (removed, files)
     }
@@ -211,6 +230,7 @@ impl Records {
 
     fn clear(&mut self) {
         self.files.clear();
+        self.adopted.clear();
         self.len = 0;
     }
 }
@@ -594,8 +614,9 @@ impl Instance {
         };
         // Update memory and queue the file's new contents under the lock, so commits of the
         // same file are queued in the order their contents were computed.
-        let (commit, previous) = {
+        let (commit, previous, file) = {
             let mut entries = lock(&self.entries);
+            let file = entries.file_for(mon_name, file);
             let list = entries.files.get_mut(&file);
             let same = |e: &Entry| {
                 e.record.mon_name == record.mon_name
@@ -622,6 +643,7 @@ impl Instance {
             (
                 self.committer.commit(Dir::Sm, file.clone(), content),
                 previous,
+                file,
             )
         };
         if let Err(e) = commit.await {
@@ -1159,6 +1181,31 @@ mod tests {
             my_proc: 16,
             priv_: [7; 16],
         }
+    }
+
+    #[test]
+    fn a_mon_name_loaded_from_a_file_named_otherwise_stays_in_that_file() {
+        let mut r = Records::default();
+        // As rpc.statd left it: the kernel's address, in a file named by its reverse name.
+        r.push("client1.example.test".into(), rec("198.51.100.20", "srv"));
+        r.push("198.51.100.21".into(), rec("198.51.100.21", "srv"));
+        let own = |m: &str| m.to_owned();
+        assert_eq!(
+            r.file_for(b"198.51.100.20", own("198.51.100.20")),
+            "client1.example.test"
+        );
+        assert_eq!(
+            r.file_for(b"198.51.100.21", own("198.51.100.21")),
+            "198.51.100.21"
+        );
+        assert_eq!(r.file_for(b"new", own("new")), "new");
+        // Once that file is empty, the mon_name's own file name is used again.
+        r.remove_where(|x| x.mon_name == b"198.51.100.20");
+        assert!(r.adopted.is_empty());
+        assert_eq!(
+            r.file_for(b"198.51.100.20", own("198.51.100.20")),
+            "198.51.100.20"
+        );
     }
 
     #[test]
