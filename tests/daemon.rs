@@ -406,8 +406,13 @@ fn a_second_nsmd_refuses_to_start_and_leaves_the_first_registered() {
         log.contains(&format!(
             "another statd (nsmd, pid {}) is running on port {port}",
             first.pid()
-        )) && log.contains("systemctl stop rpc-statd"),
+        )) && log.contains("systemctl stop nsmd"),
         "{log}"
+    );
+    let refused_dir = h.outside_path("/var/lib/nfs/b").unwrap();
+    assert!(
+        !refused_dir.join("sm").exists() && !refused_dir.join("sm.bak").exists(),
+        "a refused nsmd leaves no sm/ or sm.bak/ behind"
     );
     // The first keeps its registration (the second never registered nor unregistered).
     assert!(first.is_running());
@@ -441,7 +446,7 @@ fn nsmd_refuses_to_start_beside_debian_rpc_statd() {
         log.contains(&format!(
             "another statd (rpc.statd, pid {}) is running on port {port}",
             statd.pid()
-        )),
+        )) && log.contains("systemctl stop rpc-statd"),
         "{log}"
     );
     assert!(statd.is_running());
@@ -471,4 +476,59 @@ fn two_nsmds_on_one_state_directory_are_refused() {
     first.wait(T).unwrap();
     let (third, _) = spawn_nsmd(&h, "nsmd3", &["-P", "/var/lib/nfs/s"]);
     assert!(third.is_running());
+}
+
+#[test]
+fn a_bad_instance_file_moves_bumps_and_sends_nothing() {
+    if !require("a_bad_instance_file_moves_bumps_and_sends_nothing", &[]) {
+        return;
+    }
+    let lab = Lab::new("badinst").unwrap();
+    let h = lab.host("srv", &["198.51.100.57/24"]).unwrap();
+    let line = format!(
+        "0100007f 000186b5 00000003 00000010 {} 198.51.100.58 srv\n",
+        "07".repeat(16)
+    );
+    h.write_file("/var/lib/nfs/s/sm/198.51.100.58", &line)
+        .unwrap();
+    h.write_file(
+        "/var/lib/nfs/instances/svc1.toml",
+        "hostname = \"svc1.example.test\"\nadresses = [\"198.51.100.59\"]\n",
+    )
+    .unwrap();
+    let dir = h.outside_path("/var/lib/nfs/s").unwrap();
+    // Without -L: the notification at start would run if nsmd got that far.
+    let p = h
+        .spawn(
+            "nsmd",
+            &[
+                NSMD,
+                "-F",
+                "-d",
+                "-P",
+                "/var/lib/nfs/s",
+                "--instances",
+                "/var/lib/nfs/instances",
+                "--control-socket",
+                "/run/nsmd-test/ctl.sock",
+            ],
+        )
+        .unwrap();
+    let status = p.wait(T).unwrap();
+    assert_eq!(status.code(), Some(1), "{}", p.log());
+    assert!(
+        p.log().contains("adresses"),
+        "the error names the key: {}",
+        p.log()
+    );
+    assert!(
+        dir.join("sm/198.51.100.58").exists() && !dir.join("sm.bak/198.51.100.58").exists(),
+        "the record stays in sm/"
+    );
+    assert!(!dir.join("state").exists(), "the state was not bumped");
+    assert!(
+        !p.log().contains("nsm-notify") && !p.log().contains("notifying"),
+        "nothing was notified: {}",
+        p.log()
+    );
 }

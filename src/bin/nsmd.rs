@@ -57,6 +57,12 @@ fn main() -> std::process::ExitCode {
 fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
     // Before anything touches the directory or rpcbind (and before going into the
     // background, so the operator sees why): one nsmd per state directory, one statd per host.
+    // Every setting is read and checked before anything is locked, moved, bumped or sent: a
+    // typo in an instance file must not cost the clients a notification.
+    let specs = match &args.instances {
+        Some(dir) => nsmd::config::instances::load_dir(dir)?,
+        None => Vec::new(),
+    };
     let _state_dir_lock = lock_state_dir(&cfg)?;
     refuse_if_statd_running(&cfg)?;
     if !cfg.foreground {
@@ -82,10 +88,6 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
                 cfg.state_dir.display()
             )
         })?;
-    let specs = match &args.instances {
-        Some(dir) => nsmd::config::instances::load_dir(dir)?,
-        None => Vec::new(),
-    };
     // The control socket is bound as root, before the drop.
     let control = match (&args.control_socket, &args.instances) {
         (Some(p), _) => Some(bind_control(p)?),
@@ -120,15 +122,21 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
     rt.block_on(serve(args, cfg, log, helper, specs, control, notifier))
 }
 
-/// The state directory's lock (created first if need be, as root), held until nsmd exits.
+/// The state directory's lock, held until nsmd exits. A missing directory is created first
+/// (as root, 0755), but nothing in it: a refused nsmd leaves no `sm/` or `sm.bak/` behind.
 fn lock_state_dir(cfg: &StatdConfig) -> Result<nsmd::register::StateDirLock> {
     if !cfg.state_dir.exists() {
-        nsm_store::StateDir::open(&cfg.state_dir).with_context(|| {
-            format!(
-                "cannot use the state directory {} (pass another with -P)",
-                cfg.state_dir.display()
-            )
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&cfg.state_dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the state directory {} (pass another with -P)",
+                    cfg.state_dir.display()
+                )
+            })?;
     }
     nsmd::register::StateDirLock::take(&cfg.state_dir)
 }
@@ -175,10 +183,15 @@ fn refuse_if_statd_running(cfg: &StatdConfig) -> Result<()> {
             }
         }
         Existing::Running { port, owner } => {
+            // The unit that runs it: nsmd's own, or nfs-utils'.
+            let unit = match &owner {
+                Some(o) if o.starts_with("nsmd,") => "nsmd",
+                _ => "rpc-statd",
+            };
             let who = owner.map(|o| format!(" ({o})")).unwrap_or_default();
             anyhow::bail!(
                 "another statd{who} is running on port {port}; stop it first \
-                 (systemctl stop rpc-statd)"
+                 (systemctl stop {unit})"
             )
         }
     }
