@@ -160,7 +160,11 @@ struct Client {
 
 impl Client {
     fn new(lab: &Lab, name: &str, addr: &str, service: &str) -> Self {
-        let host = lab.host(name, &[addr]).unwrap();
+        Self::on(lab.host(name, &[addr]).unwrap(), name, service)
+    }
+
+    /// A client on a host made earlier (that was down until now).
+    fn on(host: Host, name: &str, service: &str) -> Self {
         let rpcbind = host.start_rpcbind().unwrap();
         let lockd = LockdStandIn::start(&host, true);
         let (statd, port) = common::debian_statd(&host, None);
@@ -853,4 +857,129 @@ fn sighup_adds_changes_and_removes_instances() {
         .wait_for_log_line("instance files not reloaded", T)
         .unwrap();
     assert_eq!(names(&a).len(), 2);
+}
+
+/// SM_STAT to `to` from `host`: the state, or `None` without an answer.
+fn sm_stat(host: &Host, to: SocketAddr) -> Option<i32> {
+    in_netns(host, || {
+        let m = call(9, 100_024, 1, 1, &xdr_string(b"probe"));
+        let r = udp_exchange(to, &m)?;
+        match answer(9, &r) {
+            Answer::Accepted(0, w) => Some(w[1] as i32),
+            other => panic!("SM_STAT: {other:?}"),
+        }
+    })
+}
+
+/// A restart of nsmd (kill -9, then SIGTERM) with an active instance whose notification is
+/// still running: the instance resumes at once with the same epoch and state, answers on
+/// its address again, and the peer not yet notified hears that same state once it is up;
+/// the peer that acknowledged before the restart is not notified again.
+#[test]
+fn an_active_instance_survives_restarts_of_nsmd() {
+    if !require(
+        "an_active_instance_survives_restarts_of_nsmd",
+        &["rpcbind", "rpcinfo", "rpc.statd"],
+    ) {
+        return;
+    }
+    let shared = shared_dir();
+    let state_dir = shared.path().join("svc");
+    let inst = shared.path().join("instances");
+    instance_file(&inst, "svc", SVC, SVC_ADDR, &state_dir, "");
+    let lab = Lab::new("instresume").unwrap();
+    lab.add_name(SVC_ADDR, &[SVC]).unwrap();
+    let mut a = Node::new(&lab, "a", "198.51.100.62/24");
+    let up = Client::new(&lab, "up", "198.51.100.73/24", SVC);
+    // A client whose host is down while the service is taken over.
+    let down = lab.host("down", &["198.51.100.74/24"]).unwrap();
+    let cidr = format!("{SVC_ADDR}/24");
+    a.start(&inst);
+    a.host.add_addr(&cidr).unwrap();
+    let s0 = a.takeover("svc");
+    a.mon("up");
+    a.mon("down");
+    let (ok, out, err) = a.ctl(&["release", "svc"]);
+    assert!(ok, "{out}{err}");
+    // The takeover whose notification the restarts cut into.
+    let s1 = a.takeover("svc");
+    assert!(s1 > s0);
+    assert_eq!(up.callbacks(1), [(SVC.to_owned(), s1)]);
+    a.nsmd()
+        .wait_for_log_line("up removed from sm.bak", T)
+        .unwrap();
+    assert_eq!(
+        files(&state_dir.join("sm.bak")),
+        ["down"],
+        "still being notified"
+    );
+    let owner = std::fs::read(state_dir.join(".nsmd-owner")).unwrap();
+
+    let service: SocketAddr = format!("{SVC_ADDR}:{}", a.port).parse().unwrap();
+    for how in ["kill -9", "SIGTERM"] {
+        let stopped = std::time::Instant::now();
+        if how == "kill -9" {
+            a.kill9();
+        } else {
+            let p = a.nsmd.take().unwrap();
+            p.signal(Signal::Term).unwrap();
+            p.wait(T).unwrap();
+            assert!(
+                p.log().contains("stays active on this node"),
+                "SIGTERM says what it leaves: {}",
+                p.log_tail(10)
+            );
+        }
+        a.start(&inst);
+        a.nsmd().wait_for_log_line("resumed", T).unwrap();
+        let service = SocketAddr::new(service.ip(), a.port);
+        let deadline = std::time::Instant::now() + T;
+        let state = loop {
+            if let Some(st) = sm_stat(&up.host, service) {
+                break st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service address does not answer after the restart: {}",
+                a.nsmd().log_tail(20)
+            );
+        };
+        eprintln!(
+            "{how}: answering on the service address again {:.0?} after the stop",
+            stopped.elapsed()
+        );
+        assert_eq!(state, s1, "same state after {how}");
+        assert_eq!(read_state(&state_dir), s1, "no bump after {how}");
+        assert_eq!(
+            std::fs::read(state_dir.join(".nsmd-owner")).unwrap(),
+            owner,
+            "same epoch after {how}"
+        );
+        let (ok, out, _) = a.ctl(&["--json", "status"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let svc = &v["instances"][1];
+        assert!(
+            ok && svc["active"] == true && svc["fenced"] == false,
+            "{out}"
+        );
+    }
+
+    // The client that was down comes up: it hears the same state, once; the other is not
+    // notified again.
+    let down = Client::on(down, "down", SVC);
+    assert_eq!(down.callbacks(1), [(SVC.to_owned(), s1)]);
+    a.nsmd()
+        .wait_for_log_line("down removed from sm.bak", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(up.lockd.wait_for(2, Duration::from_secs(1)).len(), 1);
+
+    // Released, then restarted: nothing resumes.
+    let (ok, out, err) = a.ctl(&["release", "svc"]);
+    assert!(ok, "{out}{err}");
+    a.kill9();
+    a.start(&inst);
+    let (ok, out, _) = a.ctl(&["--json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && v["instances"][1]["active"] == false, "{out}");
+    assert!(!a.nsmd().log().contains("resumed"), "{}", a.nsmd().log());
 }

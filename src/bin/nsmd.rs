@@ -89,10 +89,17 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
             )
         })?;
     // The control socket is bound as root, before the drop.
-    let control = match (&args.control_socket, &args.instances) {
-        (Some(p), _) => Some(bind_control(p)?),
-        (None, Some(_)) => Some(bind_control(Path::new(DEFAULT_CONTROL_SOCKET))?),
+    let control_path = match (&args.control_socket, &args.instances) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(_)) => Some(std::path::PathBuf::from(DEFAULT_CONTROL_SOCKET)),
         (None, None) => None,
+    };
+    let control = control_path.as_deref().map(bind_control).transpose()?;
+    // Beside the control socket: which instances this node holds, for a restarted nsmd to
+    // resume them (a tmpfs: gone after a reboot, when the kernel holds no lock any more).
+    let run_dir = match (&args.instances, &control_path) {
+        (Some(_), Some(p)) => Some(instances_run_dir(p, &cfg.state_dir)?),
+        _ => None,
     };
     apply_nlm_ports(&cfg);
     // After the drop, bumping `state` and writing the kernel's nsm_local_state need root, and
@@ -119,7 +126,28 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(args, cfg, log, helper, specs, control, notifier))
+    let prepared = Prepared {
+        helper,
+        specs,
+        control,
+        notifier,
+        run_dir,
+    };
+    rt.block_on(serve(args, cfg, log, prepared))
+}
+
+/// What `run` prepared as root, before the privilege drop, for `serve`.
+struct Prepared {
+    /// The root helper, when nsmd dropped root.
+    helper: Option<Arc<nsmd::privileges::StateHelper>>,
+    /// The service instances.
+    specs: Vec<ServiceSpec>,
+    /// The control socket, bound.
+    control: Option<std::os::unix::net::UnixListener>,
+    /// The write end of nsm-notify's go-ahead pipe.
+    notifier: Option<std::os::fd::OwnedFd>,
+    /// Where the instances' resume markers live.
+    run_dir: Option<std::path::PathBuf>,
 }
 
 /// The state directory's lock, held until nsmd exits. A missing directory is created first
@@ -207,6 +235,28 @@ fn rpcbind(cfg: &StatdConfig) -> Rpcbind {
 
 /// Where nsmctl finds nsmd unless told otherwise.
 const DEFAULT_CONTROL_SOCKET: &str = "/run/nsmd/nsmctl.sock";
+
+/// `<control socket's directory>/instances`, created 0700 as root and given to the user
+/// nsmd becomes (the owner of `sm/`), who writes the markers there.
+fn instances_run_dir(control: &Path, state_dir: &Path) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = control
+        .parent()
+        .unwrap_or_else(|| Path::new("/"))
+        .join("instances");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    if nsmd::privileges::will_drop(state_dir) {
+        let owner = std::fs::metadata(state_dir.join("sm"))
+            .with_context(|| format!("cannot read {}/sm", state_dir.display()))?;
+        std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid()))
+            .with_context(|| format!("cannot give {} to uid {}", dir.display(), owner.uid()))?;
+    }
+    Ok(dir)
+}
 
 /// Binds the control socket: its directory is created 0700, the socket is made 0600, and
 /// only root (or nsmd's own user) is served.
@@ -475,11 +525,15 @@ async fn serve(
     args: &StatdArgs,
     cfg: StatdConfig,
     log: LogLevel,
-    helper: Option<Arc<nsmd::privileges::StateHelper>>,
-    specs: Vec<ServiceSpec>,
-    control: Option<std::os::unix::net::UnixListener>,
-    notifier: Option<std::os::fd::OwnedFd>,
+    prepared: Prepared,
 ) -> Result<()> {
+    let Prepared {
+        helper,
+        specs,
+        control,
+        notifier,
+        run_dir,
+    } = prepared;
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
@@ -531,6 +585,7 @@ async fn serve(
             rpcbind_port: 111,
             privileged: helper.map(|h| h as Arc<dyn nsm_statd::ServicePrivileges>),
             registered,
+            run_dir,
         },
         specs,
     ));
@@ -548,15 +603,20 @@ async fn serve(
         let l = tokio::net::UnixListener::from_std(l).context("cannot use the control socket")?;
         tokio::spawn(serve_control(l, instance.clone(), services.clone()));
     }
-    for name in at_start {
+    // First what this node held when nsmd stopped (a restart must not change what the
+    // cluster sees), then the instances to take over at start that did not resume.
+    tokio::spawn({
         let services = services.clone();
-        tokio::spawn(async move {
-            match services.takeover(&name).await {
-                Ok(state) => info!(instance = %name, state, "taken over at start"),
-                Err(e) => error!(instance = %name, "not taken over at start: {e}"),
+        async move {
+            let resumed = services.resume_all().await;
+            for name in at_start.into_iter().filter(|n| !resumed.contains(n)) {
+                match services.takeover(&name).await {
+                    Ok(state) => info!(instance = %name, state, "taken over at start"),
+                    Err(e) => error!(instance = %name, "not taken over at start: {e}"),
+                }
             }
-        });
-    }
+        }
+    });
     for s in udp {
         server.serve_udp(s);
     }
@@ -632,6 +692,13 @@ async fn serve(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    for name in services.left_active() {
+        info!(
+            instance = %name,
+            "stays active on this node: its kernel locks and ownership are kept, and the next \
+             nsmd resumes it (nsmctl release {name} gives it up)"
+        );
+    }
     registering.abort();
     reg.unregister().await;
     if !server.shutdown(Duration::from_secs(5)).await {

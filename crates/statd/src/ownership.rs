@@ -166,6 +166,26 @@ impl Ownership {
         })
     }
 
+    /// Takes the ownership this node held at `epoch` before nsmd restarted (the epoch it
+    /// recorded at the takeover): the lock without waiting, and no write. Fails with
+    /// [`OwnershipError::Fenced`] when the file's epoch moved on (another node took over in
+    /// between) and [`OwnershipError::Busy`] when another process holds the lock.
+    pub fn resume(state_dir: &Path, epoch: u64) -> Result<Self, OwnershipError> {
+        let path = state_dir.join(OWNER_FILE);
+        let file = File::open(&path).map_err(|source| OwnershipError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let lock = Self::lock(&path, file)?;
+        let own = Self {
+            path,
+            epoch,
+            lock: std::sync::Mutex::new(Some(lock)),
+        };
+        own.check()?;
+        Ok(own)
+    }
+
     fn lock(path: &Path, file: File) -> Result<Flock<File>, OwnershipError> {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(l),
@@ -252,6 +272,38 @@ mod tests {
         let b = Ownership::claim(d.path(), "b").unwrap();
         assert_eq!(b.epoch(), 2);
         assert_eq!(read_epoch(d.path()).unwrap(), 2);
+    }
+
+    #[test]
+    fn resuming_keeps_the_epoch_unless_another_node_took_over() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Ownership::claim(d.path(), "a").unwrap();
+        assert!(
+            matches!(
+                Ownership::resume(d.path(), 1),
+                Err(OwnershipError::Busy { .. })
+            ),
+            "not while the claim is held"
+        );
+        drop(a);
+        let r = Ownership::resume(d.path(), 1).unwrap();
+        assert_eq!(
+            (r.epoch(), read_epoch(d.path()).unwrap()),
+            (1, 1),
+            "nothing written"
+        );
+        r.check().unwrap();
+        drop(r);
+        let b = Ownership::claim(d.path(), "b").unwrap();
+        drop(b);
+        assert!(matches!(
+            Ownership::resume(d.path(), 1),
+            Err(OwnershipError::Fenced {
+                held: 1,
+                found: 2,
+                ..
+            })
+        ));
     }
 
     #[test]

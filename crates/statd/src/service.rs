@@ -92,6 +92,10 @@ pub struct ServicesConfig {
     /// No instance notifies before this gate opens (nsmd registered with rpcbind): a client
     /// that reclaims at once must find this statd, not nothing or a dead one's port.
     pub registered: crate::registered::Registered,
+    /// Where this node records which instances it holds (`NAME.active`, with the epoch), so a
+    /// restarted nsmd resumes them. Must not survive a reboot (a tmpfs such as `/run`): after
+    /// a reboot the kernel holds no lock of any instance. `None`: nothing resumes.
+    pub run_dir: Option<PathBuf>,
 }
 
 /// What a service instance needs root for once nsmd runs as the owner of `sm/`: the
@@ -241,6 +245,10 @@ type Routes = Arc<RwLock<HashMap<IpAddr, Option<Arc<Instance>>>>>;
 pub struct Service {
     spec: ServiceSpec,
     active: Mutex<Option<Active>>,
+    /// The epoch this node held before nsmd restarted, when the instance could not resume
+    /// (its address gone, or another node took it over): its kernel locks may still be held
+    /// here until it is released.
+    leftover: Mutex<Option<u64>>,
     progress: Arc<Mutex<NotifyProgress>>,
 }
 
@@ -249,6 +257,7 @@ impl Service {
         Arc::new(Self {
             spec,
             active: Mutex::new(None),
+            leftover: Mutex::new(None),
             progress: Arc::default(),
         })
     }
@@ -274,7 +283,9 @@ pub struct ServiceStatus {
     /// Records monitored (while active).
     pub peers: usize,
     /// Another node took the instance over: this node silenced its addresses and waits to
-    /// be released.
+    /// be released. Also an instance this node held before nsmd restarted that could not
+    /// resume (its address gone, or taken over elsewhere): its kernel locks may be held here
+    /// until it is released.
     pub fenced: bool,
     /// The last notification run.
     pub notify: NotifyProgress,
@@ -441,6 +452,7 @@ impl Services {
             .iter()
             .map(|s| {
                 let a = lock(&s.active);
+                let leftover = *lock(&s.leftover);
                 ServiceStatus {
                     name: s.spec.name.clone(),
                     hostname: s.spec.hostname.clone(),
@@ -448,11 +460,12 @@ impl Services {
                     state_dir: s.spec.state_dir.clone(),
                     active: a.is_some(),
                     state: a.as_ref().map(|a| a.instance.state()),
-                    epoch: a.as_ref().map(|a| a.ownership.epoch()),
+                    epoch: a.as_ref().map(|a| a.ownership.epoch()).or(leftover),
                     peers: a.as_ref().map_or(0, |a| a.instance.len()),
                     fenced: a
                         .as_ref()
-                        .is_some_and(|a| a.fenced.load(std::sync::atomic::Ordering::Relaxed)),
+                        .is_some_and(|a| a.fenced.load(std::sync::atomic::Ordering::Relaxed))
+                        || leftover.is_some(),
                     notify: lock(&s.progress).clone(),
                 }
             })
@@ -475,6 +488,13 @@ impl Services {
         let s = self.find(name)?;
         if lock(&s.active).is_some() {
             return Err(format!("instance {name} is already active on this node"));
+        }
+        if let Some(epoch) = lock(&s.leftover).take() {
+            // Whatever the kernel still holds from then belongs to an older epoch: the clients
+            // reclaim it after this takeover's notification.
+            info!(instance = %name, epoch, "dropping the kernel locks held here since before nsmd restarted");
+            self.unlock_kernel(&s.spec);
+            self.remove_marker(name);
         }
         let owner = self.cfg.owner.clone();
         let dir_path = s.spec.state_dir.clone();
@@ -514,6 +534,80 @@ impl Services {
         })
         .await
         .map_err(|e| e.to_string())??;
+        self.write_marker(&s.spec.name, ownership.epoch());
+        self.activate(&s, ownership, state, helper).await
+    }
+
+    /// At start: every instance this node held before nsmd stopped (its marker in the run
+    /// directory, so never after a reboot, nor after a release) resumes if its address is
+    /// still here and nobody took it over: the same epoch and state, its records, answering on
+    /// its addresses, and the peers still in `sm.bak/` notified (no new bump: a notification
+    /// cut short by the restart is finished). One whose address is gone or whose epoch moved
+    /// on is not served but stays marked (`fenced` in the status) until `nsmctl release`
+    /// drops its kernel locks here. Returns the names resumed.
+    pub async fn resume_all(&self) -> Vec<String> {
+        let mut resumed = Vec::new();
+        let list: Vec<Arc<Service>> = self.list().clone();
+        for s in list {
+            let Some(epoch) = self.read_marker(&s.spec.name) else {
+                continue;
+            };
+            match self.resume(&s, epoch).await {
+                Ok(state) => {
+                    info!(instance = %s.spec.name, epoch, state, "resumed: it was active on this node when nsmd stopped");
+                    resumed.push(s.spec.name.clone());
+                }
+                Err(e) => {
+                    *lock(&s.leftover) = Some(epoch);
+                    tracing::error!(
+                        instance = %s.spec.name,
+                        epoch,
+                        "was active on this node when nsmd stopped, not resumed: {e}; its kernel \
+                         locks may still be held here: release it (nsmctl release {})",
+                        s.spec.name
+                    );
+                }
+            }
+        }
+        resumed
+    }
+
+    async fn resume(&self, s: &Arc<Service>, epoch: u64) -> Result<i32, String> {
+        let _busy = self.busy.lock().await;
+        if let Some(a) = lock(&s.active).as_ref() {
+            // Taken over by a command that came first.
+            return Ok(a.instance.state());
+        }
+        let spec = s.spec.clone();
+        if let Some(a) = spec.addresses.iter().find(|a| !is_local_address(**a)) {
+            return Err(format!("service address {a} is no longer on this node"));
+        }
+        let privileged = self.cfg.privileged.clone();
+        let (ownership, state, helper) = tokio::task::spawn_blocking(move || {
+            let helper = check_layout(&spec, privileged.is_some())?
+                .then_some(privileged)
+                .flatten();
+            let own = Ownership::resume(&spec.state_dir, epoch).map_err(|e| e.to_string())?;
+            let state = nsm_store::StateDir::open(&spec.state_dir)
+                .and_then(|d| d.state(false))
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((Arc::new(own), state, helper))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.activate(s, ownership, state, helper).await
+    }
+
+    /// The second half of a takeover (and all of a resume): the instance opened on its state
+    /// directory, answering on its addresses, the readiness gate, the notifier for `sm.bak/`
+    /// and the fence watch.
+    async fn activate(
+        &self,
+        s: &Arc<Service>,
+        ownership: Arc<Ownership>,
+        state: i32,
+        helper: Option<Arc<dyn ServicePrivileges>>,
+    ) -> Result<i32, String> {
         let spec = s.spec.clone();
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
         icfg.ha_callout = self.cfg.ha_callout.clone();
@@ -551,6 +645,7 @@ impl Services {
             Ok((i, _)) => i,
             Err(e) => {
                 ownership.release();
+                self.remove_marker(&spec.name);
                 return Err(e.to_string());
             }
         };
@@ -598,6 +693,60 @@ impl Services {
         Ok(state)
     }
 
+    /// Where this node records that it holds `name` (see [`ServicesConfig::run_dir`]).
+    fn marker(&self, name: &str) -> Option<PathBuf> {
+        self.cfg
+            .run_dir
+            .as_ref()
+            .map(|d| d.join(format!("{name}.active")))
+    }
+
+    fn write_marker(&self, name: &str, epoch: u64) {
+        let Some(path) = self.marker(name) else {
+            return;
+        };
+        let tmp = path.with_extension("active.new");
+        let r = std::fs::write(&tmp, format!("epoch {epoch}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            warn!(
+                instance = %name,
+                "cannot write {}: {e}; if nsmd restarts, this instance will not resume",
+                path.display()
+            );
+        }
+    }
+
+    fn read_marker(&self, name: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.marker(name)?).ok()?;
+        text.strip_prefix("epoch ")?.trim().parse().ok()
+    }
+
+    fn remove_marker(&self, name: &str) {
+        let Some(path) = self.marker(name) else {
+            return;
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                instance = %name,
+                "cannot remove {}: {e}; remove it by hand, or the next nsmd tries to resume it",
+                path.display()
+            ),
+        }
+    }
+
+    /// What stays on this node when nsmd stops now (for the log at SIGTERM): the active
+    /// instances, which keep their kernel locks and resume at the next start.
+    pub fn left_active(&self) -> Vec<String> {
+        self.list()
+            .iter()
+            .filter(|s| lock(&s.active).is_some())
+            .map(|s| s.spec.name.clone())
+            .collect()
+    }
+
     /// Sends the notifications of `name` again from its `sm.bak/` (after a failed run).
     pub async fn notify(&self, name: &str) -> Result<usize, String> {
         let _busy = self.busy.lock().await;
@@ -627,15 +776,40 @@ impl Services {
     pub async fn release(&self, name: &str) -> Result<(), String> {
         let _busy = self.busy.lock().await;
         let s = self.find(name)?;
+        let spec = &s.spec;
         let Some(active) = lock(&s.active).take() else {
+            // Held here before nsmd restarted and not resumed: only the kernel's locks are
+            // left to release.
+            if lock(&s.leftover).take().is_some() {
+                self.unlock_kernel(spec);
+                self.remove_marker(&spec.name);
+                info!(instance = %spec.name, "released (its kernel locks, held since before nsmd restarted)");
+                return Ok(());
+            }
             return Err(format!("instance {name} is not active on this node"));
         };
-        let spec = &s.spec;
         self.set_routes(&spec.addresses, None);
         active.watch.abort();
         if let Some(t) = &active.notifying {
             t.abort();
         }
+        self.unlock_kernel(spec);
+        // Flush: every acknowledged change is already durable; make the directories so too.
+        for d in ["sm", "sm.bak", ""] {
+            let p = spec.state_dir.join(d);
+            if let Err(e) = std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                warn!(path = %p.display(), "cannot flush: {e}");
+            }
+        }
+        self.remove_marker(&spec.name);
+        active.ownership.release();
+        info!(instance = %spec.name, "released");
+        Ok(())
+    }
+
+    /// Drops the kernel's NLM locks of `spec`: its addresses to `unlock_ip` (if set), its
+    /// exports to `unlock_filesystem`.
+    fn unlock_kernel(&self, spec: &ServiceSpec) {
         if spec.unlock_ip {
             for a in &spec.addresses {
                 self.write_nfsd(spec, "unlock_ip", &a.to_string());
@@ -644,16 +818,6 @@ impl Services {
         for e in &spec.exports {
             self.write_nfsd(spec, "unlock_filesystem", &e.to_string_lossy());
         }
-        // Flush: every acknowledged change is already durable; make the directories so too.
-        for d in ["sm", "sm.bak", ""] {
-            let p = spec.state_dir.join(d);
-            if let Err(e) = std::fs::File::open(&p).and_then(|f| f.sync_all()) {
-                warn!(path = %p.display(), "cannot flush: {e}");
-            }
-        }
-        active.ownership.release();
-        info!(instance = %spec.name, "released");
-        Ok(())
     }
 }
 
@@ -1074,6 +1238,7 @@ mod tests {
             rpcbind_port: 111,
             privileged: None,
             registered: crate::registered::Registered::open(),
+            run_dir: None,
         };
         let s = Services::new(cfg, vec![spec("a", "127.0.0.9", &dir)]);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
@@ -1136,6 +1301,7 @@ mod tests {
             rpcbind_port: 111,
             privileged: None,
             registered,
+            run_dir: None,
         };
         let s = Services::new(cfg, vec![spec("a", "127.0.0.9", &dir)]);
         s.takeover("a").await.unwrap();
