@@ -12,6 +12,12 @@ use nsm_rpc::rpcbind::{Rpcbind, getport};
 use nsm_xdr::rpcbind::{IPPROTO_TCP, IPPROTO_UDP, netid};
 use tracing::{debug, info, warn};
 
+/// The longest wait between two attempts to register with rpcbind.
+pub const REGISTER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// How often [`Registration::keep`] checks that rpcbind still has the registration.
+pub const REGISTRATION_CHECK: Duration = Duration::from_secs(2);
+
 /// The program's registrations: one per listener.
 #[derive(Debug)]
 pub struct Registration {
@@ -73,6 +79,62 @@ impl Registration {
         }
         info!(via = %via, "registered program {} version {} with rpcbind", self.prog, self.vers);
         Ok(())
+    }
+
+    /// Registers, retrying (1 s, doubling up to [`REGISTER_RETRY_MAX`]) until it succeeds.
+    /// The first failure is logged as a warning and `on_first_failure` runs; later ones are
+    /// debug lines.
+    pub async fn register_retrying(&self, mut on_first_failure: impl FnMut()) {
+        let mut first = true;
+        let mut wait = Duration::from_secs(1);
+        while let Err(e) = self.register().await {
+            if first {
+                first = false;
+                on_first_failure();
+                warn!(
+                    "{e}. No peer is notified until nsmd is registered: retrying every {}s at \
+                     most",
+                    REGISTER_RETRY_MAX.as_secs()
+                );
+            } else {
+                debug!("registration with rpcbind failed again: {e}");
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REGISTER_RETRY_MAX);
+        }
+    }
+
+    /// Keeps the registration for as long as it runs: every [`REGISTRATION_CHECK`] it asks
+    /// rpcbind for the program as the kernel's lockd does (portmapper v2 GETPORT, TCP, at
+    /// 127.0.0.1), and registers again when the answer is not this daemon's port (rpcbind
+    /// restarted without its warm-start file, or someone unset it).
+    pub async fn keep(&self) {
+        let Some(port) = self
+            .endpoints
+            .iter()
+            .find(|(tcp, a)| *tcp && a.is_ipv4())
+            .map(|(_, a)| a.port())
+        else {
+            return;
+        };
+        let opts = CallOptions {
+            timeout: Duration::from_secs(1),
+            ..CallOptions::default()
+        };
+        loop {
+            tokio::time::sleep(REGISTRATION_CHECK).await;
+            let found = getport(self.rpcbind.addr, self.prog, self.vers, IPPROTO_TCP, &opts).await;
+            if matches!(found, Ok(Some(p)) if p == port) {
+                continue;
+            }
+            let what = match found {
+                Ok(Some(p)) => format!("it gives port {p}, not {port}"),
+                Ok(None) => "the program is no longer registered".to_owned(),
+                Err(e) => format!("rpcbind does not answer ({e})"),
+            };
+            warn!("registration with rpcbind lost ({what}; rpcbind restarted?): registering again");
+            self.register_retrying(|| {}).await;
+        }
     }
 
     /// Removes the registrations (on shutdown).

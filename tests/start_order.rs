@@ -279,3 +279,52 @@ fn without_rpcbind_nothing_is_notified_until_nsmd_registered() {
     assert_eq!(seen.state, state as u32, "the state of this boot's bump");
     nsmd.stop(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_restarted_rpcbind_gets_the_registration_back() {
+    if !require(
+        "a_restarted_rpcbind_gets_the_registration_back",
+        &["rpcbind", "rpcinfo"],
+    ) {
+        return;
+    }
+    let (_lab, server, _client) = lab("startorder-rpcbrestart");
+    let rpcbind = server.start_rpcbind().unwrap();
+    let nsmd = server
+        .spawn("nsmd", &[NSMD, "-F", "-d", "-L", "-P", STATE_DIR])
+        .unwrap();
+    nsmd.wait_for_log_line("registered program 100024", Duration::from_secs(10))
+        .unwrap();
+    let port = server
+        .wait_registered(100_024, Duration::from_secs(10))
+        .unwrap()[0]
+        .port;
+    // A crash (or an upgrade that kills it): no warm-start file, every registration gone.
+    rpcbind.signal(Signal::Kill).unwrap();
+    rpcbind.wait(Duration::from_secs(10)).unwrap();
+    let mark = nsmd.log_mark();
+    let restarted = Instant::now();
+    let _rpcbind = server.start_rpcbind().unwrap();
+    let regs = server
+        .wait_registered(100_024, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("nsmd did not register again: {e}\n{}", nsmd.log_tail(20)));
+    eprintln!(
+        "registered again {:.1?} after rpcbind restarted",
+        restarted.elapsed()
+    );
+    assert!(regs.iter().all(|r| r.port == port), "{regs:?}");
+    let line = nsmd
+        .wait_for_log_line_after(
+            mark,
+            "registration with rpcbind lost",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(line.contains("registering again"), "{line}");
+    // The kernel's view: GETPORT over TCP at 127.0.0.1 gives nsmd's port, and it answers.
+    let tcp = server
+        .in_netns(|| getport("127.0.0.1:111".parse().unwrap(), 100_024, 1, 6))
+        .unwrap();
+    assert_eq!(tcp as u16, port);
+    nsmd.stop(Duration::from_secs(5)).unwrap();
+}

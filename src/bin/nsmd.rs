@@ -15,7 +15,7 @@ use nsmd::logging::LogLevel;
 use nsmd::privileges::drop_to_owner_of_sm;
 use nsmd::register::Registration;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 fn main() -> std::process::ExitCode {
     if std::env::var_os(nsmd::privileges::HELPER_ENV).is_some() {
@@ -643,32 +643,22 @@ async fn serve(
     let registering = tokio::spawn({
         let reg = reg.clone();
         async move {
-            let mut first = true;
-            let mut wait = Duration::from_secs(1);
-            while let Err(e) = reg.register().await {
-                if first {
-                    first = false;
-                    ready_for_systemd();
-                    warn!(
-                        "{e}. No peer is notified until nsmd is registered: retrying every {}s \
-                         at most",
-                        REGISTER_RETRY_MAX.as_secs()
-                    );
-                } else {
-                    debug!("registration with rpcbind failed again: {e}");
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(REGISTER_RETRY_MAX);
-            }
+            let mut late = false;
+            reg.register_retrying(|| {
+                late = true;
+                ready_for_systemd();
+            })
+            .await;
             open_registered.open();
             if let Some(go) = notifier {
                 use std::io::Write;
                 // nsm-notify may have nobody to notify and be gone already: nothing to do then.
                 let _ = std::fs::File::from(go).write_all(b"go");
             }
-            if first {
+            if !late {
                 ready_for_systemd();
             }
+            reg.keep().await;
         }
     });
 
@@ -707,9 +697,6 @@ async fn serve(
     info!("stopped");
     Ok(())
 }
-
-/// The longest wait between two attempts to register with rpcbind.
-const REGISTER_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Tells systemd nsmd is up (`Type=notify`).
 fn ready_for_systemd() {
