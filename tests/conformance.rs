@@ -160,3 +160,18 @@ fn a_statd_that_calls_lockd_with_a_wrong_cookie_fails() {
         assert!(passed.contains(case), "{case} not passed: {failed:?}");
     }
 }
+
+#[test]
+fn a_closed_pipe_ends_the_listing_quietly() {
+    // `| head`, deterministically: the reading end is closed before anything is written.
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    drop(rd);
+    let out = std::process::Command::new(SUITE)
+        .arg("--list")
+        .stdout(std::process::Stdio::from(wr))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

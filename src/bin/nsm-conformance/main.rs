@@ -267,12 +267,27 @@ fn junit(results: &[Result1], xfail: &BTreeMap<String, String>) -> String {
     x
 }
 
+/// `println!` that ends the program quietly (exit 0) when stdout is a closed pipe
+/// (`nsm-conformance --list | head`), where `println!` panics.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("nsm-conformance: cannot write to stdout: {e}");
+            std::process::exit(2);
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let all = cases::all();
     if args.list {
         for c in &all {
-            println!(
+            out!(
                 "{:<40} {:<12} {}\n{:<53} [{}]",
                 c.name,
                 needs_text(c.needs),
@@ -281,7 +296,7 @@ fn main() -> ExitCode {
                 c.cite
             );
         }
-        println!("{} cases", all.len());
+        out!("{} cases", all.len());
         return ExitCode::SUCCESS;
     }
     let xfail = match &args.xfail {
@@ -300,7 +315,7 @@ fn main() -> ExitCode {
         .filter(|c| !matches_any(&args.skip, c.name))
         .collect();
 
-    println!("TAP version 13");
+    out!("TAP version 13");
     let target = match (&args.spawn, &args.target) {
         (Some(cmd), _) => Target::spawn(cmd),
         (None, Some(t)) => parse_target(t).and_then(|(h, p)| Target::remote(h, p, args.local)),
@@ -309,12 +324,12 @@ fn main() -> ExitCode {
     let t = match target {
         Ok(t) => Arc::new(t),
         Err(e) => {
-            println!("Bail out! {}", e.lines().next().unwrap_or_default());
+            out!("Bail out! {}", e.lines().next().unwrap_or_default());
             eprintln!("nsm-conformance: {e}");
             return ExitCode::from(2);
         }
     };
-    println!("1..{}", selected.len());
+    out!("1..{}", selected.len());
 
     let mut results = Vec::new();
     for (i, case) in selected.iter().enumerate() {
@@ -335,7 +350,7 @@ fn main() -> ExitCode {
                     ));
                 }
                 if let Err(e) = t.restart() {
-                    println!(
+                    out!(
                         "Bail out! cannot restart the target: {}",
                         e.lines().next().unwrap_or_default()
                     );
@@ -371,14 +386,14 @@ fn main() -> ExitCode {
             }
             _ => {}
         }
-        println!("{line}");
+        out!("{line}");
         if matches!(outcome, Outcome::Fail | Outcome::XFail) {
             let mut y = String::from("  ---\n");
             yaml_block(&mut y, "message", &detail);
             let _ = writeln!(y, "  description: {:?}", case.desc);
             let _ = writeln!(y, "  cites: {:?}", case.cite);
             y.push_str("  ...");
-            println!("{y}");
+            out!("{y}");
         }
         results.push(Result1 {
             name: case.name,
@@ -389,15 +404,15 @@ fn main() -> ExitCode {
         });
     }
     if let Err(e) = cases::cleanup(&t) {
-        println!("# cleanup (SM_UNMON_ALL of the suite's records) failed: {e}");
+        out!("# cleanup (SM_UNMON_ALL of the suite's records) failed: {e}");
     }
     let _ = t.stop();
 
     // The summary, as TAP comments.
-    println!("#");
-    println!("# {:<40} {:<6} {:>8}", "case", "result", "time");
+    out!("#");
+    out!("# {:<40} {:<6} {:>8}", "case", "result", "time");
     for r in &results {
-        println!(
+        out!(
             "# {:<40} {:<6} {:>7.2}s",
             r.name,
             r.outcome.label(),
@@ -405,7 +420,7 @@ fn main() -> ExitCode {
         );
     }
     let count = |o| results.iter().filter(|r| r.outcome == o).count();
-    println!(
+    out!(
         "# {} cases: {} passed, {} failed, {} expected failures, {} unexpectedly passed, {} skipped",
         results.len(),
         count(Outcome::Pass),
@@ -426,7 +441,7 @@ fn main() -> ExitCode {
             .filter(|r| r.outcome == Outcome::Fail)
             .map(|r| r.name)
             .collect();
-        println!("# FAILED: {}", failed.join(" "));
+        out!("# FAILED: {}", failed.join(" "));
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

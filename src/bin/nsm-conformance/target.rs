@@ -304,13 +304,18 @@ impl Target {
                 break;
             }
             if !p.is_running() {
-                return Err(format!("the target exited at start:\n{}", p.log_tail(20)));
+                let tail = p.log_tail(20);
+                return Err(format!(
+                    "the target exited at start: {}\n{tail}",
+                    last_line(&tail)
+                ));
             }
             if Instant::now() >= deadline {
+                let tail = p.log_tail(20);
                 return Err(format!(
                     "the target does not answer NULL on 127.0.0.1:{port} and register with \
-                     rpcbind after 20 s:\n{}",
-                    p.log_tail(20)
+                     rpcbind after 20 s (its last words: {})\n{tail}",
+                    last_line(&tail)
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -336,4 +341,13 @@ impl Target {
         self.stop()?;
         self.start()
     }
+}
+
+/// The last non-empty line of a log, for the one-line summary of a failure.
+fn last_line(log: &str) -> &str {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no output")
 }
