@@ -166,7 +166,7 @@ fn a_closed_pipe_ends_the_listing_quietly() {
     // `| head`, deterministically: the reading end is closed before anything is written.
     let (rd, wr) = nix::unistd::pipe().unwrap();
     drop(rd);
-    let out = std::process::Command::new(SUITE)
+    let out = Command::new(SUITE)
         .arg("--list")
         .stdout(std::process::Stdio::from(wr))
         .output()
