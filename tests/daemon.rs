@@ -532,3 +532,25 @@ fn a_bad_instance_file_moves_bumps_and_sends_nothing() {
         p.log()
     );
 }
+
+#[test]
+fn the_control_socket_shows_the_node_and_goes_at_exit() {
+    if !require("the_control_socket_shows_the_node_and_goes_at_exit", &[]) {
+        return;
+    }
+    let lab = Lab::new("ctlsock").unwrap();
+    let h = lab.host("srv", &["198.51.100.63/24"]).unwrap();
+    // No --instances, no --control-socket: the default socket all the same.
+    let (p, _) = spawn_nsmd(&h, "nsmd", &["-P", "/var/lib/nfs/s"]);
+    let ctl = env!("CARGO_BIN_EXE_nsmctl");
+    let out = h.run_ok(&[ctl, "--json", "status"], T).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["instances"][0]["name"], "node", "{out}");
+    assert_eq!(v["instances"][0]["state_dir"], "/var/lib/nfs/s", "{out}");
+    p.signal(Signal::Term).unwrap();
+    p.wait(T).unwrap();
+    assert!(
+        !h.outside_path("/run/nsmd/nsmctl.sock").unwrap().exists(),
+        "the socket is removed at a clean exit"
+    );
+}

@@ -89,12 +89,25 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
             )
         })?;
     // The control socket is bound as root, before the drop.
-    let control_path = match (&args.control_socket, &args.instances) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(_)) => Some(std::path::PathBuf::from(DEFAULT_CONTROL_SOCKET)),
-        (None, None) => None,
+    // Always a control socket (`nsmctl status` shows the node's NSM too); only an explicit
+    // one, or one service instances need, is a reason not to start.
+    let control_path = args
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    let control = match bind_control(&control_path) {
+        Ok(l) => Some((l, control_path.clone())),
+        Err(e) if args.control_socket.is_some() || args.instances.is_some() => return Err(e),
+        Err(e) => {
+            info!(
+                "no control socket, nsmctl cannot reach this nsmd: {} (choose a path with \
+                 --control-socket)",
+                nsmd::logging::error_chain(&e)
+            );
+            None
+        }
     };
-    let control = control_path.as_deref().map(bind_control).transpose()?;
+    let control_path = control.as_ref().map(|(_, p)| p.clone());
     // Beside the control socket: which instances this node holds, for a restarted nsmd to
     // resume them (a tmpfs: gone after a reboot, when the kernel holds no lock any more).
     let run_dir = match (&args.instances, &control_path) {
@@ -142,8 +155,8 @@ struct Prepared {
     helper: Option<Arc<nsmd::privileges::StateHelper>>,
     /// The service instances.
     specs: Vec<ServiceSpec>,
-    /// The control socket, bound.
-    control: Option<std::os::unix::net::UnixListener>,
+    /// The control socket, bound, and its path (removed at exit).
+    control: Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>,
     /// The write end of nsm-notify's go-ahead pipe.
     notifier: Option<std::os::fd::OwnedFd>,
     /// Where the instances' resume markers live.
@@ -599,7 +612,8 @@ async fn serve(
         )),
         Limits::default(),
     );
-    if let Some(l) = control {
+    let control_path = control.as_ref().map(|(_, p)| p.clone());
+    if let Some((l, _)) = control {
         let l = tokio::net::UnixListener::from_std(l).context("cannot use the control socket")?;
         tokio::spawn(serve_control(l, instance.clone(), services.clone()));
     }
@@ -693,6 +707,17 @@ async fn serve(
     reg.unregister().await;
     if !server.shutdown(Duration::from_secs(5)).await {
         warn!("some requests were still in progress after 5 s; exiting anyway");
+    }
+    // After the privilege drop the socket's directory is root's: then the socket stays, and
+    // the next nsmd replaces it (nsmctl says nsmd is not running when nothing answers there).
+    if let Some(p) = control_path
+        && let Err(e) = std::fs::remove_file(&p)
+        && !matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+        )
+    {
+        warn!(path = %p.display(), "cannot remove the control socket: {e}");
     }
     info!("stopped");
     Ok(())

@@ -143,7 +143,9 @@ pub struct StatdArgs {
     )]
     pub instances: Option<PathBuf>,
 
-    /// The nsmctl control socket (root only). [default: /run/nsmd/nsmctl.sock]
+    /// The nsmctl control socket (root only), removed at exit. Without this option and
+    /// without --instances, a default socket that cannot be made (not root) is only logged.
+    /// [default: /run/nsmd/nsmctl.sock]
     #[arg(
         long = "control-socket",
         value_name = "PATH",
