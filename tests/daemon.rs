@@ -554,3 +554,40 @@ fn the_control_socket_shows_the_node_and_goes_at_exit() {
         "the socket is removed at a clean exit"
     );
 }
+
+#[test]
+fn files_in_the_instances_directory_that_are_not_read_are_named() {
+    if !require(
+        "files_in_the_instances_directory_that_are_not_read_are_named",
+        &[],
+    ) {
+        return;
+    }
+    let lab = Lab::new("instnames").unwrap();
+    let h = lab.host("srv", &["198.51.100.64/24"]).unwrap();
+    h.write_file(
+        "/var/lib/nfs/instances/svc1.conf",
+        "hostname = \"svc1.example.test\"\n",
+    )
+    .unwrap();
+    let (p, _) = spawn_nsmd(
+        &h,
+        "nsmd",
+        &[
+            "-P",
+            "/var/lib/nfs/s",
+            "--instances",
+            "/var/lib/nfs/instances",
+        ],
+    );
+    let log = p.log();
+    assert!(
+        log.contains("not an instance file (only NAME.toml files are read): ignored")
+            && log.contains("/var/lib/nfs/instances/svc1.conf"),
+        "{log}"
+    );
+    assert!(
+        log.contains("no instance file (NAME.toml) in /var/lib/nfs/instances"),
+        "{log}"
+    );
+}

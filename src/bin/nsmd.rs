@@ -60,7 +60,11 @@ fn run(args: &StatdArgs, cfg: StatdConfig, log: LogLevel) -> Result<()> {
     // Every setting is read and checked before anything is locked, moved, bumped or sent: a
     // typo in an instance file must not cost the clients a notification.
     let specs = match &args.instances {
-        Some(dir) => nsmd::config::instances::load_dir(dir)?,
+        Some(dir) => {
+            let specs = nsmd::config::instances::load_dir(dir)?;
+            log_instance_files(dir, &specs);
+            specs
+        }
         None => Vec::new(),
     };
     let _state_dir_lock = lock_state_dir(&cfg)?;
@@ -161,6 +165,19 @@ struct Prepared {
     notifier: Option<std::os::fd::OwnedFd>,
     /// Where the instances' resume markers live.
     run_dir: Option<std::path::PathBuf>,
+}
+
+/// Says what in the instances directory is not read, and when nothing is.
+fn log_instance_files(dir: &Path, specs: &[ServiceSpec]) {
+    for p in nsmd::config::instances::ignored_files(dir) {
+        warn!(path = %p.display(), "not an instance file (only NAME.toml files are read): ignored");
+    }
+    if specs.is_empty() {
+        warn!(
+            "no instance file (NAME.toml) in {}: no service instance is configured",
+            dir.display()
+        );
+    }
 }
 
 /// The state directory's lock, held until nsmd exits. A missing directory is created first
@@ -740,7 +757,10 @@ async fn reload_instances(dir: std::path::PathBuf, services: Arc<Services>) {
     })
     .await
     {
-        Ok(Ok(specs)) => specs,
+        Ok(Ok(specs)) => {
+            log_instance_files(&dir, &specs);
+            specs
+        }
         Ok(Err(e)) => {
             warn!("SIGHUP: instance files not reloaded, keeping the current ones: {e}");
             return;

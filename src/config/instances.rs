@@ -221,6 +221,20 @@ pub fn parse(file: &Path, name: &str, text: &str) -> Result<ServiceSpec, Instanc
     })
 }
 
+/// The files of `dir` that [`load_dir`] does not read (not named `*.toml`), for the log: an
+/// instance file saved under another name would otherwise be ignored without a word.
+pub fn ignored_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && !p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Reads every `*.toml` file of `dir`, in name order; checks that names, addresses and
 /// state directories are not shared between instances.
 pub fn load_dir(dir: &Path) -> Result<Vec<ServiceSpec>, InstancesError> {

@@ -143,16 +143,21 @@ impl crate::StateAuthority for HelperAuthority {
 fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
     use nix::unistd::{AccessFlags, access, geteuid};
     use std::os::unix::fs::MetadataExt;
-    let me = geteuid();
-    if me.is_root() {
+    let uid = geteuid();
+    if uid.is_root() {
         return Ok(false);
     }
+    // For messages: the user's name, as the operator types it in `chown`.
+    let me = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
     let dir = &spec.state_dir;
     let rw = AccessFlags::W_OK | AccessFlags::X_OK;
     let meta = std::fs::metadata(dir).map_err(|e| {
         format!(
             "{}: {e} (create it on the service's shared storage: owned by root, mode 0755, \
-             with sm/ and sm.bak/ owned by uid {me}, as which nsmd runs)",
+             with sm/ and sm.bak/ owned by {me}, as which nsmd runs)",
             dir.display()
         )
     })?;
@@ -162,13 +167,13 @@ fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
         true
     } else if !helper {
         return Err(format!(
-            "{} is not writable by uid {me}, as which nsmd runs (started without root)",
+            "{} is not writable by {me}, as which nsmd runs (started without root)",
             dir.display()
         ));
     } else {
         return Err(format!(
-            "{} belongs to uid {} and nsmd runs as uid {me}: make it root's (`chown root: {}`, \
-             mode 0755) with sm/ and sm.bak/ owned by uid {me}, as nfs-utils lays out \
+            "{} belongs to uid {} and nsmd runs as {me}: make it root's (`chown root: {}`, \
+             mode 0755) with sm/ and sm.bak/ owned by {me}, as nfs-utils lays out \
              /var/lib/nfs",
             dir.display(),
             meta.uid(),
@@ -182,7 +187,7 @@ fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
             Ok(m) if m.is_dir() && access(&p, rw).is_ok() => {}
             _ => {
                 return Err(format!(
-                    "{} must be a directory nsmd (uid {me}) can write: `mkdir -p {} {}; chown {me} {} {}`",
+                    "{} must be a directory nsmd ({me}) can write: `mkdir -p {} {}; chown {me} {} {}`",
                     p.display(),
                     dir.join("sm").display(),
                     dir.join("sm.bak").display(),
