@@ -227,7 +227,7 @@ pub fn ignored_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && !p.extension().is_some_and(|x| x == "toml"))
+                .filter(|p| p.is_file() && p.extension().is_none_or(|x| x != "toml"))
                 .collect()
         })
         .unwrap_or_default();
