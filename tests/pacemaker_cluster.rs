@@ -1,0 +1,690 @@
+//! nsmd under a real Pacemaker/Corosync cluster: Debian's corosync (knet) and pacemakerd on
+//! two nodes, each a test host (its own network, mount and UTS namespaces, with private
+//! `/etc/corosync`, `/var/lib/corosync`, `/var/lib/pacemaker`, `/dev/shm` and `/run`), the
+//! agent `ocf:nsmd:nsmd-instance` in a group after `IPaddr2` per NFS service, configured with
+//! the `crm configure` text the README shows. Clients run Debian's rpc.statd and a lockd
+//! stand-in. Drills, each checked from the clients' side: standby of the active node,
+//! `crm_resource --move` and `--clear`, `kill -9` of nsmd on the active node, and
+//! active/active (moving one service never touches the other's clients or state).
+//! Network namespaces, root only.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, udp_exchange};
+use nsm_testhost::{Host, Lab, Proc, Signal, require};
+
+const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
+const AGENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/systemd/pacemaker/nsmd-instance"
+);
+const T: Duration = Duration::from_secs(60);
+const COOKIE: [u8; 16] = [0xc1, 0x05, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+
+/// The services: (instance, hostname, address, preferred node).
+const SERVICES: [(&str, &str, &str, &str); 2] = [
+    ("svc1", "nfs-svc1.example.test", "198.51.100.101", "n1"),
+    ("svc2", "nfs-svc2.example.test", "198.51.100.102", "n2"),
+];
+
+/// Clients per service.
+const CLIENTS: usize = 2;
+
+/// The address of client `c` (1-based) of service `i`.
+fn client_addr(i: usize, c: usize) -> String {
+    format!("198.51.100.{}", 20 + 10 * i + c)
+}
+
+fn corosync_conf() -> String {
+    "totem {\n  version: 2\n  cluster_name: nsmdlab\n  transport: knet\n  token: 1000\n  \
+     crypto_cipher: none\n  crypto_hash: none\n}\n\
+     nodelist {\n  node {\n    name: n1\n    nodeid: 1\n    ring0_addr: 198.51.100.11\n  }\n  \
+     node {\n    name: n2\n    nodeid: 2\n    ring0_addr: 198.51.100.12\n  }\n}\n\
+     quorum {\n  provider: corosync_votequorum\n  two_node: 1\n}\n\
+     uidgid {\n  uid: hacluster\n  gid: haclient\n}\n\
+     logging {\n  to_stderr: yes\n  to_logfile: no\n  to_syslog: no\n  timestamp: on\n}\n"
+        .to_owned()
+}
+
+/// The CIB a node starts with: a 2 s DC election instead of 20 s, no fencing (no fence
+/// device in these drills).
+const CIB: &str = r#"<cib validate-with="pacemaker-3.9" epoch="1" num_updates="0" admin_epoch="0">
+  <configuration>
+    <crm_config>
+      <cluster_property_set id="cib-bootstrap-options">
+        <nvpair id="cib-bootstrap-options-dc-deadtime" name="dc-deadtime" value="2s"/>
+        <nvpair id="cib-bootstrap-options-stonith-enabled" name="stonith-enabled" value="false"/>
+      </cluster_property_set>
+    </crm_config>
+    <nodes/>
+    <resources/>
+    <constraints/>
+  </configuration>
+  <status/>
+</cib>
+"#;
+
+/// The resources, as `crm configure load update` reads them (the README's text, with the
+/// test's paths).
+fn crm_config(shared: &Path) -> String {
+    let mut c = String::new();
+    for (name, _, addr, node) in SERVICES {
+        c.push_str(&format!(
+            "primitive {name}-ip IPaddr2 params ip={addr} cidr_netmask=24 nic=eth0 \
+             op monitor interval=10s timeout=20s\n\
+             primitive {name}-nsm ocf:nsmd:nsmd-instance params instance={name} \
+             nsmctl={NSMCTL} instances_dir={inst} proc_root=/run/proc \
+             op monitor interval=2s timeout=20s op start timeout=60s op stop timeout=60s\n\
+             group {name} {name}-ip {name}-nsm meta migration-threshold=1\n\
+             location {name}-prefers-{node} {name} 100: {node}\n",
+            inst = shared.join("instances").display()
+        ));
+    }
+    c
+}
+
+struct Node {
+    host: Host,
+    nsmd: Option<Proc>,
+    port: u16,
+    instances: String,
+    corosync: Proc,
+    pacemakerd: Proc,
+    _lockd: LockdStandIn,
+    _rpcbind: Proc,
+}
+
+impl Node {
+    fn new(lab: &Lab, name: &str, addr: &str) -> Self {
+        let host = lab.host(name, &[&format!("{addr}/24")]).unwrap();
+        let rpcbind = host.start_rpcbind().unwrap();
+        let lockd = LockdStandIn::start(&host, true);
+        for f in [
+            "sys/fs/nfs/nsm_local_state",
+            "fs/nfsd/unlock_ip",
+            "fs/nfsd/unlock_filesystem",
+        ] {
+            host.write_file(&format!("/run/proc/{f}"), "").unwrap();
+        }
+        // Each client holds an NFS connection to its service's address: lockd's SM_MON of a
+        // client is recorded by the service it uses (nsmd reads /proc/net/tcp).
+        let hex = |a: &str| {
+            let ip: std::net::Ipv4Addr = a.parse().unwrap();
+            format!("{:08X}", u32::from_ne_bytes(ip.octets()))
+        };
+        let mut tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n".to_owned();
+        for (i, (_, _, vip, _)) in SERVICES.iter().enumerate() {
+            for c in 1..=CLIENTS {
+                tcp.push_str(&format!(
+                    "  {}: {}:0801 {}:03FF 01 00000000:00000000 00:00000000 00000000     0        0 0\n",
+                    i * 10 + c,
+                    hex(vip),
+                    hex(&client_addr(i, c))
+                ));
+            }
+        }
+        host.write_file("/run/proc/net/tcp", tcp).unwrap();
+        // What a node keeps to itself.
+        let etc = host.mount_private("/etc/corosync").unwrap();
+        std::fs::write(etc.join("corosync.conf"), corosync_conf()).unwrap();
+        host.mount_private("/var/lib/corosync").unwrap();
+        let shm = host.mount_private("/dev/shm").unwrap();
+        chmod(&shm, 0o1777);
+        let lib = host.mount_private("/var/lib/pacemaker").unwrap();
+        let hacluster = nix::unistd::User::from_name("hacluster").unwrap().unwrap();
+        let haclient = nix::unistd::Group::from_name("haclient").unwrap().unwrap();
+        for d in ["", "cib", "pengine", "blackbox", "cores"] {
+            let p = lib.join(d);
+            std::fs::create_dir_all(&p).unwrap();
+            nix::unistd::chown(&p, Some(hacluster.uid), Some(haclient.gid)).unwrap();
+            chmod(&p, 0o750);
+        }
+        let cib = lib.join("cib/cib.xml");
+        std::fs::write(&cib, CIB).unwrap();
+        nix::unistd::chown(&cib, Some(hacluster.uid), Some(haclient.gid)).unwrap();
+        chmod(&cib, 0o600);
+        host.mount_private("/var/log/pacemaker").unwrap();
+        // The agent, where Pacemaker looks for ocf:nsmd:*, beside the machine's agents.
+        let ra = host.outside_path("/run/.private/ra").unwrap();
+        std::fs::create_dir_all(ra.join("nsmd")).unwrap();
+        std::fs::copy(AGENT, ra.join("nsmd/nsmd-instance")).unwrap();
+        host.sh(
+            "set -e; cd /run/.private/ra; for p in heartbeat pacemaker; do mkdir $p; \
+             mount --bind /usr/lib/ocf/resource.d/$p $p; done; \
+             mount --rbind /run/.private/ra /usr/lib/ocf/resource.d",
+            T,
+        )
+        .unwrap();
+        let corosync = host
+            .spawn("corosync", &["/usr/sbin/corosync", "-f"])
+            .unwrap();
+        corosync
+            .wait_for_log_line("Initializing transport", T)
+            .unwrap();
+        let pacemakerd = host
+            .spawn_env(
+                "pacemakerd",
+                &["/usr/sbin/pacemakerd"],
+                &[("PCMK_logfile", "/run/pacemaker.log")],
+            )
+            .unwrap();
+        Self {
+            host,
+            nsmd: None,
+            port: 0,
+            instances: String::new(),
+            corosync,
+            pacemakerd,
+            _lockd: lockd,
+            _rpcbind: rpcbind,
+        }
+    }
+
+    fn start_nsmd(&mut self, shared: &Path) {
+        self.instances = shared.join("instances").display().to_string();
+        let (p, port) = common::spawn_nsmd(
+            &self.host,
+            "nsmd",
+            &[
+                "-P",
+                "/var/lib/nfs/node",
+                "--proc-root",
+                "/run/proc",
+                "--instances",
+                shared.join("instances").to_str().unwrap(),
+            ],
+        );
+        self.nsmd = Some(p);
+        self.port = port;
+    }
+
+    fn run(&self, argv: &[&str]) -> String {
+        self.host.run_ok(argv, T).unwrap()
+    }
+
+    /// `nsmctl state NAME`'s exit status on this node.
+    fn state(&self, name: &str) -> i32 {
+        self.host
+            .run(&[NSMCTL, "state", "--instances", &self.instances, name], T)
+            .unwrap()
+            .status
+            .code()
+            .unwrap_or(-1)
+    }
+
+    /// lockd's SM_MON of `client` to this node's nsmd (recorded by every service active here).
+    fn mon(&self, client: &str) {
+        let local: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let r = in_netns(&self.host, || {
+            let m = call(
+                9,
+                100_024,
+                1,
+                2,
+                &mon_args(client.as_bytes(), b"server", COOKIE),
+            );
+            answer(9, &udp_exchange(local, &m).unwrap())
+        });
+        assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+    }
+
+    fn kernel(&self, file: &str) -> String {
+        String::from_utf8(
+            self.host
+                .read_file(&format!("/run/proc/fs/nfsd/{file}"))
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn clear_kernel(&self) {
+        for f in ["unlock_ip", "unlock_filesystem"] {
+            self.host
+                .write_file(&format!("/run/proc/fs/nfsd/{f}"), "")
+                .unwrap();
+        }
+    }
+
+    fn logs(&self) -> String {
+        let pm = self
+            .host
+            .read_file("/run/pacemaker.log")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let tail: Vec<&str> = pm.lines().rev().take(60).collect();
+        format!(
+            "--- {} pacemaker.log (last 60, newest first)\n{}\n--- corosync\n{}\n--- pacemakerd\n{}\n--- nsmd\n{}",
+            self.host.name(),
+            tail.join("\n"),
+            self.corosync.log_tail(10),
+            self.pacemakerd.log_tail(10),
+            self.nsmd
+                .as_ref()
+                .map(|n| n.log_tail(20))
+                .unwrap_or_default()
+        )
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A client: rpcbind, a lockd stand-in, Debian's rpc.statd monitoring a service.
+struct Client {
+    _host: Host,
+    lockd: LockdStandIn,
+    statd: Proc,
+    _rpcbind: Proc,
+}
+
+impl Client {
+    fn new(lab: &Lab, name: &str, addr: &str, service: &str) -> Self {
+        let host = lab.host(name, &[&format!("{addr}/24")]).unwrap();
+        let rpcbind = host.start_rpcbind().unwrap();
+        let lockd = LockdStandIn::start(&host, true);
+        let (statd, port) = common::debian_statd(&host, None);
+        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        in_netns(&host, || {
+            let m = call(
+                1,
+                100_024,
+                1,
+                2,
+                &mon_args(service.as_bytes(), name.as_bytes(), COOKIE),
+            );
+            let r = answer(1, &udp_exchange(local, &m).unwrap());
+            assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+        });
+        Self {
+            _host: host,
+            lockd,
+            statd,
+            _rpcbind: rpcbind,
+        }
+    }
+
+    /// (mon_name, state) of every callback so far.
+    fn callbacks(&self) -> Vec<(String, i32)> {
+        self.lockd
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let (name, state, cookie) = parse_status(&c.3);
+                assert_eq!(cookie, COOKIE);
+                (String::from_utf8(name).unwrap(), state)
+            })
+            .collect()
+    }
+
+    /// The non-loopback senders of the SM_NOTIFYs rpc.statd received.
+    fn senders(&self) -> Vec<String> {
+        self.statd
+            .log()
+            .lines()
+            .filter_map(|l| l.split("access by ").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+            .filter(|a| !a.starts_with("127.") && a != "::1")
+            .collect()
+    }
+}
+
+struct Cluster {
+    lab: Lab,
+    shared: tempfile::TempDir,
+    nodes: Vec<Node>,
+    /// Per service, its clients.
+    clients: Vec<Vec<Client>>,
+}
+
+impl Cluster {
+    fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.host.name() == name).unwrap()
+    }
+
+    /// Where service `i` is active, as nsmd says (exit status 0 of `nsmctl state`).
+    fn active_on(&self, i: usize) -> Option<&Node> {
+        let active: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| n.state(SERVICES[i].0) == 0)
+            .collect();
+        assert!(active.len() <= 1, "{} active on two nodes", SERVICES[i].0);
+        active.first().copied()
+    }
+
+    fn wait_active_on(&self, i: usize, node: &str) {
+        let deadline = Instant::now() + T;
+        while self.active_on(i).map(|n| n.host.name()) != Some(node) {
+            assert!(
+                Instant::now() < deadline,
+                "waited {T:?} for {} to be active on {node}\n{}\n{}",
+                SERVICES[i].0,
+                self.crm_mon(),
+                self.nodes.iter().map(Node::logs).collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn crm_mon(&self) -> String {
+        self.nodes[0]
+            .host
+            .run(&["/usr/sbin/crm_mon", "-1", "-r", "-f"], T)
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn state_of(&self, i: usize) -> i32 {
+        let b = std::fs::read(self.shared.path().join(SERVICES[i].0).join("state")).unwrap();
+        i32::from_ne_bytes(b[..4].try_into().unwrap())
+    }
+
+    /// Puts service `i`'s clients back into its records (lockd monitors them again where it
+    /// runs), so that the next move notifies them.
+    fn monitor_clients(&self, i: usize) {
+        let node = self.active_on(i).unwrap();
+        // As the kernel's lockd names clients by default (nsm_use_hostnames=0): by address.
+        for c in 1..=self.clients[i].len() {
+            node.mon(&client_addr(i, c));
+        }
+        let sm = self.shared.path().join(SERVICES[i].0).join("sm");
+        assert_eq!(
+            std::fs::read_dir(&sm).unwrap().count(),
+            self.clients[i].len(),
+            "{} records in {}",
+            self.clients[i].len(),
+            sm.display()
+        );
+    }
+
+    /// Runs `cmd` on `on`, then waits until each client of service `i` was called back once
+    /// more; checks what they heard; returns (to the first, to the last callback) from the
+    /// command.
+    fn drill(&self, what: &str, i: usize, on: &Node, cmd: &[&str]) -> (Duration, Duration) {
+        let (_, host, addr, _) = SERVICES[i];
+        let before: Vec<usize> = self.clients[i]
+            .iter()
+            .map(|c| c.callbacks().len())
+            .collect();
+        let others: Vec<usize> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, cs)| cs.iter().map(|c| c.callbacks().len()))
+            .collect();
+        let other_states: Vec<i32> = (0..SERVICES.len())
+            .filter(|j| *j != i)
+            .map(|j| self.state_of(j))
+            .collect();
+        let old_state = self.state_of(i);
+        let t0 = Instant::now();
+        if !cmd.is_empty() {
+            on.run(cmd);
+        }
+        let mut first = None;
+        let deadline = t0 + T;
+        let last = loop {
+            let heard: Vec<bool> = self.clients[i]
+                .iter()
+                .zip(&before)
+                .map(|(c, b)| c.callbacks().len() > *b)
+                .collect();
+            if first.is_none() && heard.iter().any(|h| *h) {
+                first = Some(t0.elapsed());
+            }
+            if heard.iter().all(|h| *h) {
+                break t0.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: waited {T:?} for the clients of {host}\n{}\n{}",
+                self.crm_mon(),
+                self.nodes.iter().map(Node::logs).collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let new_state = self.state_of(i);
+        assert!(
+            new_state > old_state,
+            "{what}: state {new_state} > {old_state}"
+        );
+        for (c, b) in self.clients[i].iter().zip(&before) {
+            let got = c.callbacks();
+            assert_eq!(got.len(), b + 1, "{what}: one callback each: {got:?}");
+            assert_eq!(got[*b], (host.to_owned(), new_state), "{what}");
+            let senders = c.senders();
+            assert!(
+                senders.iter().all(|s| s == addr),
+                "{what}: SM_NOTIFY only from {addr}: {senders:?}"
+            );
+        }
+        // Active/active: the other service's clients heard nothing and its state stayed.
+        let others_after: Vec<usize> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, cs)| cs.iter().map(|c| c.callbacks().len()))
+            .collect();
+        assert_eq!(others_after, others, "{what}: the other service's clients");
+        let other_after: Vec<i32> = (0..SERVICES.len())
+            .filter(|j| *j != i)
+            .map(|j| self.state_of(j))
+            .collect();
+        assert_eq!(
+            other_after, other_states,
+            "{what}: the other service's state"
+        );
+        let first = first.unwrap();
+        eprintln!(
+            "drill {what}: first callback {:.3} s, last {:.3} s after the command ({} clients)",
+            first.as_secs_f64(),
+            last.as_secs_f64(),
+            self.clients[i].len()
+        );
+        (first, last)
+    }
+}
+
+fn setup() -> Cluster {
+    let shared = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let inst = shared.path().join("instances");
+    std::fs::create_dir_all(&inst).unwrap();
+    for (name, host, addr, _) in SERVICES {
+        let dir = shared.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            inst.join(format!("{name}.toml")),
+            format!(
+                "hostname = \"{host}\"\naddresses = [\"{addr}\"]\nstate_dir = \"{}\"\n\
+                 [notify]\nretry_seconds = 30\n\
+                 [readiness]\nrpcbind = [100021]\ntimeout_seconds = 10\n\
+                 [release]\nexports = [\"/export/{name}\"]\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+    }
+    let lab = Lab::new("pcmk").unwrap();
+    for (_, host, addr, _) in SERVICES {
+        lab.add_name(addr, &[host]).unwrap();
+    }
+    let t0 = Instant::now();
+    let mut nodes = vec![
+        Node::new(&lab, "n1", "198.51.100.11"),
+        Node::new(&lab, "n2", "198.51.100.12"),
+    ];
+    for n in &mut nodes {
+        n.start_nsmd(shared.path());
+    }
+    let clients = SERVICES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, host, _, _))| {
+            (1..=CLIENTS)
+                .map(|c| Client::new(&lab, &format!("c{}{c}", i + 1), &client_addr(i, c), host))
+                .collect()
+        })
+        .collect();
+    let cluster = Cluster {
+        lab,
+        shared,
+        nodes,
+        clients,
+    };
+    // Both nodes online, a DC elected.
+    let deadline = Instant::now() + T;
+    loop {
+        let out = cluster.nodes[0]
+            .host
+            .run(&["/usr/sbin/crm_mon", "-1", "--output-as=xml"], T)
+            .unwrap();
+        let xml = String::from_utf8_lossy(&out.stdout);
+        let online = xml.matches("online=\"true\"").count();
+        if online == 2 && xml.contains("<current_dc present=\"true\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {T:?} for two online nodes and a DC:\n{xml}\n{}",
+            cluster.nodes.iter().map(Node::logs).collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("cluster up in {:.1} s", t0.elapsed().as_secs_f64());
+    let file = cluster.shared.path().join("nsmd.crm");
+    std::fs::write(&file, crm_config(cluster.shared.path())).unwrap();
+    cluster.nodes[0].run(&[
+        "/usr/sbin/crm",
+        "configure",
+        "load",
+        "update",
+        file.to_str().unwrap(),
+    ]);
+    cluster.wait_active_on(0, "n1");
+    cluster.wait_active_on(1, "n2");
+    let _ = &cluster.lab;
+    cluster
+}
+
+/// Drills a (standby), b (move, clear), c (kill -9 of nsmd) and e (active/active: every
+/// drill checks the other service's clients and state stay untouched).
+#[test]
+fn pacemaker_failover_drills() {
+    if !require(
+        "pacemaker_failover_drills",
+        &[
+            "rpcbind",
+            "rpc.statd",
+            "corosync",
+            "pacemakerd",
+            "crm_resource",
+            "crm_mon",
+            "crm",
+        ],
+    ) {
+        return;
+    }
+    let c = setup();
+    let (n1, n2) = (c.node("n1"), c.node("n2"));
+
+    // a. Standby of the active node: svc1 moves to n2 (svc2 stays there, untouched).
+    c.monitor_clients(0);
+    let a = c.drill(
+        "a: standby n1",
+        0,
+        n1,
+        &[
+            "/usr/sbin/crm_attribute",
+            "--node",
+            "n1",
+            "--name",
+            "standby",
+            "--update",
+            "on",
+        ],
+    );
+    c.wait_active_on(0, "n2");
+    // Back home (location preference): its clients are notified again, from n1.
+    c.monitor_clients(0);
+    c.drill(
+        "a: n1 back online",
+        0,
+        n1,
+        &[
+            "/usr/sbin/crm_attribute",
+            "--node",
+            "n1",
+            "--name",
+            "standby",
+            "--update",
+            "off",
+        ],
+    );
+    c.wait_active_on(0, "n1");
+
+    // b. crm_resource --move, then --clear (back to its preferred node).
+    c.monitor_clients(1);
+    let b = c.drill(
+        "b: move svc2 to n1",
+        1,
+        n2,
+        &[
+            "/usr/sbin/crm_resource",
+            "--resource",
+            "svc2",
+            "--move",
+            "--node",
+            "n1",
+        ],
+    );
+    c.wait_active_on(1, "n1");
+    c.monitor_clients(1);
+    let b2 = c.drill(
+        "b: clear svc2",
+        1,
+        n2,
+        &["/usr/sbin/crm_resource", "--resource", "svc2", "--clear"],
+    );
+    c.wait_active_on(1, "n2");
+
+    // c. kill -9 of nsmd on the active node: the monitor fails, Pacemaker stops the group
+    // there (the kernel lock release runs without nsmd) and starts it on n2.
+    c.monitor_clients(0);
+    n1.clear_kernel();
+    n1.nsmd.as_ref().unwrap().signal(Signal::Kill).unwrap();
+    let cc = c.drill("c: kill -9 nsmd on n1", 0, n1, &[]);
+    c.wait_active_on(0, "n2");
+    assert_eq!(
+        n1.kernel("unlock_ip"),
+        SERVICES[0].2,
+        "released on the failed node"
+    );
+    assert_eq!(n1.kernel("unlock_filesystem"), "/export/svc1");
+    assert_eq!(n1.state("svc1"), 7, "n1 holds nothing of svc1");
+
+    eprintln!("| drill | first callback | last callback |");
+    for (what, (f, l)) in [
+        ("a. standby of the active node", a),
+        ("b. crm_resource --move", b),
+        ("b. crm_resource --clear", b2),
+        ("c. kill -9 of nsmd (monitor interval 2 s)", cc),
+    ] {
+        eprintln!(
+            "| {what} | {:.3} s | {:.3} s |",
+            f.as_secs_f64(),
+            l.as_secs_f64()
+        );
+    }
+}
