@@ -233,6 +233,21 @@ impl Node {
         assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
     }
 
+    /// The node is lost to the cluster: SIGKILL to corosync and every Pacemaker daemon.
+    fn kill_cluster_stack(&self) {
+        for pid in self.host.pids() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.starts_with("corosync") || comm.starts_with("pacemaker") {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        self.corosync.wait(T).unwrap();
+        self.pacemakerd.wait(T).unwrap();
+    }
+
     fn kernel(&self, file: &str) -> String {
         String::from_utf8(
             self.host
@@ -382,6 +397,36 @@ impl Cluster {
             .run(&["/usr/sbin/crm_mon", "-1", "-r", "-f"], T)
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Waits until an operation `op` (e.g. `svc1-nsm_start_0`) failed on the surviving node
+    /// n2; returns its exit reason.
+    fn wait_failure(&self, op: &str) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            let out = self.nodes[1]
+                .host
+                .run(&["/usr/sbin/crm_mon", "-1", "--output-as=xml"], T)
+                .unwrap();
+            let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(f) = xml
+                .lines()
+                .find(|l| l.contains("<failure ") && l.contains(&format!("op_key=\"{op}\"")))
+            {
+                return f
+                    .split("exitreason=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {T:?} for {op} to fail:\n{xml}\n{}",
+                self.nodes.iter().map(Node::logs).collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn state_of(&self, i: usize) -> i32 {
@@ -674,12 +719,62 @@ fn pacemaker_failover_drills() {
     assert_eq!(n1.kernel("unlock_filesystem"), "/export/svc1");
     assert_eq!(n1.state("svc1"), 7, "n1 holds nothing of svc1");
 
+    // n1's nsmd back, its failure cleared: svc1 goes home (location preference).
+    let mut c = c;
+    c.nodes[0].start_nsmd(c.shared.path());
+    c.monitor_clients(0);
+    let back = c.drill(
+        "c: n1 recovered, --cleanup",
+        0,
+        &c.nodes[1],
+        &["/usr/sbin/crm_resource", "--resource", "svc1", "--cleanup"],
+    );
+    c.wait_active_on(0, "n1");
+
+    // d'. n1 lost without fencing: its corosync and Pacemaker die, its nsmd lives on and
+    // still holds svc1's state directory (the address leaves with the node's network). n2
+    // must not serve or notify svc1: the agent's start fails naming the holder.
+    c.monitor_clients(0);
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let heard: Vec<usize> = c.clients[0].iter().map(|c| c.callbacks().len()).collect();
+    let state = c.state_of(0);
+    n1.kill_cluster_stack();
+    n1.host.del_addr(&format!("{}/24", SERVICES[0].2)).unwrap();
+    let reason = c.wait_failure("svc1-nsm_start_0");
+    assert!(
+        reason.contains("takeover of svc1 failed") && reason.contains("owner n1 pid"),
+        "the exit reason names the holder: {reason}"
+    );
+    assert_eq!(n2.state("svc1"), 3, "n2 does not serve svc1");
+    assert_eq!(n1.state("svc1"), 0, "n1's nsmd still serves it");
+    assert_eq!(c.state_of(0), state, "svc1's state untouched");
+    let now: Vec<usize> = c.clients[0].iter().map(|c| c.callbacks().len()).collect();
+    assert_eq!(now, heard, "no client notified while n1 holds svc1");
+    // The holder is gone: the next start (after a cleanup) succeeds, clients hear of it.
+    c.nodes[0]
+        .nsmd
+        .as_ref()
+        .unwrap()
+        .signal(Signal::Kill)
+        .unwrap();
+    let lost = c.drill(
+        "d': holder gone, --cleanup",
+        0,
+        n2,
+        &["/usr/sbin/crm_resource", "--resource", "svc1", "--cleanup"],
+    );
+
     eprintln!("| drill | first callback | last callback |");
     for (what, (f, l)) in [
         ("a. standby of the active node", a),
         ("b. crm_resource --move", b),
         ("b. crm_resource --clear", b2),
         ("c. kill -9 of nsmd (monitor interval 2 s)", cc),
+        ("c. back home after --cleanup", back),
+        (
+            "d'. lost node without fencing: --cleanup once the holder is gone",
+            lost,
+        ),
     ] {
         eprintln!(
             "| {what} | {:.3} s | {:.3} s |",

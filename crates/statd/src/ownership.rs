@@ -27,7 +27,7 @@ pub enum OwnershipError {
     },
     /// Another process (on this node or another) holds the lock.
     #[error(
-        "{path} is locked by another owner ({holder}): is the instance active on another node? release it there first"
+        "held by another owner ({holder}): {path} is locked; is the instance active on another node? release it there first"
     )]
     Busy {
         /// The file.
