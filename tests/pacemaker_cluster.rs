@@ -23,6 +23,7 @@ const AGENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/systemd/pacemaker/nsmd-instance"
 );
+const FENCE_AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pacemaker/fence_nsmdlab");
 const T: Duration = Duration::from_secs(60);
 const COOKIE: [u8; 16] = [0xc1, 0x05, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
 
@@ -102,8 +103,6 @@ struct Node {
 impl Node {
     fn new(lab: &Lab, name: &str, addr: &str) -> Self {
         let host = lab.host(name, &[&format!("{addr}/24")]).unwrap();
-        let rpcbind = host.start_rpcbind().unwrap();
-        let lockd = LockdStandIn::start(&host, true);
         for f in [
             "sys/fs/nfs/nsm_local_state",
             "fs/nfsd/unlock_ip",
@@ -160,19 +159,17 @@ impl Node {
             T,
         )
         .unwrap();
-        let corosync = host
-            .spawn("corosync", &["/usr/sbin/corosync", "-f"])
-            .unwrap();
-        corosync
-            .wait_for_log_line("Initializing transport", T)
-            .unwrap();
-        let pacemakerd = host
-            .spawn_env(
-                "pacemakerd",
-                &["/usr/sbin/pacemakerd"],
-                &[("PCMK_logfile", "/run/pacemaker.log")],
-            )
-            .unwrap();
+        // The lab's fence agent, where pacemaker-fenced looks for fence_*: a read-only overlay
+        // of the machine's /usr/sbin.
+        let fence = host.outside_path("/run/.private/fence").unwrap();
+        std::fs::create_dir_all(&fence).unwrap();
+        std::fs::copy(FENCE_AGENT, fence.join("fence_nsmdlab")).unwrap();
+        host.sh(
+            "mount -t overlay overlay -o lowerdir=/run/.private/fence:/usr/sbin /usr/sbin",
+            T,
+        )
+        .unwrap();
+        let (rpcbind, lockd, corosync, pacemakerd) = boot(&host);
         Self {
             host,
             nsmd: None,
@@ -183,6 +180,29 @@ impl Node {
             _lockd: lockd,
             _rpcbind: rpcbind,
         }
+    }
+
+    /// Powers the node on again after the fence agent powered it off: what a reboot forgets
+    /// is gone (its addresses but its own, /run's state, /dev/shm), its interface is up, its
+    /// daemons and nsmd start.
+    fn power_on(&mut self, shared: &Path) {
+        let addr = self.host.addrs()[0];
+        self.host
+            .sh(
+                &format!(
+                    "set -e; ip addr flush dev eth0; ip addr add {addr}/24 dev eth0; \
+                     ip link set eth0 up; rm -rf /run/nsmd /run/resource-agents /run/crm; \
+                     find /dev/shm -mindepth 1 -delete"
+                ),
+                T,
+            )
+            .unwrap();
+        let (rpcbind, lockd, corosync, pacemakerd) = boot(&self.host);
+        self._rpcbind = rpcbind;
+        self._lockd = lockd;
+        self.corosync = corosync;
+        self.pacemakerd = pacemakerd;
+        self.start_nsmd(shared);
     }
 
     fn start_nsmd(&mut self, shared: &Path) {
@@ -284,6 +304,26 @@ impl Node {
                 .unwrap_or_default()
         )
     }
+}
+
+/// Starts what a node runs besides nsmd: rpcbind, the lockd stand-in, corosync, pacemakerd.
+fn boot(host: &Host) -> (Proc, LockdStandIn, Proc, Proc) {
+    let rpcbind = host.start_rpcbind().unwrap();
+    let lockd = LockdStandIn::start(host, true);
+    let corosync = host
+        .spawn("corosync", &["/usr/sbin/corosync", "-f"])
+        .unwrap();
+    corosync
+        .wait_for_log_line("Initializing transport", T)
+        .unwrap();
+    let pacemakerd = host
+        .spawn_env(
+            "pacemakerd",
+            &["/usr/sbin/pacemakerd"],
+            &[("PCMK_logfile", "/run/pacemaker.log")],
+        )
+        .unwrap();
+    (rpcbind, lockd, corosync, pacemakerd)
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -399,6 +439,29 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Waits until resource `id` runs somewhere.
+    fn wait_started(&self, id: &str) {
+        let deadline = Instant::now() + T;
+        loop {
+            let out = self.nodes[1]
+                .host
+                .run(&["/usr/sbin/crm_mon", "-1", "--output-as=xml"], T)
+                .unwrap();
+            let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+            if xml.lines().any(|l| {
+                l.contains(&format!("<resource id=\"{id}\"")) && l.contains("role=\"Started\"")
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {T:?} for {id} to start:\n{xml}\n{}",
+                self.nodes.iter().map(Node::logs).collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until an operation `op` (e.g. `svc1-nsm_start_0`) failed on the surviving node
     /// n2; returns its exit reason.
     fn wait_failure(&self, op: &str) -> String {
@@ -456,6 +519,15 @@ impl Cluster {
     /// more; checks what they heard; returns (to the first, to the last callback) from the
     /// command.
     fn drill(&self, what: &str, i: usize, on: &Node, cmd: &[&str]) -> (Duration, Duration) {
+        self.drill_with(what, i, || {
+            if !cmd.is_empty() {
+                on.run(cmd);
+            }
+        })
+    }
+
+    /// [`Cluster::drill`] with `act` as the command.
+    fn drill_with(&self, what: &str, i: usize, act: impl FnOnce()) -> (Duration, Duration) {
         let (_, host, addr, _) = SERVICES[i];
         let before: Vec<usize> = self.clients[i]
             .iter()
@@ -474,9 +546,7 @@ impl Cluster {
             .collect();
         let old_state = self.state_of(i);
         let t0 = Instant::now();
-        if !cmd.is_empty() {
-            on.run(cmd);
-        }
+        act();
         let mut first = None;
         let deadline = t0 + T;
         let last = loop {
@@ -731,6 +801,64 @@ fn pacemaker_failover_drills() {
     );
     c.wait_active_on(0, "n1");
 
+    // d. n1 lost with fencing: corosync and Pacemaker die on n1; n2 fences it (the lab's
+    // agent takes n1 off the network and kills everything in it, nsmd too), then starts svc1.
+    let fence = c.shared.path().join("fence");
+    std::fs::create_dir_all(&fence).unwrap();
+    for n in &c.nodes {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(n.host.netns_path()).unwrap().ino();
+        std::fs::write(
+            fence.join(format!("{}.netns", n.host.name())),
+            format!("net:[{ino}]"),
+        )
+        .unwrap();
+    }
+    let file = c.shared.path().join("fence.crm");
+    std::fs::write(
+        &file,
+        format!(
+            "primitive fence-lab stonith:fence_nsmdlab params pcmk_host_list=\"n1 n2\" \
+             pcmk_reboot_action=off dir={} op monitor interval=60s\n\
+             property stonith-enabled=true\n",
+            fence.display()
+        ),
+    )
+    .unwrap();
+    c.nodes[1].run(&[
+        "/usr/sbin/crm",
+        "configure",
+        "load",
+        "update",
+        file.to_str().unwrap(),
+    ]);
+    c.wait_started("fence-lab");
+    c.monitor_clients(0);
+    let fenced = c.drill_with("d: n1 lost, fenced", 0, || c.nodes[0].kill_cluster_stack());
+    c.wait_active_on(0, "n2");
+    assert!(fence.join("n1.off").exists(), "n1 was fenced");
+    assert_eq!(
+        c.nodes[0].host.pids(),
+        Vec::<u32>::new(),
+        "nothing runs on n1"
+    );
+    // Power n1 on again: it rejoins, svc1 goes home, its clients are notified from n1.
+    c.monitor_clients(0);
+    std::fs::remove_file(fence.join("n1.off")).unwrap();
+    let shared = c.shared.path().to_owned();
+    c.nodes[0].power_on(&shared);
+    c.drill("d: n1 powered on, svc1 home", 0, &c.nodes[1], &[]);
+    c.wait_active_on(0, "n1");
+    c.nodes[1].run(&[
+        "/usr/sbin/crm_attribute",
+        "--type",
+        "crm_config",
+        "--name",
+        "stonith-enabled",
+        "--update",
+        "false",
+    ]);
+
     // d'. n1 lost without fencing: its corosync and Pacemaker die, its nsmd lives on and
     // still holds svc1's state directory (the address leaves with the node's network). n2
     // must not serve or notify svc1: the agent's start fails naming the holder.
@@ -771,6 +899,10 @@ fn pacemaker_failover_drills() {
         ("b. crm_resource --clear", b2),
         ("c. kill -9 of nsmd (monitor interval 2 s)", cc),
         ("c. back home after --cleanup", back),
+        (
+            "d. lost node with fencing (kill -9 of corosync, pacemaker*)",
+            fenced,
+        ),
         (
             "d'. lost node without fencing: --cleanup once the holder is gone",
             lost,
