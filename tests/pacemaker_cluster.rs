@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::farm::Farm;
 use common::{Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, udp_exchange};
 use nsm_testhost::{Host, Lab, Proc, Signal, require};
 
@@ -33,8 +34,12 @@ const SERVICES: [(&str, &str, &str, &str); 2] = [
     ("svc2", "nfs-svc2.example.test", "198.51.100.102", "n2"),
 ];
 
-/// Clients per service.
+/// Clients per service running Debian's rpc.statd and a lockd stand-in.
 const CLIENTS: usize = 2;
+/// Clients of svc1 the peer farm plays (statds only: they acknowledge and record).
+const FARM_PEERS: usize = 1000;
+/// The farm's address on the lab's bridge (the nodes route 10.77.0.0/16 to it).
+const FARM_ADDR: &str = "198.51.100.200";
 
 /// The address of client `c` (1-based) of service `i`.
 fn client_addr(i: usize, c: usize) -> String {
@@ -103,6 +108,8 @@ struct Node {
 impl Node {
     fn new(lab: &Lab, name: &str, addr: &str) -> Self {
         let host = lab.host(name, &[&format!("{addr}/24")]).unwrap();
+        host.sh(&format!("ip route add 10.77.0.0/16 via {FARM_ADDR}"), T)
+            .unwrap();
         for f in [
             "sys/fs/nfs/nsm_local_state",
             "fs/nfsd/unlock_ip",
@@ -191,7 +198,7 @@ impl Node {
             .sh(
                 &format!(
                     "set -e; ip addr flush dev eth0; ip addr add {addr}/24 dev eth0; \
-                     ip link set eth0 up; rm -rf /run/nsmd /run/resource-agents /run/crm; \
+                     ip link set eth0 up; ip route add 10.77.0.0/16 via {FARM_ADDR}; rm -rf /run/nsmd /run/resource-agents /run/crm; \
                      find /dev/shm -mindepth 1 -delete"
                 ),
                 T,
@@ -399,6 +406,9 @@ struct Cluster {
     nodes: Vec<Node>,
     /// Per service, its clients.
     clients: Vec<Vec<Client>>,
+    /// svc1's other clients.
+    farm: Farm,
+    _farm_host: Host,
 }
 
 impl Cluster {
@@ -506,11 +516,28 @@ impl Cluster {
             node.mon(&client_addr(i, c));
         }
         let sm = self.shared.path().join(SERVICES[i].0).join("sm");
+        let mut expected = self.clients[i].len();
+        if i == 0 {
+            // The farm's peers, as lockd's SM_MONs would have recorded them (written
+            // directly: a thousand SM_MONs would only slow the test down).
+            for p in 1..=self.farm.len() {
+                let ip = common::farm::peer_addr(p).to_string();
+                let r = nsm_store::Record {
+                    mon_name: ip.clone().into_bytes(),
+                    my_name: b"server".to_vec(),
+                    my_prog: 100_021,
+                    my_vers: 4,
+                    my_proc: 16,
+                    priv_: [0; 16],
+                };
+                std::fs::write(sm.join(&ip), r.to_line()).unwrap();
+            }
+            expected += self.farm.len();
+        }
         assert_eq!(
             std::fs::read_dir(&sm).unwrap().count(),
-            self.clients[i].len(),
-            "{} records in {}",
-            self.clients[i].len(),
+            expected,
+            "{expected} records in {}",
             sm.display()
         );
     }
@@ -545,6 +572,7 @@ impl Cluster {
             .map(|j| self.state_of(j))
             .collect();
         let old_state = self.state_of(i);
+        let farm_before = self.farm.counts();
         let t0 = Instant::now();
         act();
         let mut first = None;
@@ -601,12 +629,45 @@ impl Cluster {
             other_after, other_states,
             "{what}: the other service's state"
         );
-        let first = first.unwrap();
+        // svc1's farm peers: each notified once more, with the service's name and new state,
+        // from its address; the other service's moves never reach them.
+        let (mut first, mut last) = (first.unwrap(), last);
+        if i == 0 {
+            let deadline = t0 + T;
+            while self
+                .farm
+                .counts()
+                .iter()
+                .zip(&farm_before)
+                .any(|(n, b)| n <= b)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: waited {T:?} for the farm's {} peers",
+                    self.farm.len()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let seen = self.farm.seen.lock().unwrap();
+            for (p, b) in (1..).zip(&farm_before) {
+                let n = &seen[p][*b];
+                assert_eq!(
+                    (n.mon_name.as_str(), n.state, n.from.ip().to_string()),
+                    (host, new_state, addr.to_owned()),
+                    "{what}: farm peer {p}"
+                );
+                let at = n.at.saturating_duration_since(t0);
+                first = first.min(at);
+                last = last.max(at);
+            }
+        } else {
+            assert_eq!(self.farm.counts(), farm_before, "{what}: svc1's farm peers");
+        }
         eprintln!(
             "drill {what}: first callback {:.3} s, last {:.3} s after the command ({} clients)",
             first.as_secs_f64(),
             last.as_secs_f64(),
-            self.clients[i].len()
+            self.clients[i].len() + if i == 0 { self.farm.len() } else { 0 }
         );
         (first, last)
     }
@@ -652,11 +713,15 @@ fn setup() -> Cluster {
                 .collect()
         })
         .collect();
+    let farm_host = lab.host("farm", &[&format!("{FARM_ADDR}/24")]).unwrap();
+    let farm = Farm::start(&farm_host, FARM_PEERS);
     let cluster = Cluster {
         lab,
         shared,
         nodes,
         clients,
+        farm,
+        _farm_host: farm_host,
     };
     // Both nodes online, a DC elected.
     let deadline = Instant::now() + T;
