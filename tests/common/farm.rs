@@ -196,7 +196,7 @@ fn serve(
         if let Some((mon_name, state)) = notified {
             seen.lock().unwrap()[peer].push(Notified {
                 at: Instant::now(),
-                from: SocketAddr::from((Ipv4Addr::from(from.ip()), from.port())),
+                from: SocketAddr::from((from.ip(), from.port())),
                 mon_name,
                 state,
             });
