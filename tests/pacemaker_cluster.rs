@@ -2,10 +2,19 @@
 //! two nodes, each a test host (its own network, mount and UTS namespaces, with private
 //! `/etc/corosync`, `/var/lib/corosync`, `/var/lib/pacemaker`, `/dev/shm` and `/run`), the
 //! agent `ocf:nsmd:nsmd-instance` in a group after `IPaddr2` per NFS service, configured with
-//! the `crm configure` text the README shows. Clients run Debian's rpc.statd and a lockd
-//! stand-in. Drills, each checked from the clients' side: standby of the active node,
-//! `crm_resource --move` and `--clear`, `kill -9` of nsmd on the active node, and
-//! active/active (moving one service never touches the other's clients or state).
+//! the `crm configure` text the README shows. svc1's clients: two test hosts running Debian's
+//! rpc.statd and a lockd stand-in, and 1,000 statds played by the peer farm; svc2's: two
+//! rpc.statd hosts. Drills, each checked from the clients' side (one more callback or
+//! SM_NOTIFY each, with the service hostname and its new, larger state, SM_NOTIFY only from
+//! the service address, the other service's clients and state untouched):
+//! a. standby of the active node (and back);
+//! b. `crm_resource --move` and `--clear`;
+//! c. `kill -9` of nsmd on the active node: the kernel lock release runs on that node;
+//! d. a node lost with fencing (the lab's fence agent), then powered on again;
+//! d'. a node lost without fencing: the survivor neither serves nor notifies while the lost
+//!    node's nsmd holds the state directory, and its start fails naming the holder; once the
+//!    holder is gone, `--cleanup` starts it; the stale nsmd, restarted, is fenced and silent.
+//! Each drill prints the time from its command to the first and last client that heard.
 //! Network namespaces, root only.
 #![allow(clippy::unwrap_used)]
 
@@ -956,6 +965,27 @@ fn pacemaker_failover_drills() {
         n2,
         &["/usr/sbin/crm_resource", "--resource", "svc1", "--cleanup"],
     );
+    c.wait_active_on(0, "n2");
+    // The stale nsmd comes back on n1 (outside the cluster): its epoch is no longer the
+    // owner file's, so it does not resume svc1, is fenced, and sends nothing.
+    let heard: Vec<usize> = c.clients[0].iter().map(|c| c.callbacks().len()).collect();
+    let farm = c.farm.counts();
+    let shared = c.shared.path().to_owned();
+    c.nodes[0].start_nsmd(&shared);
+    let n1 = &c.nodes[0];
+    n1.nsmd
+        .as_ref()
+        .unwrap()
+        .wait_for_log_line("not resumed", T)
+        .unwrap();
+    assert_eq!(n1.state("svc1"), 4, "the stale owner is fenced");
+    let out = n1.host.run(&[NSMCTL, "notify", "svc1"], T).unwrap();
+    assert!(!out.status.success(), "a fenced instance notifies no one");
+    // What n1 would send would leave within its first second.
+    std::thread::sleep(Duration::from_secs(2));
+    let now: Vec<usize> = c.clients[0].iter().map(|c| c.callbacks().len()).collect();
+    assert_eq!(now, heard, "nothing from the stale nsmd");
+    assert_eq!(c.farm.counts(), farm, "nothing from the stale nsmd");
 
     eprintln!("| drill | first callback | last callback |");
     for (what, (f, l)) in [
