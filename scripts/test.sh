@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark python3)
+packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark python3
+          resource-agents libxml2-utils shellcheck pacemaker pacemaker-cli-utils corosync crmsh)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()

@@ -2,6 +2,7 @@
 //! and logging.
 
 pub mod config;
+pub mod held;
 pub mod listen;
 pub mod logging;
 pub mod privileges;

@@ -4,12 +4,14 @@
 //! nsmctl status                 every instance: role, active here, state, epoch, peers
 //! nsmctl takeover NAME          claim NAME, bump its state, wait for readiness, notify
 //! nsmctl release NAME           stop serving NAME, release its kernel locks, drop ownership
+//! nsmctl release --offline NAME the same without nsmd (it died): kernel locks, marker
+//! nsmctl state NAME             NAME on this node, as an exit status (see STATE_HELP)
 //! nsmctl notify NAME            notify NAME's sm.bak/ again
 //! nsmctl peers NAME             the peers NAME monitors ("node": the node instance)
 //! ```
 //!
 //! Tables for people; `--json` prints nsmd's reply as it is, for scripts. The exit status is
-//! 0 when nsmd did what was asked, 1 otherwise.
+//! 0 when nsmd did what was asked, 1 otherwise; `state` has the statuses of STATE_HELP.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -18,11 +20,59 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nsm_statd::ServiceSpec;
 use serde_json::Value;
+
+/// The exit statuses of `nsmctl state NAME`, for scripts (the Pacemaker agent branches on
+/// them).
+const STATE_HELP: &str = "\
+Exit status of `nsmctl state NAME`:
+  0  active: nsmd serves NAME on this node
+  1  error: no such instance, unreadable instance file, unexpected reply
+  2  usage error
+  3  inactive: NAME is not served here and this node holds nothing of it
+  4  fenced: NAME was served here until another node took it over (a newer
+     epoch), or nsmd restarted and could not resume it; nothing is answered or
+     sent for it, its kernel locks may be held here: `nsmctl release NAME`
+  5  half taken over: nsmd runs but does not serve NAME, and this node took NAME
+     over without releasing it (a takeover under way or cut short):
+     `nsmctl release --offline NAME`
+  6  unreachable, held: nsmd does not answer on the control socket and this
+     node took NAME over without releasing it (nsmd died while serving it):
+     its kernel locks may still be held here: `nsmctl release --offline NAME`
+  7  unreachable: nsmd does not answer and this node holds nothing of NAME
+
+A node holds NAME from its takeover until a release wrote NAME's kernel lock
+release (unlock_ip, unlock_filesystem): nsmd keeps instances/NAME.active beside
+the control socket (/run: a reboot forgets it, as the kernel its locks).";
+
+/// What `nsmctl state` found; the discriminant is the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Active = 0,
+    Inactive = 3,
+    Fenced = 4,
+    Half = 5,
+    UnreachableHeld = 6,
+    Unreachable = 7,
+}
+
+impl State {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+            Self::Fenced => "fenced",
+            Self::Half => "half taken over",
+            Self::UnreachableHeld => "nsmd unreachable, held here",
+            Self::Unreachable => "nsmd unreachable",
+        }
+    }
+}
 
 /// Control a running nsmd (its service instances: takeover, release, notify).
 #[derive(Debug, Parser)]
-#[command(name = "nsmctl", version)]
+#[command(name = "nsmctl", version, after_help = STATE_HELP)]
 struct Args {
     /// nsmd's control socket.
     #[arg(long, value_name = "PATH", default_value = "/run/nsmd/nsmctl.sock")]
@@ -48,6 +98,20 @@ enum Cmd {
     },
     /// Release NAME from this node.
     Release {
+        /// Without nsmd (it died, or does not serve NAME): write NAME's kernel lock release
+        /// (unlock_ip, unlock_filesystem) from its instance file and forget that this node
+        /// holds it. Refused while a process on this node holds NAME's ownership lock.
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        files: Files,
+        /// The instance.
+        name: String,
+    },
+    /// NAME on this node, as the exit status (see below); one line for people.
+    State {
+        #[command(flatten)]
+        files: Files,
         /// The instance.
         name: String,
     },
@@ -63,11 +127,23 @@ enum Cmd {
     },
 }
 
+/// Where `state` and `release --offline` find what nsmd is not there to say.
+#[derive(Debug, clap::Args)]
+struct Files {
+    /// nsmd's instance directory (its --instances).
+    #[arg(long, value_name = "DIR", default_value = "/etc/nsmd/instances.d")]
+    instances: PathBuf,
+    /// Prefix of the kernel's files (fs/nfsd/unlock_ip, fs/nfsd/unlock_filesystem), as
+    /// nsmd's --proc-root; for tests.
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    proc_root: PathBuf,
+}
+
 fn request(args: &Args) -> Result<Value, String> {
     let line = match &args.cmd {
-        Cmd::Status => "status".to_owned(),
+        Cmd::Status | Cmd::State { .. } => "status".to_owned(),
         Cmd::Takeover { name } => format!("takeover {name}"),
-        Cmd::Release { name } => format!("release {name}"),
+        Cmd::Release { name, .. } => format!("release {name}"),
         Cmd::Notify { name } => format!("notify {name}"),
         Cmd::Peers { name } => format!("peers {name}"),
     };
@@ -189,13 +265,167 @@ fn show(cmd: &Cmd, v: &Value) {
             table(&["MON_NAME", "MY_NAME"], &rows);
         }
         Cmd::Takeover { name } => println!("{name}: taken over, state {}", cell(&v["state"])),
-        Cmd::Release { name } => println!("{name}: released"),
+        Cmd::Release { name, .. } => println!("{name}: released"),
+        Cmd::State { .. } => {}
         Cmd::Notify { name } => println!("{name}: notifying {} peer(s)", cell(&v["peers"])),
     }
 }
 
+/// The instance file of `name`, as nsmd reads it.
+fn spec(files: &Files, name: &str) -> Result<ServiceSpec, String> {
+    let file = files.instances.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        format!(
+            "{}: {e} (no instance {name:?} in {}? pass nsmd's directory with --instances)",
+            file.display(),
+            files.instances.display()
+        )
+    })?;
+    nsmd::config::instances::parse(&file, name, &text).map_err(|e| e.to_string())
+}
+
+/// Whether this node holds `name` (nsmd's marker beside the control socket).
+fn held(args: &Args, name: &str) -> Result<bool, String> {
+    let f = nsm_statd::service::marker_path(&nsmd::held::run_dir(&args.control_socket), name);
+    match std::fs::symlink_metadata(&f) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: {e}", f.display())),
+    }
+}
+
+/// `nsmctl state NAME`.
+fn state(args: &Args, files: &Files, name: &str) -> Result<State, String> {
+    let s = match request(args) {
+        Err(e) => {
+            // Unreachable: only the files can say whether NAME was left held here.
+            spec(files, name)?;
+            eprintln!("nsmctl: {e}");
+            return Ok(if held(args, name)? {
+                State::UnreachableHeld
+            } else {
+                State::Unreachable
+            });
+        }
+        Ok(v) => v["instances"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|i| i["name"] == name && i["role"] == "service")
+            })
+            .cloned()
+            .ok_or_else(|| format!("nsmd has no service instance named {name:?}"))?,
+    };
+    Ok(if s["fenced"] == Value::Bool(true) {
+        State::Fenced
+    } else if s["active"] == Value::Bool(true) {
+        State::Active
+    } else if held(args, name)? {
+        State::Half
+    } else {
+        State::Inactive
+    })
+}
+
+/// This node's name, as nsmd writes it in the ownership file.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// `nsmctl release --offline NAME`: what nsmd's release does, without nsmd.
+fn release_offline(args: &Args, files: &Files, name: &str) -> Result<(), String> {
+    let spec = spec(files, name)?;
+    let serving = request(args).ok().and_then(|v| {
+        v["instances"].as_array().and_then(|a| {
+            a.iter()
+                .find(|i| i["name"] == name && i["role"] == "service")
+                .map(|i| i["active"] == Value::Bool(true) || i["fenced"] == Value::Bool(true))
+        })
+    });
+    if serving == Some(true) {
+        return Err(format!(
+            "nsmd holds {name} on this node (active or fenced): release it with \
+             `nsmctl release {name}`"
+        ));
+    }
+    // Who holds the ownership now: a live process on this node (an nsmd that does not
+    // answer) would still serve the addresses; another node's is not this node's business.
+    let lock = match nsm_statd::ownership::Ownership::lock_existing(&spec.state_dir) {
+        Ok(l) => l,
+        Err(e @ nsm_statd::ownership::OwnershipError::Busy { .. }) => {
+            let owner =
+                nsm_statd::ownership::read_owner(&spec.state_dir).map_err(|e| e.to_string())?;
+            match owner {
+                Some((_, node, pid)) if node == node_name() => {
+                    return Err(format!(
+                        "{e}: pid {pid} on this node still holds {name} and may answer on {:?};                          stop it first (kill {pid}) or release through it (nsmctl release {name})",
+                        spec.addresses
+                    ));
+                }
+                _ => None,
+            }
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let failed = nsm_statd::service::release_kernel_locks(&files.proc_root, &spec, None);
+    if !failed.is_empty() {
+        return Err(format!(
+            "{name}: kernel lock release incomplete: {}",
+            failed.join("; ")
+        ));
+    }
+    let f = nsm_statd::service::marker_path(&nsmd::held::run_dir(&args.control_socket), name);
+    match std::fs::remove_file(&f) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", f.display())),
+    }
+    drop(lock);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    match &args.cmd {
+        Cmd::State { files, name } => {
+            return match state(&args, files, name) {
+                Ok(s) => {
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "instance": name, "state": s.word(), "code": s as u8 })
+                        );
+                    } else {
+                        println!("{name}: {}", s.word());
+                    }
+                    ExitCode::from(s as u8)
+                }
+                Err(e) => {
+                    eprintln!("nsmctl: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Cmd::Release {
+            offline: true,
+            files,
+            name,
+        } => {
+            return match release_offline(&args, files, name) {
+                Ok(()) => {
+                    println!("{name}: released offline (kernel lock release written)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("nsmctl: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let v = match request(&args) {
         Ok(v) => v,
         Err(e) => {

@@ -270,10 +270,7 @@ const DEFAULT_CONTROL_SOCKET: &str = "/run/nsmd/nsmctl.sock";
 /// nsmd becomes (the owner of `sm/`), who writes the markers there.
 fn instances_run_dir(control: &Path, state_dir: &Path) -> Result<std::path::PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let dir = control
-        .parent()
-        .unwrap_or_else(|| Path::new("/"))
-        .join("instances");
+    let dir = nsmd::held::run_dir(control);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -3,6 +3,8 @@
 //! nsmd's own RPC code, so it checks nsmd rather than agreeing with it).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod farm;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -27,11 +27,13 @@ pub enum OwnershipError {
     },
     /// Another process (on this node or another) holds the lock.
     #[error(
-        "{path} is locked by another owner (is the instance active on another node? release it there first)"
+        "held by another owner ({holder}): {path} is locked; is the instance active on another node? release it there first"
     )]
     Busy {
         /// The file.
         path: PathBuf,
+        /// Who holds it, as the file says (`epoch N owner NODE pid PID`).
+        holder: String,
     },
     /// The root helper could not write the ownership file.
     #[error("{path}: {message}")]
@@ -79,6 +81,40 @@ fn parse_epoch(text: &str) -> u64 {
         .nth(1)
         .and_then(|w| w.parse().ok())
         .unwrap_or(0)
+}
+
+/// Who the ownership file at `path` names (its line, `epoch N owner NODE pid PID`), for
+/// messages.
+fn holder(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        Ok(_) => "no owner written yet".to_owned(),
+        Err(e) => format!("unreadable: {e}"),
+    }
+}
+
+/// What `state_dir`'s ownership file says: (epoch, owner node, pid); `None` when there is
+/// no file or it names no owner.
+pub fn read_owner(state_dir: &Path) -> Result<Option<(u64, String, u32)>, OwnershipError> {
+    let path = state_dir.join(OWNER_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(OwnershipError::Io { path, source }),
+    };
+    let field = |key: &str| {
+        text.split_whitespace()
+            .skip_while(|w| *w != key)
+            .nth(1)
+            .map(str::to_owned)
+    };
+    Ok(field("owner").map(|owner| {
+        (
+            parse_epoch(&text),
+            owner,
+            field("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+        )
+    }))
 }
 
 /// The epoch recorded in `state_dir`'s ownership file (0 when there is none).
@@ -191,11 +227,24 @@ impl Ownership {
             Ok(l) => Ok(l),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(OwnershipError::Busy {
                 path: path.to_owned(),
+                holder: holder(path),
             }),
             Err((_, e)) => Err(OwnershipError::Io {
                 path: path.to_owned(),
                 source: e.into(),
             }),
+        }
+    }
+
+    /// Takes `state_dir`'s ownership lock without waiting and without writing a new epoch,
+    /// for `nsmctl release --offline`: `Ok(None)` when there is no ownership file, `Busy`
+    /// (naming the holder) while a live process holds it. Dropping the lock unlocks it.
+    pub fn lock_existing(state_dir: &Path) -> Result<Option<Flock<File>>, OwnershipError> {
+        let path = state_dir.join(OWNER_FILE);
+        match File::open(&path) {
+            Ok(f) => Self::lock(&path, f).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(OwnershipError::Io { path, source }),
         }
     }
 
@@ -272,6 +321,30 @@ mod tests {
         let b = Ownership::claim(d.path(), "b").unwrap();
         assert_eq!(b.epoch(), 2);
         assert_eq!(read_epoch(d.path()).unwrap(), 2);
+        match Ownership::lock_existing(d.path()) {
+            Err(e @ OwnershipError::Busy { .. }) => {
+                let pid = std::process::id();
+                assert!(
+                    e.to_string()
+                        .contains(&format!("(epoch 2 owner b pid {pid})")),
+                    "names the holder: {e}"
+                );
+            }
+            other => panic!("held by b: {other:?}"),
+        }
+        assert_eq!(
+            read_owner(d.path()).unwrap(),
+            Some((2, "b".to_owned(), std::process::id()))
+        );
+        drop(b);
+        let l = Ownership::lock_existing(d.path()).unwrap();
+        assert!(l.is_some(), "free once b is gone");
+        assert!(Ownership::claim(d.path(), "c").is_err(), "locked meanwhile");
+        drop(l);
+        assert_eq!(Ownership::claim(d.path(), "c").unwrap().epoch(), 3);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Ownership::lock_existing(empty.path()).unwrap().is_none());
+        assert_eq!(read_owner(empty.path()).unwrap(), None);
     }
 
     #[test]

@@ -98,6 +98,60 @@ pub struct ServicesConfig {
     pub run_dir: Option<PathBuf>,
 }
 
+/// The file in `run_dir` ([`ServicesConfig::run_dir`]) that says this node holds instance
+/// `name`: written at the takeover (with the epoch), removed once a release dropped its kernel
+/// locks. `nsmctl state` reads it when nsmd does not answer, and `nsmctl release --offline`
+/// removes it.
+pub fn marker_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.active"))
+}
+
+/// Releases the kernel's locks of `spec` on this node, as a release does: each service
+/// address to `<proc_root>/fs/nfsd/unlock_ip` (when `unlock_ip`), each export to
+/// `unlock_filesystem`; through `privileged` when given (nsmd without root). A missing file
+/// (nfsd not loaded: it holds no locks) is skipped. Returns what could not be written,
+/// each saying which file and text.
+pub fn release_kernel_locks(
+    proc_root: &Path,
+    spec: &ServiceSpec,
+    privileged: Option<&dyn ServicePrivileges>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    let ips: Vec<String> = if spec.unlock_ip {
+        spec.addresses.iter().map(ToString::to_string).collect()
+    } else {
+        Vec::new()
+    };
+    let exports = spec
+        .exports
+        .iter()
+        .map(|e| e.to_string_lossy().into_owned());
+    let writes = ips
+        .into_iter()
+        .map(|t| ("unlock_ip", t))
+        .chain(exports.map(|t| ("unlock_filesystem", t)));
+    for (file, text) in writes {
+        let path = proc_root.join("fs/nfsd").join(file);
+        if !path.exists() {
+            info!("{} does not exist: {text} not written", path.display());
+            continue;
+        }
+        let r = match privileged {
+            Some(h) => h.unlock(&spec.name, file, &text),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                .map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(()) => info!("{text} written to {}", path.display()),
+            Err(e) => failed.push(format!("cannot write {text:?} to {}: {e}", path.display())),
+        }
+    }
+    failed
+}
+
 /// What a service instance needs root for once nsmd runs as the owner of `sm/`: the
 /// root-owned `state` and ownership file of a Debian-style state directory (the directory
 /// root's, `sm/` and `sm.bak/` the daemon's user's, as nfs-utils lays out `/var/lib/nfs`),
@@ -700,10 +754,7 @@ impl Services {
 
     /// Where this node records that it holds `name` (see [`ServicesConfig::run_dir`]).
     fn marker(&self, name: &str) -> Option<PathBuf> {
-        self.cfg
-            .run_dir
-            .as_ref()
-            .map(|d| d.join(format!("{name}.active")))
+        self.cfg.run_dir.as_ref().map(|d| marker_path(d, name))
     }
 
     fn write_marker(&self, name: &str, epoch: u64) {
@@ -760,6 +811,12 @@ impl Services {
         let Some(active) = a.as_mut() else {
             return Err(format!("instance {name} is not active on this node"));
         };
+        if active.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(format!(
+                "instance {name} is fenced: another node took it over, so this node sends \
+                 nothing for it; release it here (nsmctl release {name})"
+            ));
+        }
         if let Some(t) = active.notifying.take() {
             t.abort();
         }
@@ -813,15 +870,10 @@ impl Services {
     }
 
     /// Drops the kernel's NLM locks of `spec`: its addresses to `unlock_ip` (if set), its
-    /// exports to `unlock_filesystem`.
+    /// exports to `unlock_filesystem` ([`release_kernel_locks`]).
     fn unlock_kernel(&self, spec: &ServiceSpec) {
-        if spec.unlock_ip {
-            for a in &spec.addresses {
-                self.write_nfsd(spec, "unlock_ip", &a.to_string());
-            }
-        }
-        for e in &spec.exports {
-            self.write_nfsd(spec, "unlock_filesystem", &e.to_string_lossy());
+        for e in release_kernel_locks(&self.cfg.proc_root, spec, self.cfg.privileged.as_deref()) {
+            warn!(instance = %spec.name, "{e}");
         }
     }
 }
@@ -892,30 +944,6 @@ fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, port))
-}
-
-impl Services {
-    /// Writes `text` to `<proc_root>/fs/nfsd/<file>` if it exists: through the root helper
-    /// after nsmd dropped root (the kernel's files are root's, mode 0200).
-    fn write_nfsd(&self, spec: &ServiceSpec, file: &str, text: &str) {
-        let path = self.cfg.proc_root.join("fs/nfsd").join(file);
-        if !path.exists() {
-            info!("{} does not exist: {text} not written", path.display());
-            return;
-        }
-        let r = match &self.cfg.privileged {
-            Some(h) => h.unlock(&spec.name, file, text),
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-                .map_err(|e| e.to_string()),
-        };
-        match r {
-            Ok(()) => info!("{text} written to {}", path.display()),
-            Err(e) => warn!("cannot write {text:?} to {}: {e}", path.display()),
-        }
-    }
 }
 
 /// Waits until every program is registered on the service address and the command succeeds.

@@ -654,6 +654,39 @@ impl Host {
         })
     }
 
+    /// Gives the host its own empty directory at `inside` (an existing directory of the
+    /// machine, e.g. `/var/lib/pacemaker`): `/run/.private/<inside, '/' as '_'>`, in the
+    /// host's own `/run`, is bind-mounted there in the host's mount namespace only. Returns
+    /// its outside path. A second call with the same `inside` fails.
+    pub fn mount_private(&self, inside: &str) -> Result<PathBuf, Error> {
+        if !inside.starts_with('/') || inside.split('/').any(|c| c == "..") {
+            return Err(Error::Invalid(format!(
+                "mount_private: `{inside}` is not an absolute path"
+            )));
+        }
+        let name: String = inside
+            .trim_matches('/')
+            .chars()
+            .map(|c| if c == '/' { '_' } else { c })
+            .collect();
+        let source = format!("/run/.private/{name}");
+        let out = self.outside_path(&source)?;
+        fs::create_dir_all(out.parent().unwrap_or(&out))
+            .and_then(|()| fs::create_dir(&out))
+            .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+        let mount = exec::tool("mount")?;
+        self.run_ok(
+            &[
+                mount.as_os_str(),
+                "--bind".as_ref(),
+                source.as_ref(),
+                inside.as_ref(),
+            ],
+            Duration::from_secs(10),
+        )?;
+        Ok(out)
+    }
+
     /// Adds a (secondary, e.g. service) address to the host's lab interface; IPv6 without DAD.
     pub fn add_addr(&self, cidr: &str) -> Result<(), Error> {
         self.shared.addr_cmd("add", cidr)

@@ -26,6 +26,8 @@
 //! - Only `/run`, `/var/lib/nfs`, `/etc/hosts` and `/etc/nsswitch.conf` are private to a
 //!   host; the rest of the file system (`/tmp`, `/etc`, ...) is the machine's. The private
 //!   directories are plain directories outside ([`Host::run_dir`], [`Host::nfs_dir`]).
+//!   [`Host::mount_private`] gives a host its own copy of any other directory (a cluster
+//!   node's `/var/lib/pacemaker`, `/etc/corosync`, `/dev/shm`).
 //! - There is no pid namespace: pids are the machine's, and `Proc::pid` is the command's
 //!   own pid (`nsenter` execs it).
 //! - A daemon that forks away from a `Proc` or a `Host::run` command keeps running until its

@@ -36,6 +36,13 @@ fn package_of(tool: &str) -> &'static str {
         "getent" => "libc-bin",
         "sh" => "dash",
         "hostname" => "hostname",
+        "ocf-tester" => "resource-agents",
+        "xmllint" => "libxml2-utils",
+        "shellcheck" => "shellcheck",
+        "corosync" | "corosync-cfgtool" => "corosync",
+        "pacemakerd" => "pacemaker",
+        "crm_resource" | "crm_attribute" | "cibadmin" | "crm_mon" => "pacemaker-cli-utils",
+        "crm" => "crmsh",
         _ => "(unknown package)",
     }
 }
