@@ -904,6 +904,17 @@ fn an_active_instance_survives_restarts_of_nsmd() {
     // The takeover whose notification the restarts cut into.
     let s1 = a.takeover("svc");
     assert!(s1 > s0);
+    // Asking again is success with nothing done (scripts ensure a state); --json may follow
+    // the subcommand, and errors are JSON then too.
+    let (ok, out, _) = a.ctl(&["takeover", "svc", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && v["already"] == true && v["state"] == s1, "{out}");
+    let (ok, out, err) = a.ctl(&["takeover", "nosuch", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        !ok && v["ok"] == false && v["error"].is_string(),
+        "{out}{err}"
+    );
     assert_eq!(up.callbacks(1), [(SVC.to_owned(), s1)]);
     a.nsmd()
         .wait_for_log_line("up removed from sm.bak", T)
@@ -976,6 +987,11 @@ fn an_active_instance_survives_restarts_of_nsmd() {
     // Released, then restarted: nothing resumes.
     let (ok, out, err) = a.ctl(&["release", "svc"]);
     assert!(ok, "{out}{err}");
+    let (ok, out, err) = a.ctl(&["release", "svc"]);
+    assert!(
+        ok && out.contains("not held here (nothing done)"),
+        "{out}{err}"
+    );
     a.kill9();
     a.start(&inst);
     let (ok, out, _) = a.ctl(&["--json", "status"]);

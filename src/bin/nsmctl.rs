@@ -70,18 +70,25 @@ impl State {
     }
 }
 
-/// Control a running nsmd (its service instances: takeover, release, notify).
+/// Control a running nsmd (its service instances: takeover, release, notify). Needs root
+/// (or nsmd's own user): the control socket is theirs only.
 #[derive(Debug, Parser)]
 #[command(name = "nsmctl", version, after_help = STATE_HELP)]
 struct Args {
     /// nsmd's control socket.
-    #[arg(long, value_name = "PATH", default_value = "/run/nsmd/nsmctl.sock")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/nsmd/nsmctl.sock",
+        global = true
+    )]
     control_socket: PathBuf,
-    /// Print nsmd's JSON reply instead of a table.
-    #[arg(long)]
+    /// Print nsmd's JSON reply instead of a table; errors too, as {"ok":false,"error":...}.
+    #[arg(long, global = true)]
     json: bool,
-    /// How long to wait for nsmd, in seconds (a takeover waits for the readiness gate).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    /// How long to wait for nsmd, in seconds (a takeover waits for the readiness gate). When
+    /// it runs out, nsmd goes on with the command: `nsmctl status` shows where it is.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, global = true)]
     timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
@@ -149,19 +156,35 @@ fn request(args: &Args) -> Result<Value, String> {
     };
     let path = &args.control_socket;
     let mut s = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot connect to nsmd at {}: {e} (is nsmd running with --instances? are you root?)",
-            path.display()
-        )
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "nsmd is not running, or it was started with another --control-socket"
+            }
+            std::io::ErrorKind::ConnectionRefused => "nsmd is not running (a stale socket)",
+            std::io::ErrorKind::PermissionDenied => "only root (or nsmd's user) may use it",
+            _ => "is nsmd running?",
+        };
+        format!("cannot connect to nsmd at {}: {e}: {why}", path.display())
     })?;
     let t = Some(Duration::from_secs(args.timeout.max(1)));
     s.set_read_timeout(t).map_err(|e| e.to_string())?;
     s.write_all(format!("{line}\n").as_bytes())
         .map_err(|e| format!("cannot send to nsmd: {e}"))?;
     let mut reply = String::new();
-    BufReader::new(s)
-        .read_line(&mut reply)
-        .map_err(|e| format!("no reply from nsmd: {e}"))?;
+    BufReader::new(s).read_line(&mut reply).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!(
+                "no reply from nsmd within {} s (--timeout): nsmd goes on with `{line}`; \
+                 `nsmctl status` shows where it is",
+                args.timeout.max(1)
+            )
+        } else {
+            format!("no reply from nsmd: {e}")
+        }
+    })?;
     serde_json::from_str(&reply).map_err(|e| format!("unreadable reply from nsmd: {e}"))
 }
 
@@ -264,7 +287,14 @@ fn show(cmd: &Cmd, v: &Value) {
                 .unwrap_or_default();
             table(&["MON_NAME", "MY_NAME"], &rows);
         }
+        Cmd::Takeover { name } if v["already"] == Value::Bool(true) => println!(
+            "{name}: already active here, state {} (nothing done)",
+            cell(&v["state"])
+        ),
         Cmd::Takeover { name } => println!("{name}: taken over, state {}", cell(&v["state"])),
+        Cmd::Release { name, .. } if v["already"] == Value::Bool(true) => {
+            println!("{name}: not held here (nothing done)");
+        }
         Cmd::Release { name, .. } => println!("{name}: released"),
         Cmd::State { .. } => {}
         Cmd::Notify { name } => println!("{name}: notifying {} peer(s)", cell(&v["peers"])),
@@ -386,6 +416,16 @@ fn release_offline(args: &Args, files: &Files, name: &str) -> Result<(), String>
     Ok(())
 }
 
+/// An error: on stderr for people, as nsmd's own error replies with `--json`; exit 1.
+fn fail(args: &Args, e: &str) -> ExitCode {
+    if args.json {
+        println!("{}", serde_json::json!({ "ok": false, "error": e }));
+    } else {
+        eprintln!("nsmctl: {e}");
+    }
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match &args.cmd {
@@ -402,10 +442,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::from(s as u8)
                 }
-                Err(e) => {
-                    eprintln!("nsmctl: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&args, &e),
             };
         }
         Cmd::Release {
@@ -415,23 +452,21 @@ fn main() -> ExitCode {
         } => {
             return match release_offline(&args, files, name) {
                 Ok(()) => {
-                    println!("{name}: released offline (kernel lock release written)");
+                    if args.json {
+                        println!("{}", serde_json::json!({ "ok": true, "instance": name }));
+                    } else {
+                        println!("{name}: released offline (kernel lock release written)");
+                    }
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("nsmctl: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&args, &e),
             };
         }
         _ => {}
     }
     let v = match request(&args) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("nsmctl: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&args, &e),
     };
     let ok = v["ok"] == Value::Bool(true);
     if args.json {

@@ -392,14 +392,23 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
             }
             Ok(json!({ "instances": v }))
         }
-        "takeover" => services
-            .takeover(&name)
-            .await
-            .map(|state| json!({ "instance": name, "state": state })),
-        "release" => services
-            .release(&name)
-            .await
-            .map(|()| json!({ "instance": name })),
+        // Already in the state asked for: success, nothing done, said as `already`.
+        "takeover" => match services.active_state(&name) {
+            Ok(Some(state)) => Ok(json!({ "instance": name, "state": state, "already": true })),
+            Ok(None) => services
+                .takeover(&name)
+                .await
+                .map(|state| json!({ "instance": name, "state": state })),
+            Err(e) => Err(e),
+        },
+        "release" => match services.holds(&name) {
+            Ok(false) => Ok(json!({ "instance": name, "already": true })),
+            Ok(true) => services
+                .release(&name)
+                .await
+                .map(|()| json!({ "instance": name })),
+            Err(e) => Err(e),
+        },
         "notify" => services
             .notify(&name)
             .await

@@ -531,6 +531,24 @@ impl Services {
             .collect()
     }
 
+    /// The state of `name` when it is active here and not fenced (`None`: not active, or
+    /// fenced).
+    pub fn active_state(&self, name: &str) -> Result<Option<i32>, String> {
+        let s = self.find(name)?;
+        let a = lock(&s.active);
+        Ok(a.as_ref()
+            .filter(|a| !a.fenced.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|a| a.instance.state()))
+    }
+
+    /// Whether this node holds anything of `name`: active (fenced or not), or held before
+    /// nsmd restarted and not released since.
+    pub fn holds(&self, name: &str) -> Result<bool, String> {
+        let s = self.find(name)?;
+        let active = lock(&s.active).is_some();
+        Ok(active || lock(&s.leftover).is_some())
+    }
+
     /// The monitored peers (mon_name, my_name) of an active instance.
     pub fn peers(&self, name: &str) -> Result<Vec<(String, String)>, String> {
         let s = self.find(name)?;
