@@ -120,7 +120,7 @@ pub struct ReadinessSection {
     /// A command that must succeed (argv).
     #[serde(default)]
     pub command: Vec<String>,
-    /// How long to wait, in seconds, before notifying anyway.
+    /// How long to wait, in seconds; a takeover whose gate does not open in time fails.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
 }

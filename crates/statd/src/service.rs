@@ -51,7 +51,7 @@ pub struct ServiceSpec {
     pub ready_programs: Vec<u32>,
     /// Readiness: a command that must succeed (argv).
     pub ready_command: Vec<String>,
-    /// Readiness: how long to wait before notifying anyway.
+    /// Readiness: how long to wait; a takeover whose gate does not open in time fails.
     pub ready_timeout: Duration,
     /// Release: write the service addresses to `unlock_ip`.
     pub unlock_ip: bool,
@@ -291,6 +291,15 @@ struct Active {
     watch: tokio::task::JoinHandle<()>,
     /// Set by the watch when another node took the instance over.
     fenced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Why an instance starts serving here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    /// `nsmctl takeover` (or at start): a new state, the peers to notify.
+    Takeover,
+    /// It was served here when nsmd stopped: same state, what was left to notify.
+    Resume,
 }
 
 /// How often an active instance checks that it still owns its state directory.
@@ -612,7 +621,8 @@ impl Services {
         .await
         .map_err(|e| e.to_string())??;
         self.write_marker(&s.spec.name, ownership.epoch());
-        self.activate(&s, ownership, state, helper).await
+        self.activate(&s, ownership, state, helper, Activation::Takeover)
+            .await
     }
 
     /// At start: every instance this node held before nsmd stopped (its marker in the run
@@ -672,7 +682,8 @@ impl Services {
         })
         .await
         .map_err(|e| e.to_string())??;
-        self.activate(s, ownership, state, helper).await
+        self.activate(s, ownership, state, helper, Activation::Resume)
+            .await
     }
 
     /// The second half of a takeover (and all of a resume): the instance opened on its state
@@ -684,6 +695,7 @@ impl Services {
         ownership: Arc<Ownership>,
         state: i32,
         helper: Option<Arc<dyn ServicePrivileges>>,
+        how: Activation,
     ) -> Result<i32, String> {
         let spec = s.spec.clone();
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
@@ -742,17 +754,46 @@ impl Services {
                 );
             }
         }
+        // Clients told to reclaim from a server whose lock manager is not there lose their
+        // locks: a gate that does not open fails a takeover, which is undone (nothing was
+        // notified: the peers stay in sm.bak/ for the next takeover, the bumped state stays).
+        // A resumed instance was serving before nsmd restarted: it stays, unnotified.
         let ready = readiness(&spec, self.cfg.rpcbind_port).await;
-        if let Err(e) = &ready {
-            warn!(instance = %spec.name, "readiness gate: {e}; notifying anyway");
-        }
-        let task = tokio::spawn(notify_task(
-            spec.clone(),
-            ownership.clone(),
-            state,
-            s.progress.clone(),
-            self.cfg.registered.clone(),
-        ));
+        let task = match ready {
+            Ok(()) => Some(tokio::spawn(notify_task(
+                spec.clone(),
+                ownership.clone(),
+                state,
+                s.progress.clone(),
+                self.cfg.registered.clone(),
+            ))),
+            Err(e) if how == Activation::Takeover => {
+                self.set_routes(&spec.addresses, None);
+                ownership.release();
+                self.remove_marker(&spec.name);
+                let e = format!(
+                    "instance {} not taken over: the readiness gate did not open ({e}). Nothing \
+                     was notified: the peers stay in sm.bak/, state {state} stays. Start the lock \
+                     manager (or correct [readiness] in the instance file) and take it over again",
+                    spec.name
+                );
+                lock(&s.progress).error = Some(e.clone());
+                tracing::error!(instance = %spec.name, "{e}");
+                return Err(e);
+            }
+            Err(e) => {
+                let e = format!(
+                    "the readiness gate did not open ({e}): the peers still in sm.bak/ are not \
+                     notified; `nsmctl notify {}` once the lock manager is up",
+                    spec.name
+                );
+                tracing::error!(instance = %spec.name, "resumed, but {e}");
+                let mut p = lock(&s.progress);
+                p.error = Some(e);
+                p.finished = true;
+                None
+            }
+        };
         let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watch = tokio::spawn(fence_watch(
             spec.clone(),
@@ -763,7 +804,7 @@ impl Services {
         *lock(&s.active) = Some(Active {
             instance,
             ownership,
-            notifying: Some(task),
+            notifying: task,
             watch,
             fenced,
         });
@@ -1383,5 +1424,68 @@ mod tests {
             "the peer was notified once the gate opened"
         );
         s.release("a").await.unwrap();
+    }
+
+    /// A readiness gate that never opens fails the takeover and undoes it: silent again,
+    /// ownership free, nothing notified (the peer stays in sm.bak/), the bumped state kept.
+    #[tokio::test]
+    async fn a_takeover_whose_gate_does_not_open_fails_and_is_undone() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("svc");
+        std::fs::create_dir_all(&dir).unwrap();
+        let record = nsm_store::Record {
+            mon_name: b"127.0.0.10".to_vec(),
+            my_name: b"a.example.test".to_vec(),
+            my_prog: 100_021,
+            my_vers: 3,
+            my_proc: 16,
+            priv_: [7; 16],
+        };
+        nsm_store::StateDir::open(&dir)
+            .unwrap()
+            .write(nsm_store::Dir::Sm, "127.0.0.10", &[record])
+            .unwrap();
+        let run = d.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let cfg = ServicesConfig {
+            owner: "test".into(),
+            proc_root: d.path().join("proc"),
+            ha_callout: None,
+            callback: CallbackPolicy::default(),
+            // Nothing answers there: the lock manager is never registered.
+            rpcbind_port: 9,
+            privileged: None,
+            registered: crate::registered::Registered::open(),
+            run_dir: Some(run.clone()),
+        };
+        let mut sp = spec("a", "127.0.0.9", &dir);
+        sp.ready_programs = vec![100_021];
+        sp.ready_timeout = Duration::from_millis(300);
+        let s = Services::new(cfg, vec![sp]);
+        let e = s.takeover("a").await.unwrap_err();
+        assert!(e.contains("readiness gate did not open"), "{e}");
+        assert!(matches!(
+            s.route("127.0.0.9".parse().unwrap()),
+            Route::Silent
+        ));
+        let st = &s.status()[0];
+        assert!(!st.active && st.notify.peers == 0, "{st:?}");
+        assert!(
+            st.notify
+                .error
+                .as_deref()
+                .is_some_and(|m| m.contains("not taken over"))
+        );
+        assert!(
+            dir.join("sm.bak/127.0.0.10").exists(),
+            "the peer waits in sm.bak/"
+        );
+        assert!(!run.join("a.active").exists(), "not held");
+        let state = nsm_store::StateDir::open(&dir)
+            .unwrap()
+            .state(false)
+            .unwrap();
+        assert_eq!(state, 3, "the bump stays");
+        drop(Ownership::claim(&dir, "other").expect("ownership is free again"));
     }
 }
