@@ -244,7 +244,9 @@ fn show(cmd: &Cmd, v: &Value) {
                             vec![
                                 cell(&i["name"]),
                                 cell(&i["role"]),
-                                if i["fenced"] == Value::Bool(true) {
+                                if let Some(step) = i["step"].as_str() {
+                                    step
+                                } else if i["fenced"] == Value::Bool(true) {
                                     "fenced"
                                 } else if i["active"] == Value::Bool(true) {
                                     "yes"

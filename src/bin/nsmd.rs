@@ -378,6 +378,7 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
                     "state": s.state,
                     "epoch": s.epoch,
                     "fenced": s.fenced,
+                    "step": s.step,
                     "peers": s.peers,
                     "state_dir": s.state_dir.display().to_string(),
                     "addresses": s.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -317,7 +317,29 @@ pub struct Service {
     /// (its address gone, or another node took it over): its kernel locks may still be held
     /// here until it is released.
     leftover: Mutex<Option<u64>>,
+    /// The takeover, resume or release step under way (for `nsmctl status`).
+    step: Mutex<Option<&'static str>>,
     progress: Arc<Mutex<NotifyProgress>>,
+}
+
+/// Shows `step` in the status of `service` until dropped.
+struct Step<'a>(&'a Service);
+
+impl<'a> Step<'a> {
+    fn set(service: &'a Service, step: &'static str) -> Self {
+        *lock(&service.step) = Some(step);
+        Self(service)
+    }
+
+    fn next(&self, step: &'static str) {
+        *lock(&self.0.step) = Some(step);
+    }
+}
+
+impl Drop for Step<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.step) = None;
+    }
 }
 
 impl Service {
@@ -326,6 +348,7 @@ impl Service {
             spec,
             active: Mutex::new(None),
             leftover: Mutex::new(None),
+            step: Mutex::new(None),
             progress: Arc::default(),
         })
     }
@@ -357,6 +380,9 @@ pub struct ServiceStatus {
     pub fenced: bool,
     /// The last notification run.
     pub notify: NotifyProgress,
+    /// The step under way, if any: `claiming`, `resuming`, `waiting for readiness`,
+    /// `releasing` (nsmctl waits for it; the instance shows active only once it is done).
+    pub step: Option<&'static str>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -535,6 +561,7 @@ impl Services {
                         .is_some_and(|a| a.fenced.load(std::sync::atomic::Ordering::Relaxed))
                         || leftover.is_some(),
                     notify: lock(&s.progress).clone(),
+                    step: *lock(&s.step),
                 }
             })
             .collect()
@@ -582,6 +609,7 @@ impl Services {
             self.unlock_kernel(&s.spec);
             self.remove_marker(name);
         }
+        let step = Step::set(&s, "claiming");
         let owner = self.cfg.owner.clone();
         let dir_path = s.spec.state_dir.clone();
         let privileged = self.cfg.privileged.clone();
@@ -621,7 +649,7 @@ impl Services {
         .await
         .map_err(|e| e.to_string())??;
         self.write_marker(&s.spec.name, ownership.epoch());
-        self.activate(&s, ownership, state, helper, Activation::Takeover)
+        self.activate(&s, ownership, state, helper, Activation::Takeover, &step)
             .await
     }
 
@@ -665,6 +693,7 @@ impl Services {
             // Taken over by a command that came first.
             return Ok(a.instance.state());
         }
+        let step = Step::set(s, "resuming");
         let spec = s.spec.clone();
         if let Some(a) = spec.addresses.iter().find(|a| !is_local_address(**a)) {
             return Err(format!("service address {a} is no longer on this node"));
@@ -682,7 +711,7 @@ impl Services {
         })
         .await
         .map_err(|e| e.to_string())??;
-        self.activate(s, ownership, state, helper, Activation::Resume)
+        self.activate(s, ownership, state, helper, Activation::Resume, &step)
             .await
     }
 
@@ -696,6 +725,7 @@ impl Services {
         state: i32,
         helper: Option<Arc<dyn ServicePrivileges>>,
         how: Activation,
+        step: &Step<'_>,
     ) -> Result<i32, String> {
         let spec = s.spec.clone();
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
@@ -758,6 +788,7 @@ impl Services {
         // locks: a gate that does not open fails a takeover, which is undone (nothing was
         // notified: the peers stay in sm.bak/ for the next takeover, the bumped state stays).
         // A resumed instance was serving before nsmd restarted: it stays, unnotified.
+        step.next("waiting for readiness");
         let ready = readiness(&spec, self.cfg.rpcbind_port).await;
         let task = match ready {
             Ok(()) => Some(tokio::spawn(notify_task(
@@ -898,6 +929,7 @@ impl Services {
         let _busy = self.busy.lock().await;
         let s = self.find(name)?;
         let spec = &s.spec;
+        let _step = Step::set(&s, "releasing");
         let Some(active) = lock(&s.active).take() else {
             // Held here before nsmd restarted and not resumed: only the kernel's locks are
             // left to release.
@@ -1461,8 +1493,20 @@ mod tests {
         let mut sp = spec("a", "127.0.0.9", &dir);
         sp.ready_programs = vec![100_021];
         sp.ready_timeout = Duration::from_millis(300);
-        let s = Services::new(cfg, vec![sp]);
-        let e = s.takeover("a").await.unwrap_err();
+        let s = Arc::new(Services::new(cfg, vec![sp]));
+        let t = tokio::spawn({
+            let s = s.clone();
+            async move { s.takeover("a").await }
+        });
+        // While it waits, the status says so.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.status()[0].step != Some("waiting for readiness") {
+            assert!(Instant::now() < deadline, "no step shown: {:?}", s.status());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!s.status()[0].active);
+        let e = t.await.unwrap().unwrap_err();
+        assert_eq!(s.status()[0].step, None);
         assert!(e.contains("readiness gate did not open"), "{e}");
         assert!(matches!(
             s.route("127.0.0.9".parse().unwrap()),
