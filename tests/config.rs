@@ -1105,3 +1105,33 @@ fn short_and_long_help_are_the_same() {
     assert_eq!(parse_err(&["-?"]).to_string(), long);
     assert!(long.contains("Refused. rpc.statd treats -N"), "{long}");
 }
+
+/// The instance files the README and `systemd/` show are read as nsmd reads them, so the
+/// examples cannot drift from the parser.
+#[test]
+fn the_instance_file_examples_parse() {
+    let top = env!("CARGO_MANIFEST_DIR");
+    let readme = fs::read_to_string(format!("{top}/README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut cur, line.trim()) {
+            (None, "```toml") => cur = Some(String::new()),
+            (Some(_), "```") => blocks.extend(cur.take()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(!blocks.is_empty(), "the README shows an instance file");
+    let example = format!("{top}/systemd/instances.d-example.toml");
+    blocks.push(fs::read_to_string(&example).unwrap());
+    for text in &blocks {
+        let spec = nsmd::config::instances::parse(Path::new("svc1.toml"), "svc1", text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(spec.name, "svc1");
+        assert!(!spec.addresses.is_empty(), "{text}");
+    }
+}

@@ -14,7 +14,60 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
 
 /// Runs the suite; returns (exit code, TAP output, names of `not ok` cases, names of `ok` cases).
 fn run(args: &[&str]) -> (i32, String, BTreeSet<String>, BTreeSet<String>) {
-    let out = Command::new(SUITE).args(args).output().unwrap();
+    let mut cmd = Command::new(SUITE);
+    cmd.args(args);
+    run_command(cmd)
+}
+
+/// The README's conformance example commands, as written (continuation lines joined).
+fn readme_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in readme.lines().map(str::trim) {
+        if let Some(c) = cur.as_mut() {
+            c.push(' ');
+            c.push_str(line.trim_end_matches('\\').trim());
+        } else if line.starts_with("./target/release/nsm-conformance --spawn") {
+            cur = Some(line.trim_end_matches('\\').trim().to_owned());
+        } else {
+            continue;
+        }
+        if !line.ends_with('\\') {
+            out.extend(cur.take());
+        }
+    }
+    assert_eq!(
+        out.len(),
+        2,
+        "the README's two conformance examples: {out:?}"
+    );
+    out
+}
+
+/// Runs a README command as written, with `sh`, in a directory laid out as the README's
+/// (the binaries under test in `target/release/`, `tests/conformance/` beside them).
+fn run_readme(line: &str) -> (i32, String, BTreeSet<String>, BTreeSet<String>) {
+    let top = tempfile::tempdir().unwrap();
+    let rel = top.path().join("target/release");
+    std::fs::create_dir_all(&rel).unwrap();
+    std::fs::create_dir_all(top.path().join("tests")).unwrap();
+    for bin in [SUITE, NSMD, env!("CARGO_BIN_EXE_nsm-notify")] {
+        let name = std::path::Path::new(bin).file_name().unwrap();
+        std::os::unix::fs::symlink(bin, rel.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(DIR, top.path().join("tests/conformance")).unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(line)
+        .current_dir(top.path())
+        .env("PWD", top.path());
+    run_command(cmd)
+}
+
+fn run_command(mut cmd: Command) -> (i32, String, BTreeSet<String>, BTreeSet<String>) {
+    let out = cmd.output().unwrap();
     let tap = String::from_utf8_lossy(&out.stdout).into_owned();
     let name = |l: &str| {
         l.split(" - ")
@@ -79,8 +132,8 @@ fn nsmd_passes_every_case() {
     if !require("nsmd_passes_every_case", &["rpcbind", "rpcinfo"]) {
         return;
     }
-    let cmd = format!("{NSMD} -F -d -L -p {{port}} -P {{state_dir}}");
-    let (code, tap, failed, passed) = run(&["--spawn", &cmd]);
+    // The README's example, as written.
+    let (code, tap, failed, passed) = run_readme(&readme_commands()[0]);
     assert_eq!(code, 0, "{tap}");
     assert!(failed.is_empty(), "{failed:?}");
     assert!(!tap.contains("# TODO") && !tap.contains("# SKIP"), "{tap}");
@@ -95,10 +148,8 @@ fn debian_rpc_statd_passes_all_but_its_declared_expected_failures() {
     ) {
         return;
     }
-    let statd = nsm_testhost::tool_path("rpc.statd").unwrap();
-    let cmd = format!("{} -F -d -L -p {{port}} -P {{state_dir}}", statd.display());
-    let xfail = format!("{DIR}/rpc.statd-2.6.2.xfail");
-    let (code, tap, failed, passed) = run(&["--spawn", &cmd, "--xfail", &xfail]);
+    // The README's example, as written.
+    let (code, tap, failed, passed) = run_readme(&readme_commands()[1]);
     assert_eq!(code, 0, "{tap}");
     // Every failure is a declared one and shows as TODO.
     assert!(failed.is_subset(&xfail_names()), "{failed:?}");
