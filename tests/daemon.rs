@@ -591,3 +591,105 @@ fn files_in_the_instances_directory_that_are_not_read_are_named() {
         "{log}"
     );
 }
+
+/// `nsmctl metrics` is OpenMetrics text that an independent parser (Python's
+/// prometheus_client, Debian's python3-prometheus-client) reads, with the numbers of what
+/// happened: one SM_MON recorded, one garbage call, one SM_NOTIFY over the rate limit.
+#[test]
+fn metrics_are_openmetrics_with_what_happened() {
+    if !require(
+        "metrics_are_openmetrics_with_what_happened",
+        &["rpcbind", "python3"],
+    ) {
+        return;
+    }
+    let have_parser = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have_parser,
+        "the OpenMetrics parser is missing: apt-get install python3-prometheus-client"
+    );
+    let lab = Lab::new("metrics").unwrap();
+    let h = lab.host("srv", &["198.51.100.65/24"]).unwrap();
+    let c = lab.host("cli", &["198.51.100.66/24"]).unwrap();
+    let _rpcbind = h.start_rpcbind().unwrap();
+    h.write_file(
+        "/var/lib/nfs/instances/svc1.toml",
+        "hostname = \"svc1.example.test\"\naddresses = [\"198.51.100.67\"]\n\
+         state_dir = \"/var/lib/nfs/svc1\"\n",
+    )
+    .unwrap();
+    let (_p, port) = spawn_nsmd(
+        &h,
+        "nsmd",
+        &[
+            "-P",
+            "/var/lib/nfs/s",
+            "--instances",
+            "/var/lib/nfs/instances",
+        ],
+    );
+    let local: SocketAddr = ([127, 0, 0, 1], port).into();
+    in_netns(&h, || {
+        let r = udp_exchange(
+            local,
+            &call(1, 100_024, 1, 2, &mon_args(b"cli", b"srv", COOKIE)),
+        );
+        assert!(matches!(answer(1, &r.unwrap()), Answer::Accepted(0, w) if w[0] == 0));
+        let r = udp_exchange(local, &call(2, 100_024, 1, 2, &[1, 2, 3, 4])).unwrap();
+        assert_eq!(answer(2, &r), Answer::Accepted(4, vec![]), "GARBAGE_ARGS");
+    });
+    // 25 notifications at once from one address: the burst is 20.
+    let remote: SocketAddr = format!("198.51.100.65:{port}").parse().unwrap();
+    for i in 0..25 {
+        notify(&c, remote, b"nobody", 100 + i);
+    }
+    let ctl = env!("CARGO_BIN_EXE_nsmctl");
+    let text = h.run_ok(&[ctl, "metrics"], T).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let parser = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       labels = ','.join(k + '=' + v for k, v in sorted(s.labels.items()))\n\
+        \x20       print(s.name, labels, s.value)\n";
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", parser])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the parser refused it: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "nsmd_records instance=node 1",
+        "nsmd_active instance=svc1 0",
+        "nsmd_calls_total instance=node,outcome=success,procedure=mon 1",
+        "nsmd_calls_total instance=node,outcome=garbage_args,procedure=mon 1",
+        "nsmd_notifications_refused_total instance=node,reason=rate_limited 5",
+        "nsmd_mon_disk_wait_seconds_count instance=node 1",
+        "nsmd_mon_disk_wait_seconds_bucket instance=node,le=5.0 1",
+    ] {
+        assert!(
+            parsed.lines().any(|l| l == want),
+            "no {want:?} in\n{parsed}"
+        );
+    }
+}

@@ -127,6 +127,9 @@ enum Cmd {
         /// The instance.
         name: String,
     },
+    /// Counters and gauges of every instance, as OpenMetrics text (for node_exporter's
+    /// textfile collector or any OpenMetrics scraper).
+    Metrics,
     /// The peers NAME monitors.
     Peers {
         /// The instance ("node" for the node instance).
@@ -149,6 +152,7 @@ struct Files {
 fn request(args: &Args) -> Result<Value, String> {
     let line = match &args.cmd {
         Cmd::Status | Cmd::State { .. } => "status".to_owned(),
+        Cmd::Metrics => "metrics".to_owned(),
         Cmd::Takeover { name } => format!("takeover {name}"),
         Cmd::Release { name, .. } => format!("release {name}"),
         Cmd::Notify { name } => format!("notify {name}"),
@@ -299,6 +303,7 @@ fn show(cmd: &Cmd, v: &Value) {
         }
         Cmd::Release { name, .. } => println!("{name}: released"),
         Cmd::State { .. } => {}
+        Cmd::Metrics => print!("{}", v["metrics"].as_str().unwrap_or_default()),
         Cmd::Notify { name } => println!("{name}: notifying {} peer(s)", cell(&v["peers"])),
     }
 }

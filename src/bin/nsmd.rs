@@ -410,6 +410,7 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
                 .map(|()| json!({ "instance": name })),
             Err(e) => Err(e),
         },
+        "metrics" => Ok(json!({ "metrics": services.metrics(node) })),
         "notify" => services
             .notify(&name)
             .await
@@ -428,7 +429,7 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
             })
         }
         _ => Err(format!(
-            "unknown command {cmd:?} (status, takeover, release, notify, peers)"
+            "unknown command {cmd:?} (status, takeover, release, notify, peers, metrics)"
         )),
     };
     match r {

@@ -76,6 +76,8 @@ pub struct CallbackStats {
     pub failed: AtomicU64,
     /// Callbacks dropped because the queue was full.
     pub dropped: AtomicU64,
+    /// Attempts after a first one failed.
+    pub retried: AtomicU64,
 }
 
 /// The queue of callbacks and the tasks that make them.
@@ -100,7 +102,7 @@ impl Callbacks {
                 };
                 let (policy, st) = (policy.clone(), st.clone());
                 tokio::spawn(async move {
-                    let counter = if deliver(&policy, &cb).await {
+                    let counter = if deliver(&policy, &cb, &st).await {
                         &st.delivered
                     } else {
                         &st.failed
@@ -129,7 +131,7 @@ impl Callbacks {
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-async fn deliver(policy: &CallbackPolicy, cb: &Callback) -> bool {
+async fn deliver(policy: &CallbackPolicy, cb: &Callback, stats: &CallbackStats) -> bool {
     let Ok(mon_name) = SmString::new(&cb.mon_name) else {
         return false;
     };
@@ -149,6 +151,9 @@ async fn deliver(policy: &CallbackPolicy, cb: &Callback) -> bool {
     let rpcbind = SocketAddr::new(LOOPBACK, policy.rpcbind_port);
     let name = mon_name.to_string();
     for attempt in 1..=policy.attempts {
+        if attempt > 1 {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+        }
         let started = tokio::time::Instant::now();
         let result: Result<(), ClientError> = async {
             let lookup = CallOptions {

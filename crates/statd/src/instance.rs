@@ -309,6 +309,7 @@ pub struct Instance {
     /// Matchings queued or running; while there are any, new SM_NOTIFYs queue behind them.
     pending_matches: AtomicUsize,
     callbacks: Callbacks,
+    metrics: crate::metrics::Metrics,
     callouts: Mutex<Callouts>,
     limiter: Mutex<RateLimiter>,
     authority: Arc<dyn StateAuthority>,
@@ -365,6 +366,7 @@ impl Instance {
             matcher,
             pending_matches: AtomicUsize::new(0),
             callbacks: Callbacks::spawn(cfg.callback),
+            metrics: crate::metrics::Metrics::default(),
             callouts,
             limiter: Mutex::new(RateLimiter {
                 per_sec: rate,
@@ -484,6 +486,11 @@ impl Instance {
     /// The callback queue (for counters).
     pub fn callbacks(&self) -> &Callbacks {
         &self.callbacks
+    }
+
+    /// The instance's counters.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     fn publish_state(&self) {
@@ -646,7 +653,10 @@ impl Instance {
                 file,
             )
         };
-        if let Err(e) = commit.await {
+        let waited = Instant::now();
+        let committed = commit.await;
+        self.metrics.mon_waited(waited.elapsed());
+        if let Err(e) = committed {
             warn!(mon_name = %m.mon_id.mon_name, "SM_MON failed: cannot record it durably: {e}");
             let mut entries = lock(&self.entries);
             match previous {
@@ -862,6 +872,9 @@ impl Instance {
     pub fn notify(self: &Arc<Self>, peer: SocketAddr, sc: &StatChge<'_>) {
         let from = canonical(peer.ip());
         if !lock(&self.limiter).allow(from, Instant::now()) {
+            self.metrics
+                .notify_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
             debug!(%peer, "SM_NOTIFY over the rate limit for this address; ignored");
             return;
         }
@@ -905,6 +918,9 @@ impl Instance {
     fn enqueue(&self, job: MatchJob) {
         if self.pending_matches.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_MATCHES {
             self.pending_matches.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .notify_queue_full
+                .fetch_add(1, Ordering::Relaxed);
             warn!(peer = %job.peer, mon_name = %String::from_utf8_lossy(&job.name), "SM_NOTIFY dropped: {MAX_PENDING_MATCHES} notifications already wait for name lookups");
             return;
         }

@@ -9,6 +9,7 @@ pub mod bak;
 pub mod callback;
 pub mod callout;
 pub mod instance;
+pub mod metrics;
 pub mod names;
 pub mod ownership;
 pub mod registered;
@@ -24,6 +25,8 @@ use nsm_xdr::nsm::{
 };
 use nsm_xdr::{Decode, Encode, from_bytes};
 use tracing::debug;
+
+use crate::metrics::CallOutcome;
 
 pub use instance::{CrashNotify, DirectAuthority, Instance, InstanceConfig, StateAuthority};
 pub use registered::{OpenRegistered, Registered};
@@ -134,6 +137,7 @@ impl Service for NsmService {
         };
         let also = || also_in.map(|s| s.active()).unwrap_or_default();
         let inst = &inst;
+        let mut outcome = CallOutcome::Success;
         let r = async {
             Ok::<_, Outcome>(match req.proc_ {
                 SM_NULL => {
@@ -144,6 +148,9 @@ impl Service for NsmService {
                 SM_MON => {
                     let m = args::<Mon<'_>>(&req)?;
                     let r = inst.mon(req.peer, &m).await;
+                    if r.res_stat != nsm_xdr::nsm::Res::StatSucc {
+                        outcome = CallOutcome::Fail;
+                    }
                     let also = also();
                     if r.res_stat == nsm_xdr::nsm::Res::StatSucc && !also.is_empty() {
                         for s in self
@@ -182,6 +189,13 @@ impl Service for NsmService {
             })
         }
         .await;
-        r.unwrap_or_else(|o| o)
+        let r = r.unwrap_or_else(|o| o);
+        let outcome = match r {
+            Outcome::GarbageArgs => CallOutcome::GarbageArgs,
+            Outcome::ProcUnavail => CallOutcome::ProcUnavail,
+            _ => outcome,
+        };
+        inst.metrics().call(req.proc_, outcome);
+        r
     }
 }

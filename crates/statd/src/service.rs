@@ -567,6 +567,34 @@ impl Services {
             .collect()
     }
 
+    /// The OpenMetrics text of the node instance `node` and every service instance.
+    pub fn metrics(&self, node: &Instance) -> String {
+        let list = self.list().clone();
+        let held: Vec<(Option<Arc<Instance>>, NotifyProgress)> = list
+            .iter()
+            .map(|s| {
+                let a = lock(&s.active);
+                (
+                    a.as_ref().map(|a| a.instance.clone()),
+                    lock(&s.progress).clone(),
+                )
+            })
+            .collect();
+        let mut samples = vec![crate::metrics::Sample {
+            name: "node",
+            instance: Some(node),
+            notify: None,
+        }];
+        for (s, (i, p)) in list.iter().zip(&held) {
+            samples.push(crate::metrics::Sample {
+                name: &s.spec.name,
+                instance: i.as_deref(),
+                notify: Some(p),
+            });
+        }
+        crate::metrics::render(&samples)
+    }
+
     /// The state of `name` when it is active here and not fenced (`None`: not active, or
     /// fenced).
     pub fn active_state(&self, name: &str) -> Result<Option<i32>, String> {
