@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
+pub mod nlm;
+
 use nsm_testhost::{Host, Proc};
 
 /// The nsmd binary under test.
