@@ -504,6 +504,20 @@ fn single_node(kind: Statd, tag: &str) -> Timings {
     let (r, _) = c2.unlock();
     assert_eq!(r, Nlm4Stat::Granted);
     srv.wait_records(&["other-client"], "SM_UNMON of the last client");
+    if kind == Statd::Nsmd {
+        // What makes nsmd keep this connection: Ganesha (libntirpc's clnt_ncreate, as root)
+        // calls from a privileged port on loopback, over TCP.
+        let log = srv.statd.as_ref().unwrap().log();
+        let ports: Vec<u16> = log
+            .lines()
+            .filter(|l| l.contains("prog=100024") && l.contains("transport=\"tcp\""))
+            .filter_map(|l| l.split("peer=127.0.0.1:").nth(1))
+            .filter_map(|r| r.split(' ').next()?.parse().ok())
+            .collect();
+        assert!(!ports.is_empty(), "Ganesha's calls in nsmd's log:\n{log}");
+        assert!(ports.iter().all(|p| *p < 1024), "Ganesha's ports: {ports:?}");
+        eprintln!("Ganesha called nsmd from 127.0.0.1 ports {ports:?}");
+    }
     assert_eq!(
         srv.statd_failures(),
         Vec::<String>::new(),
