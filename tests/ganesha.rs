@@ -515,7 +515,10 @@ fn single_node(kind: Statd, tag: &str) -> Timings {
             .filter_map(|r| r.split(' ').next()?.parse().ok())
             .collect();
         assert!(!ports.is_empty(), "Ganesha's calls in nsmd's log:\n{log}");
-        assert!(ports.iter().all(|p| *p < 1024), "Ganesha's ports: {ports:?}");
+        assert!(
+            ports.iter().all(|p| *p < 1024),
+            "Ganesha's ports: {ports:?}"
+        );
         eprintln!("Ganesha called nsmd from 127.0.0.1 ports {ports:?}");
     }
     assert_eq!(

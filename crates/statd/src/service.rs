@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources};
 use nsm_rpc::client::CallOptions;
-use nsm_xdr::rpcbind::{IPPROTO_TCP, IPPROTO_UDP};
 use tracing::{info, warn};
 
 use crate::callback::CallbackPolicy;
@@ -1050,27 +1049,25 @@ async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> 
     };
     let mut last;
     loop {
-        last = None;
-        for prog in &spec.ready_programs {
-            let mut found = false;
-            'v: for vers in [4, 3, 2, 1] {
-                for prot in [IPPROTO_UDP, IPPROTO_TCP] {
-                    if let Ok(Some(_)) =
-                        nsm_rpc::rpcbind::getport(rpcbind, *prog, vers, prot, &opts).await
-                    {
-                        found = true;
-                        break 'v;
-                    }
-                }
+        // One DUMP per poll (UDP: no connection to set up or leave in TIME_WAIT): every
+        // program, version and transport in one answer.
+        last = if spec.ready_programs.is_empty() {
+            None
+        } else {
+            match nsm_rpc::rpcbind::dump_udp(rpcbind, &opts).await {
+                Ok(regs) => spec
+                    .ready_programs
+                    .iter()
+                    .find(|p| !regs.iter().any(|r| r.prog == **p))
+                    .map(|p| format!("program {p} is not registered at {rpcbind}")),
+                Err(e) => Some(format!("cannot list the registrations at {rpcbind}: {e}")),
             }
-            if !found {
-                last = Some(format!("program {prog} is not registered at {rpcbind}"));
-                break;
-            }
-        }
+        };
+        let mut ran_command = false;
         if last.is_none()
             && let Some((prog, args)) = spec.ready_command.split_first()
         {
+            ran_command = true;
             let st = tokio::process::Command::new(prog)
                 .args(args)
                 .stdin(std::process::Stdio::null())
@@ -1087,10 +1084,18 @@ async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> 
             Some(e) if Instant::now() >= deadline => {
                 return Err(format!("not ready after {:?}: {e}", spec.ready_timeout));
             }
-            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            // rpcbind is asked again soon, so the first notification leaves within a poll
+            // of the service registering; a failing ready command is not run that often.
+            Some(_) if ran_command => tokio::time::sleep(READY_COMMAND_POLL).await,
+            Some(_) => tokio::time::sleep(READY_RPCBIND_POLL).await,
         }
     }
 }
+
+/// How often the readiness gate asks rpcbind while a program is missing.
+const READY_RPCBIND_POLL: Duration = Duration::from_millis(5);
+/// How often the readiness gate runs a ready command that failed.
+const READY_COMMAND_POLL: Duration = Duration::from_millis(250);
 
 /// Whether `ip` is an address of this node (binding to it succeeds without IP_FREEBIND).
 fn is_local_address(ip: IpAddr) -> bool {
