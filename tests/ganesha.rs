@@ -25,7 +25,7 @@ const TOOLS: &[&str] = &[
 ];
 /// Ganesha's grace period after a restart (seconds): long enough for the reclaim, short
 /// enough for CI.
-const GRACE: u32 = 15;
+const GRACE: u32 = 10;
 
 /// Which statd Ganesha talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ fn ganesha_conf(dir: &Path, graceless: bool) -> String {
     format!(
         "NFS_CORE_PARAM {{\n  Protocols = 3;\n  Enable_NLM = true;\n  Enable_RQUOTA = false;\n  \
          NSM_Use_Caller_Name = false;\n  Mount_Path_Pseudo = true;\n  Plugins_Dir = /usr/lib/x86_64-linux-gnu/ganesha;\n}}\n\
-         NFSV4 {{\n  Graceless = {graceless};\n  Grace_Period = {GRACE};\n  Lease_Lifetime = 10;\n  \
+         NFSV4 {{\n  Graceless = {graceless};\n  Grace_Period = {GRACE};\n  Lease_Lifetime = 5;\n  \
          RecoveryBackend = fs;\n}}\n\
          NFS_KRB5 {{ Active_krb5 = false; }}\n\
          EXPORT {{\n  Export_Id = 1;\n  Path = {};\n  Pseudo = /export;\n  Protocols = 3;\n  \
@@ -363,6 +363,20 @@ impl Client {
         }
     }
 
+    /// A new lock, retried while the server is in the grace period of its start.
+    fn lock_after_grace(&self) {
+        let deadline = Instant::now() + T;
+        loop {
+            match self.lock(false).0 {
+                Nlm4Stat::Granted => return,
+                Nlm4Stat::DeniedGracePeriod if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => panic!("{}'s lock: {other:?}", self.host.name()),
+            }
+        }
+    }
+
     fn nlm(&self) -> &NlmClient {
         self.nlm.as_ref().unwrap()
     }
@@ -574,4 +588,202 @@ fn ganesha_with_nsmd_and_with_rpc_statd() {
     let debian = single_node(Statd::Debian, "gansd");
     eprintln!("Ganesha single node, nsmd:       {nsmd:?}");
     eprintln!("Ganesha single node, rpc.statd:  {debian:?}");
+}
+
+const SVC: &str = "nfs-gsvc.example.test";
+const SVC_ADDR: &str = "198.51.100.100";
+const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
+
+/// A server node for the failover: rpcbind, a system bus, nsmd with the service instance
+/// configured, Ganesha exporting the shared directory.
+struct Node {
+    srv: Server,
+    _bus: Proc,
+}
+
+impl Node {
+    fn new(lab: &Lab, name: &str, addr: &str, export: &Path, instances: &Path) -> Self {
+        let mut srv = Server::new(lab, name, addr, Statd::Nsmd, export);
+        for f in ["fs/nfsd/unlock_ip", "fs/nfsd/unlock_filesystem"] {
+            srv.host.write_file(&format!("/run/proc/{f}"), "").unwrap();
+        }
+        // Ganesha's DBus admin interface lives on the system bus (in the host's own /run).
+        srv.host.write_file("/run/dbus/.keep", "").unwrap();
+        let bus = srv
+            .host
+            .spawn(
+                "dbus-daemon",
+                &[
+                    "/usr/bin/dbus-daemon",
+                    "--system",
+                    "--nofork",
+                    "--nopidfile",
+                    "--nosyslog",
+                ],
+            )
+            .unwrap();
+        let sock = srv
+            .host
+            .outside_path("/run/dbus/system_bus_socket")
+            .unwrap();
+        let deadline = Instant::now() + T;
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "no system bus\n{}", bus.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        srv.starts += 1;
+        let p = srv
+            .host
+            .spawn(
+                "nsmd",
+                &[
+                    common::NSMD,
+                    "-F",
+                    "-d",
+                    "-L",
+                    "-P",
+                    NSMD_DIR,
+                    "--proc-root",
+                    "/run/proc",
+                    "--instances",
+                    instances.to_str().unwrap(),
+                ],
+            )
+            .unwrap();
+        srv.statd_port = srv.host.wait_registered(100_024, T).unwrap()[0].port;
+        srv.statd = Some(p);
+        // With grace (Graceless would make the DBus grace a no-op too): the tests wait for
+        // the start's grace to end before the failover.
+        srv.start_ganesha(false);
+        Self { srv, _bus: bus }
+    }
+
+    fn nsmctl(&self, args: &[&str]) -> (bool, String) {
+        let mut argv = vec![NSMCTL];
+        argv.extend_from_slice(args);
+        let out = self.srv.host.run(&argv, Duration::from_secs(60)).unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// Failover of a service between two Ganesha nodes exporting the same directory: node A
+/// dies with a client's lock; the service address moves to B, `nsmctl takeover` bumps the
+/// service's state, puts B's Ganesha into grace for the address (the instance's takeover
+/// command: DBus `grace "5:ADDR"`), then notifies: the client's lockd is called back with
+/// the service hostname and reclaims on B in grace. Ganesha's grace is the whole server's:
+/// B's own clients' new locks are refused until it ends too.
+#[test]
+fn ganesha_failover_with_a_service_instance() {
+    if !require(
+        "ganesha_failover_with_a_service_instance",
+        &[TOOLS, &["dbus-daemon", "dbus-send"]].concat(),
+    ) {
+        return;
+    }
+    let shared = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let export = shared.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::write(export.join("f"), b"").unwrap();
+    let (inst, state_dir) = (shared.path().join("instances"), shared.path().join("svc"));
+    std::fs::create_dir_all(&inst).unwrap();
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(
+        inst.join("svc.toml"),
+        format!(
+            "hostname = \"{SVC}\"\naddresses = [\"{SVC_ADDR}\"]\nstate_dir = \"{}\"\n\
+             [takeover]\ncommand = [\"/usr/bin/dbus-send\", \"--system\", \"--print-reply\", \
+             \"--dest=org.ganesha.nfsd\", \"/org/ganesha/nfsd/admin\", \
+             \"org.ganesha.nfsd.admin.grace\", \"string:5:{SVC_ADDR}\"]\ntimeout_seconds = 20\n\
+             [readiness]\nrpcbind = [100021, 100003]\ntimeout_seconds = 20\n\
+             [release]\nunlock_ip = false\n",
+            state_dir.display()
+        ),
+    )
+    .unwrap();
+    let lab = Lab::new("ganfo").unwrap();
+    lab.add_name(SVC_ADDR, &[SVC]).unwrap();
+    let mut a = Node::new(&lab, "gna", "198.51.100.60/24", &export, &inst);
+    let b = Node::new(&lab, "gnb", "198.51.100.61/24", &export, &inst);
+    let mut c1 = Client::new(&lab, "gfc1", "198.51.100.70/24", 0);
+    let mut c2 = Client::new(&lab, "gfc2", "198.51.100.71/24", 1);
+    let svc: IpAddr = SVC_ADDR.parse().unwrap();
+    let cidr = format!("{SVC_ADDR}/24");
+
+    // The service on A; c1 mounted it by its name (so its statd monitors the name) and
+    // holds a lock there; c2 is a client of B's own address.
+    a.srv.host.add_addr(&cidr).unwrap();
+    let (ok, out) = a.nsmctl(&["takeover", "svc"]);
+    assert!(ok, "takeover on A: {out}");
+    c1.monitor(SVC);
+    c1.connect(svc);
+    c1.lock_after_grace();
+
+    let record = "198.51.100.70";
+    let sm = state_dir.join("sm");
+    let deadline = Instant::now() + T;
+    while !sm.join(record).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "c1 not recorded in the service's sm/"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c2.connect("198.51.100.61".parse().unwrap());
+    // B's grace after its start has ended too: c2's new lock is granted.
+    c2.lock_after_grace();
+    assert_eq!(c2.unlock().0, Nlm4Stat::Granted);
+
+    // A dies (its Ganesha's locks go with it); the address moves to B, which takes over.
+    a.srv.stop_all();
+    a.srv.host.del_addr(&cidr).unwrap();
+    b.srv.host.add_addr(&cidr).unwrap();
+    for h in [&c1.host, &c2.host] {
+        h.flush_neigh().unwrap();
+    }
+    let before = c1.lockd.calls.lock().unwrap().len();
+    let moved = Instant::now();
+    let (ok, out) = b.nsmctl(&["takeover", "svc"]);
+    assert!(
+        ok,
+        "takeover on B: {out}\n{}",
+        b.srv.statd.as_ref().unwrap().log_tail(30)
+    );
+    let took_over = moved.elapsed();
+    b.srv
+        .statd
+        .as_ref()
+        .unwrap()
+        .wait_for_log_line("takeover command succeeded", T)
+        .unwrap();
+    // Ganesha took the event: grace, and the address's clients (EVENT_TAKE_IP).
+    b.srv
+        .ganesha()
+        .wait_for_log_line(&format!("recovery event 5 nodeid -1 ip {SVC_ADDR}"), T)
+        .unwrap();
+
+    // c1's lockd is called back with the service's name and reclaims on B, in grace.
+    let calls = c1.lockd.wait_for(before + 1, T);
+    assert!(calls.len() > before, "c1's lockd is told of the takeover");
+    let called_back = moved.elapsed();
+    let (name, _, _) = common::parse_status(&calls[before].3);
+    assert_eq!(name, SVC.as_bytes());
+    c1.reclaim(svc);
+    let reclaimed = moved.elapsed();
+    assert_eq!(
+        c2.lock(false).0,
+        Nlm4Stat::DeniedGracePeriod,
+        "B's Ganesha is in grace (all of it: Ganesha's grace is per server)"
+    );
+    eprintln!(
+        "Ganesha failover: takeover returned {took_over:?}, c1 called back {called_back:?}, \
+         reclaimed {reclaimed:?} after the takeover began"
+    );
+    drop(b);
 }
