@@ -43,7 +43,7 @@ const QUIET: Duration = Duration::from_secs(4);
 fn ganesha_conf(dir: &Path, graceless: bool) -> String {
     format!(
         "NFS_CORE_PARAM {{\n  Protocols = 3;\n  Enable_NLM = true;\n  Enable_RQUOTA = false;\n  \
-         NSM_Use_Caller_Name = false;\n  Mount_Path_Pseudo = true;\n  Plugins_Dir = /usr/lib/x86_64-linux-gnu/ganesha;\n}}\n\
+         NSM_Use_Caller_Name = false;\n  Mount_Path_Pseudo = true;\n}}\n\
          NFSV4 {{\n  Graceless = {graceless};\n  Grace_Period = {GRACE};\n  Lease_Lifetime = 5;\n  \
          RecoveryBackend = fs;\n}}\n\
          NFS_KRB5 {{ Active_krb5 = false; }}\n\
@@ -421,11 +421,13 @@ impl Client {
         }
     }
 
-    /// The client reboots: its statd stops, Debian's sm-notify tells the server.
-    fn reboot(&mut self) {
+    /// The client reboots: its statd stops, Debian's sm-notify tells the server. Returns
+    /// when sm-notify started.
+    fn reboot(&mut self) -> Instant {
         let statd = self.statd.take().unwrap();
         statd.stop(T).unwrap();
         let bin = nsm_testhost::tool_path("sm-notify").unwrap();
+        let started = Instant::now();
         let out = self
             .host
             .run(
@@ -434,6 +436,7 @@ impl Client {
             )
             .unwrap();
         assert!(out.status.success(), "sm-notify: {out:?}");
+        started
     }
 }
 
@@ -447,7 +450,8 @@ struct Timings {
     after_quiet_unlock: Duration,
     reboot_to_release: Duration,
     restart_to_callback: Duration,
-    restart_to_reclaim: Duration,
+    ganesha_start: Duration,
+    ganesha_up_to_reclaim: Duration,
 }
 
 /// Every single-node case against one statd kind.
@@ -547,8 +551,7 @@ fn single_node(kind: Statd, tag: &str) -> Timings {
     assert_eq!(r, Nlm4Stat::Granted);
     srv.wait_records(&[rec1, "other-client"], "SM_MON before the reboot");
     assert_eq!(c2.test(), Nlm4Stat::Denied);
-    let rebooted = Instant::now();
-    c1.reboot();
+    let rebooted = c1.reboot();
     let free = c2.wait_test(Nlm4Stat::Granted, "c1's lock released after its reboot");
     t.reboot_to_release = free - rebooted;
     let (statd, _) = common::debian_statd(&c1.host, None);
@@ -564,14 +567,20 @@ fn single_node(kind: Statd, tag: &str) -> Timings {
     srv.stop_all();
     let restarted = Instant::now();
     srv.start_statd(true);
-    srv.start_ganesha(false);
+    // The notification does not wait for Ganesha (neither sm-notify nor nsmd's node
+    // instance has a readiness gate): the callback is measured before Ganesha starts, the
+    // reclaim once it is up, from the statd's start.
     let calls = c1.lockd.wait_for(before + 1, T);
     assert!(calls.len() > before, "c1's lockd is told of the restart");
     let (name, _, _) = common::parse_status(&calls[before].3);
     assert_eq!(name, b"gsrv");
-    t.restart_to_callback = restarted.elapsed();
+    t.restart_to_callback = c1.lockd.arrivals.lock().unwrap()[before] - restarted;
+    let ganesha_start = Instant::now();
+    srv.start_ganesha(false);
+    t.ganesha_start = ganesha_start.elapsed();
+    let reclaim = Instant::now();
     c1.reclaim(server);
-    t.restart_to_reclaim = restarted.elapsed();
+    t.ganesha_up_to_reclaim = reclaim.elapsed();
     c2.connect(server);
     let (r, _) = c2.lock(false);
     assert_eq!(r, Nlm4Stat::DeniedGracePeriod, "a new lock in grace");
@@ -756,6 +765,14 @@ fn ganesha_failover_with_a_service_instance() {
         b.srv.statd.as_ref().unwrap().log_tail(30)
     );
     let took_over = moved.elapsed();
+    // c1's lockd is called back with the service's name and reclaims on B, in grace.
+    let calls = c1.lockd.wait_for(before + 1, T);
+    assert!(calls.len() > before, "c1's lockd is told of the takeover");
+    let called_back = c1.lockd.arrivals.lock().unwrap()[before] - moved;
+    let (name, _, _) = common::parse_status(&calls[before].3);
+    assert_eq!(name, SVC.as_bytes());
+    c1.reclaim(svc);
+    let reclaimed = moved.elapsed();
     b.srv
         .statd
         .as_ref()
@@ -767,15 +784,6 @@ fn ganesha_failover_with_a_service_instance() {
         .ganesha()
         .wait_for_log_line(&format!("recovery event 5 nodeid -1 ip {SVC_ADDR}"), T)
         .unwrap();
-
-    // c1's lockd is called back with the service's name and reclaims on B, in grace.
-    let calls = c1.lockd.wait_for(before + 1, T);
-    assert!(calls.len() > before, "c1's lockd is told of the takeover");
-    let called_back = moved.elapsed();
-    let (name, _, _) = common::parse_status(&calls[before].3);
-    assert_eq!(name, SVC.as_bytes());
-    c1.reclaim(svc);
-    let reclaimed = moved.elapsed();
     assert_eq!(
         c2.lock(false).0,
         Nlm4Stat::DeniedGracePeriod,
