@@ -653,6 +653,11 @@ impl Services {
         })
         .await
         .map_err(|e| e.to_string())??;
+        // A takeover's own step (not a resume's: no new state, clients already told).
+        if let Err(e) = takeover_command(&s.spec, state).await {
+            ownership.release();
+            return Err(e);
+        }
         self.write_marker(&s.spec.name, ownership.epoch());
         self.activate(&s, ownership, state, helper, Activation::Takeover, &step)
             .await
@@ -733,10 +738,6 @@ impl Services {
         step: &Step<'_>,
     ) -> Result<i32, String> {
         let spec = s.spec.clone();
-        if let Err(e) = takeover_command(&spec, state).await {
-            ownership.release();
-            return Err(e);
-        }
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
         icfg.ha_callout = self.cfg.ha_callout.clone();
         icfg.callback = self.cfg.callback.clone();
