@@ -748,6 +748,11 @@ fn ganesha_failover_with_a_service_instance() {
     // B's grace after its start has ended too: c2's new lock is granted.
     c2.lock_after_grace();
     assert_eq!(c2.unlock().0, Nlm4Stat::Granted);
+    assert_eq!(
+        c2.lock(true).0,
+        Nlm4Stat::DeniedGracePeriod,
+        "outside grace, Ganesha refuses reclaims: B must enter grace for c1 to reclaim there"
+    );
 
     // A dies (its Ganesha's locks go with it); the address moves to B, which takes over.
     a.srv.stop_all();
