@@ -119,10 +119,17 @@ impl Server {
                     IDLE_LIMIT,
                 ]);
                 let p = self.host.spawn(&name, &argv).unwrap();
-                p.wait_for_log_line("serving program 100024 version 1 on", T)
+                let line = p
+                    .wait_for_log_line("serving program 100024 version 1 on", T)
                     .unwrap();
-                let regs = self.host.wait_registered(100_024, T).unwrap();
-                (p, regs[0].port)
+                // Its own port (rpcbind may still list the one of the statd killed before).
+                let port = line
+                    .split("udp 0.0.0.0:")
+                    .nth(1)
+                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no port in {line:?}"));
+                (p, port)
             }
             Statd::Debian => {
                 self.host
@@ -198,6 +205,8 @@ impl Server {
         self.ganesha.as_ref().unwrap()
     }
 
+    /// The node goes down: Ganesha and the statd die, and rpcbind forgets them (as a reboot
+    /// would), so a new registration means the new process is up.
     fn stop_all(&mut self) {
         for p in [self.ganesha.take(), self.statd.take()]
             .into_iter()
@@ -205,6 +214,21 @@ impl Server {
         {
             p.signal(Signal::Kill).unwrap();
             p.wait(T).unwrap();
+        }
+        let mut regs: Vec<(u32, u32)> = self
+            .host
+            .rpc_programs()
+            .unwrap()
+            .iter()
+            .filter(|r| r.program != 100_000)
+            .map(|r| (r.program, r.version))
+            .collect();
+        regs.sort_unstable();
+        regs.dedup();
+        for (prog, vers) in regs {
+            self.host
+                .run_ok(&["rpcinfo", "-d", &prog.to_string(), &vers.to_string()], T)
+                .unwrap();
         }
     }
 
