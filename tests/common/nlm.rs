@@ -141,7 +141,6 @@ fn nlm_status(res: &[u8]) -> Result<Nlm4Stat, XdrError> {
 pub struct NlmClient {
     /// `caller_name` in every lock (the client's hostname).
     pub caller_name: String,
-    server: IpAddr,
     nlm: SocketAddr,
     fh: Vec<u8>,
     /// The owner handle and svid (the "process" holding the lock).
@@ -218,17 +217,11 @@ impl NlmClient {
         let fh = d.opaque(64).map_err(|e| e.to_string())?.to_vec();
         Ok(Self {
             caller_name: caller_name.to_owned(),
-            server,
             nlm,
             fh,
             svid,
             opts,
         })
-    }
-
-    /// The server's address.
-    pub const fn server(&self) -> IpAddr {
-        self.server
     }
 
     fn lock(&self, range: (u64, u64)) -> Lock<'_> {
