@@ -654,6 +654,9 @@ impl Services {
         .await
         .map_err(|e| e.to_string())??;
         // A takeover's own step (not a resume's: no new state, clients already told).
+        if !s.spec.takeover_command.is_empty() {
+            step.next("running the takeover command");
+        }
         if let Err(e) = takeover_command(&s.spec, state).await {
             ownership.release();
             return Err(e);
