@@ -102,6 +102,9 @@ fn every_option_letter_and_long_name() {
         (&["--rpcbind-socket", "/tmp/rpcbind.sock"], |a| {
             a.rpcbind_socket.as_deref() == Some(Path::new("/tmp/rpcbind.sock"))
         }),
+        (&["--tcp-idle-timeout", "5"], |a| {
+            a.tcp_idle_timeout == Some(std::time::Duration::from_secs(5))
+        }),
     ];
     for (list, check) in cases {
         let a = args(list);
@@ -168,6 +171,7 @@ fn help_and_version() {
         "--config",
         "--proc-root",
         "--rpcbind-socket",
+        "--tcp-idle-timeout",
         "nsmd-only options:",
         "RPC_STATD_NO_NOTIFY",
     ] {
@@ -202,6 +206,11 @@ fn bad_ports_are_clear_errors() {
         (
             &["-U", "99999"],
             "invalid value '99999' for '--nlm-udp-port <PORT>': port out of range",
+        ),
+        (
+            &["--tcp-idle-timeout", "0"],
+            "invalid value '0' for '--tcp-idle-timeout <SECONDS>': expected a whole number of \
+             seconds in 1..=86400",
         ),
     ];
     for (list, want) in cases {
@@ -307,6 +316,7 @@ fn defaults_when_nothing_is_set() {
     assert_eq!(c.config_file, Path::new("/etc/nfs.conf"));
     assert_eq!(c.proc_root.0, Path::new("/proc"));
     assert_eq!(c.rpcbind_socket, Path::new("/run/rpcbind.sock"));
+    assert_eq!(c.tcp_idle_timeout, std::time::Duration::from_secs(120));
     assert!(c.warnings.is_empty());
 }
 

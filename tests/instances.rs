@@ -999,3 +999,129 @@ fn an_active_instance_survives_restarts_of_nsmd() {
     assert!(ok && v["instances"][1]["active"] == false, "{out}");
     assert!(!a.nsmd().log().contains("resumed"), "{}", a.nsmd().log());
 }
+
+/// The readiness gate holds the notifications until the service's lock manager is
+/// registered, and lets them out within a poll of it: lockd's registration is withdrawn,
+/// the takeover waits; it is registered again (PMAP SET, made here, so its instant is
+/// known), and the first SM_NOTIFY reaches a peer's statd (a UDP socket here, timestamping
+/// what arrives). Prints the time from the registration to the arrival.
+#[test]
+fn readiness_gate_to_first_notification() {
+    if !require(
+        "readiness_gate_to_first_notification",
+        &["rpcbind", "rpcinfo"],
+    ) {
+        return;
+    }
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let shared = shared_dir();
+    let state_dir = shared.path().join("svc");
+    let inst = shared.path().join("instances");
+    instance_file(&inst, "svc", SVC, SVC_ADDR, &state_dir, "");
+    let lab = Lab::new("instgate").unwrap();
+    lab.add_name(SVC_ADDR, &[SVC]).unwrap();
+    let mut a = Node::new(&lab, "a", "198.51.100.60/24");
+    let peer = lab.host("peer", &["198.51.100.75/24"]).unwrap();
+    let _peer_rpcbind = peer.start_rpcbind().unwrap();
+
+    // The peer's statd: SM_NOTIFYs timestamped on arrival, and acknowledged.
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = std::fs::File::open(peer.netns_path()).unwrap();
+    let (got, done) = (arrivals.clone(), stop.clone());
+    let statd = std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        pmap(
+            "127.0.0.1:111",
+            1,
+            100_024,
+            1,
+            sock.local_addr().unwrap().port(),
+        );
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let w = |i: usize| u32::from_be_bytes(buf[i * 4..i * 4 + 4].try_into().unwrap());
+            if n >= 24 && w(3) == 100_024 && w(5) == 6 {
+                got.lock().unwrap().push(Instant::now());
+                let mut reply = Vec::new();
+                for v in [w(0), 1, 0, 0, 0, 0] {
+                    reply.extend_from_slice(&v.to_be_bytes());
+                }
+                let _ = sock.send_to(&reply, from);
+            }
+        }
+    });
+    rx.recv_timeout(T).unwrap();
+
+    // A first takeover records the peer; released, the peer is in the service's sm/.
+    let cidr = format!("{SVC_ADDR}/24");
+    a.start(&inst);
+    a.host.add_addr(&cidr).unwrap();
+    a.takeover("svc");
+    a.mon("peer");
+    let (ok, out, err) = a.ctl(&["release", "svc"]);
+    assert!(ok, "{out}{err}");
+
+    // lockd's registration withdrawn: the next takeover waits at the gate.
+    let lockd_port = a.lockd.port;
+    let host = &a.host;
+    for vers in [1, 3, 4] {
+        in_netns(host, || pmap("127.0.0.1:111", 2, 100_021, vers, 0));
+    }
+    let registered = std::thread::scope(|s| {
+        let t = s.spawn(|| a.takeover("svc"));
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(
+            arrivals.lock().unwrap().is_empty(),
+            "no SM_NOTIFY before the lock manager is registered"
+        );
+        let at = Instant::now();
+        in_netns(host, || pmap("127.0.0.1:111", 1, 100_021, 4, lockd_port));
+        t.join().unwrap();
+        at
+    });
+    let deadline = Instant::now() + T;
+    let first = loop {
+        if let Some(t) = arrivals.lock().unwrap().first() {
+            break *t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SM_NOTIFY {T:?} after the gate opened"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    eprintln!(
+        "readiness gate: lock manager registered -> first SM_NOTIFY at the peer: {:?}",
+        first - registered
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    statd.join().unwrap();
+}
+
+/// PMAP SET (`proc_` 1) or UNSET (2) of `prog`/`vers` on UDP `port`, at `rpcbind`.
+fn pmap(rpcbind: &str, proc_: u32, prog: u32, vers: u32, port: u16) {
+    let mut args = Vec::new();
+    for w in [prog, vers, 17, u32::from(port)] {
+        args.extend_from_slice(&w.to_be_bytes());
+    }
+    let r = udp_exchange(
+        rpcbind.parse().unwrap(),
+        &call(0x9a7e, 100_000, 2, proc_, &args),
+    )
+    .expect("rpcbind answers");
+    assert_eq!(
+        answer(0x9a7e, &r),
+        Answer::Accepted(0, vec![1]),
+        "PMAP {proc_}"
+    );
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{in_netns, spawn_nsmd};
 use nsm_rpc::client::{CallOptions, Proc, call_tcp, call_udp};
-use nsm_rpc::rpcbind::{Rpcbind, dump, getaddr, getport};
+use nsm_rpc::rpcbind::{Rpcbind, dump, dump_udp, getaddr, getport};
 use nsm_testhost::{Lab, require};
 use nsm_xdr::rpcbind::{IPPROTO_TCP, IPPROTO_UDP, RPCB_VERS, RPCB_VERS4};
 
@@ -82,6 +82,7 @@ fn lookups_and_registration_against_debian_rpcbind() {
                 all.iter()
                     .any(|m| m.prog == 100_024 && m.port == u32::from(port))
             );
+            assert_eq!(dump_udp(v4, &opts).await.unwrap(), all, "DUMP over UDP");
         });
     });
 

@@ -635,7 +635,10 @@ async fn serve(
             instance.clone(),
             services.clone(),
         )),
-        Limits::default(),
+        Limits {
+            idle_timeout: cfg.tcp_idle_timeout,
+            ..Limits::default()
+        },
     );
     let control_path = control.as_ref().map(|(_, p)| p.clone());
     if let Some((l, _)) = control {

@@ -26,6 +26,13 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
 ///
 /// Takes rpc.statd's options. Settings come from the flags, then from nfs.conf (sections
 /// [statd] and [lockd], as rpc.statd reads them), then from the defaults.
+pub fn parse_idle_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<u64>() {
+        Ok(n @ 1..=86_400) => Ok(std::time::Duration::from_secs(n)),
+        _ => Err("expected a whole number of seconds in 1..=86400".to_owned()),
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]
 #[command(
     name = "nsmd",
@@ -154,6 +161,17 @@ pub struct StatdArgs {
     pub control_socket: Option<PathBuf>,
 
     /// Print the version and exit.
+    /// Close a TCP connection after SECONDS without a request (default 120). The local
+    /// lock manager's connection (lockd, NFS-Ganesha: loopback, privileged port) is never
+    /// closed for being quiet.
+    #[arg(
+        long = "tcp-idle-timeout",
+        value_name = "SECONDS",
+        value_parser = parse_idle_timeout,
+        help_heading = "nsmd-only options"
+    )]
+    pub tcp_idle_timeout: Option<std::time::Duration>,
+
     #[arg(short = 'v', short_alias = 'V', long = "version", action = ArgAction::Version)]
     pub version: Option<bool>,
 

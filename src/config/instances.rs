@@ -16,6 +16,12 @@
 //! window = 512
 //! # port = 2050                          # default: a privileged port
 //!
+//! [takeover]                             # after the state bump, before notifying
+//! command = ["/usr/bin/dbus-send", "--system", "--print-reply",
+//!            "--dest=org.ganesha.nfsd", "/org/ganesha/nfsd/admin",
+//!            "org.ganesha.nfsd.admin.grace", "string:5:198.51.100.50"]
+//! timeout_seconds = 30                   # the takeover fails when it fails or takes longer
+//!
 //! [readiness]
 //! rpcbind = [100021, 100003]             # registered on the service address
 //! command = ["/usr/local/sbin/exports-ready", "svc1"]
@@ -57,6 +63,9 @@ pub struct InstanceFile {
     /// `[notify]`.
     #[serde(default)]
     pub notify: NotifySection,
+    /// `[takeover]`.
+    #[serde(default)]
+    pub takeover: TakeoverSection,
     /// `[readiness]`.
     #[serde(default)]
     pub readiness: ReadinessSection,
@@ -106,6 +115,31 @@ impl Default for NotifySection {
             retry_seconds: default_retry(),
             window: default_window(),
             port: None,
+        }
+    }
+}
+
+/// `[takeover]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverSection {
+    /// A command run after the state bump and before the notifications (argv, no shell).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// How long it may take, in seconds.
+    #[serde(default = "default_takeover_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_takeover_timeout() -> u64 {
+    30
+}
+
+impl Default for TakeoverSection {
+    fn default() -> Self {
+        Self {
+            command: Vec::new(),
+            timeout_seconds: default_takeover_timeout(),
         }
     }
 }
@@ -192,6 +226,23 @@ pub fn parse(file: &Path, name: &str, text: &str) -> Result<ServiceSpec, Instanc
     if !f.state_dir.is_absolute() {
         return Err(err(file, "key `state_dir`: must be an absolute path"));
     }
+    if f.takeover
+        .command
+        .first()
+        .is_some_and(|p| !Path::new(p).is_absolute())
+    {
+        return Err(err(
+            file,
+            "key `takeover.command`: the program must be an absolute path (it runs without a \
+             shell or PATH search)",
+        ));
+    }
+    if f.takeover.timeout_seconds == 0 {
+        return Err(err(
+            file,
+            "key `takeover.timeout_seconds`: must be at least 1",
+        ));
+    }
     if let Some(e) = f.release.exports.iter().find(|e| !e.is_absolute()) {
         return Err(err(
             file,
@@ -212,6 +263,8 @@ pub fn parse(file: &Path, name: &str, text: &str) -> Result<ServiceSpec, Instanc
         notify_port: f.notify.port,
         retry: (f.notify.retry_seconds > 0).then(|| Duration::from_secs(f.notify.retry_seconds)),
         window: f.notify.window.max(1),
+        takeover_command: f.takeover.command,
+        takeover_timeout: Duration::from_secs(f.takeover.timeout_seconds),
         ready_programs: f.readiness.rpcbind,
         ready_command: f.readiness.command,
         ready_timeout: Duration::from_secs(f.readiness.timeout_seconds),
@@ -293,6 +346,10 @@ state_dir = "/shared/svc1/nfs"
 retry_seconds = 0
 window = 8
 
+[takeover]
+command = ["/usr/bin/dbus-send", "string:5:198.51.100.50"]
+timeout_seconds = 7
+
 [readiness]
 rpcbind = [100021]
 command = ["/bin/true"]
@@ -309,6 +366,11 @@ exports = ["/export/svc1"]
         assert_eq!(s.addresses.len(), 2);
         assert_eq!(s.retry, None);
         assert_eq!(s.ready_programs, [100_021]);
+        assert_eq!(
+            s.takeover_command,
+            ["/usr/bin/dbus-send", "string:5:198.51.100.50"]
+        );
+        assert_eq!(s.takeover_timeout, Duration::from_secs(7));
         assert!(s.unlock_ip);
         assert_eq!(s.exports, [PathBuf::from("/export/svc1")]);
     }

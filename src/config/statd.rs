@@ -2,6 +2,7 @@
 //! defaults (`read_statd_conf()` then `getopt_long()` in `utils/statd/statd.c`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::nfsconf::{self, NfsConf};
 use super::smnotify::SmNotifyOverrides;
@@ -58,9 +59,16 @@ pub struct StatdConfig {
     pub proc_root: ProcRoot,
     /// `--rpcbind-socket`, default `/run/rpcbind.sock`.
     pub rpcbind_socket: PathBuf,
+    /// `--tcp-idle-timeout`: how long a quiet TCP connection stays open (not the local lock
+    /// manager's, which always does).
+    pub tcp_idle_timeout: Duration,
     /// Problems in nfs.conf and the environment that did not stop nsmd; log each one.
     pub warnings: Vec<String>,
 }
+
+/// How long a quiet TCP connection from a remote peer stays open, without
+/// `--tcp-idle-timeout`.
+const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl StatdConfig {
     /// The /proc writes `-T`/`-U` ask for, in rpc.statd's order (TCP, then UDP).
@@ -225,6 +233,7 @@ pub fn resolve_with_env(
                 .unwrap_or_else(|| ProcRoot::default().0),
         ),
         rpcbind_socket: default_path(args.rpcbind_socket.as_deref(), DEFAULT_RPCBIND_SOCKET),
+        tcp_idle_timeout: args.tcp_idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
         warnings: r.warnings,
     })
 }

@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
+pub mod nlm;
+
 use nsm_testhost::{Host, Proc};
 
 /// The nsmd binary under test.
@@ -154,6 +156,8 @@ pub type Received = (SocketAddr, u32, u32, Vec<u8>);
 pub struct LockdStandIn {
     /// Callbacks received.
     pub calls: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    /// When each of [`LockdStandIn::calls`] arrived.
+    pub arrivals: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
     /// The UDP port it listens on.
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -165,10 +169,11 @@ impl LockdStandIn {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let ns = File::open(host.netns_path()).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let (c, s) = (calls.clone(), stop.clone());
+        let (c, s, at) = (calls.clone(), stop.clone(), arrivals.clone());
         std::thread::spawn(move || {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -209,6 +214,7 @@ impl LockdStandIn {
                 let verf_len =
                     u32::from_be_bytes(m[verf_at + 4..verf_at + 8].try_into().unwrap()) as usize;
                 let args_at = verf_at + 8 + verf_len.div_ceil(4) * 4;
+                at.lock().unwrap().push(std::time::Instant::now());
                 c.lock().unwrap().push((
                     from,
                     vers,
@@ -227,7 +233,12 @@ impl LockdStandIn {
         let port = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("lockd stand-in started");
-        Self { calls, port, stop }
+        Self {
+            calls,
+            arrivals,
+            port,
+            stop,
+        }
     }
 
     /// Waits until `n` callbacks arrived; returns all of them.

@@ -261,12 +261,33 @@ pub async fn getaddr(
 
 /// Portmapper v2 DUMP at `rpcbind` over TCP: every registration (what `rpcinfo -p` lists).
 pub async fn dump(rpcbind: SocketAddr, opts: &CallOptions) -> Result<Vec<Mapping>, ClientError> {
+    dump_list(rpcbind, opts, false).await
+}
+
+/// [`dump`] over UDP: for asking often (no connection, no TIME_WAIT), when the list fits in
+/// [`CallOptions::max_reply`] (20 bytes a registration).
+pub async fn dump_udp(
+    rpcbind: SocketAddr,
+    opts: &CallOptions,
+) -> Result<Vec<Mapping>, ClientError> {
+    dump_list(rpcbind, opts, true).await
+}
+
+async fn dump_list(
+    rpcbind: SocketAddr,
+    opts: &CallOptions,
+    udp: bool,
+) -> Result<Vec<Mapping>, ClientError> {
     let p = Proc {
         prog: PMAP_PROG,
         vers: PMAP_VERS,
         proc_: PMAPPROC_DUMP,
     };
-    let r = call_tcp(rpcbind, p, &(), opts).await?;
+    let r = if udp {
+        call_udp(rpcbind, p, &(), opts).await?
+    } else {
+        call_tcp(rpcbind, p, &(), opts).await?
+    };
     from_bytes::<PmapList>(&r)
         .map(|l| l.0)
         .map_err(|source| ClientError::BadReply {

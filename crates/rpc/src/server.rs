@@ -117,8 +117,30 @@ pub struct Limits {
     /// Most requests in progress at once on one TCP connection; more wait (backpressure).
     pub max_tcp_in_flight: usize,
     /// A TCP connection that completes no request for this long is closed, and so is one
-    /// that does not take its replies for this long.
+    /// that does not take its replies for this long; connections [`Limits::trusted`] accepts
+    /// are never closed for a quiet period (their replies are still bounded).
     pub idle_timeout: Duration,
+    /// Whether a connection from this peer belongs to the local lock manager: it is never
+    /// closed for being quiet, and it counts against [`Limits::max_trusted_connections`],
+    /// not [`Limits::max_connections`], so remote peers cannot crowd it out. Default:
+    /// [`local_privileged`].
+    pub trusted: fn(SocketAddr) -> bool,
+    /// Most [`Limits::trusted`] TCP connections open at once; more are closed on accept.
+    pub max_trusted_connections: usize,
+}
+
+/// A peer on a loopback address and a privileged port (below 1024): the kernel's lockd
+/// and NFS-Ganesha, which open one TCP connection to statd and keep it for their lifetime
+/// (both bind a reserved port, as only root can). Unprivileged local processes and remote
+/// peers are not.
+pub fn local_privileged(peer: SocketAddr) -> bool {
+    let loopback = match peer.ip() {
+        std::net::IpAddr::V4(a) => a.is_loopback(),
+        std::net::IpAddr::V6(a) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    loopback && peer.port() < 1024
 }
 
 impl Default for Limits {
@@ -130,6 +152,8 @@ impl Default for Limits {
             max_udp_in_flight: 1024,
             max_tcp_in_flight: 32,
             idle_timeout: Duration::from_secs(120),
+            trusted: local_privileged,
+            max_trusted_connections: 64,
         }
     }
 }
@@ -142,6 +166,7 @@ pub struct Server<S> {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
+    trusted_connections: Arc<Semaphore>,
     /// The UDP sockets served, each by a thread of its own: shut for reading at shutdown,
     /// which wakes that thread.
     udp: std::sync::Mutex<Vec<Arc<std::net::UdpSocket>>>,
@@ -151,12 +176,14 @@ impl<S: Service> Server<S> {
     /// A server for `service` with these limits; it serves nothing until given sockets.
     pub fn new(service: Arc<S>, limits: Limits) -> Self {
         let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let trusted_connections = Arc::new(Semaphore::new(limits.max_trusted_connections));
         Self {
             service,
             limits: Arc::new(limits),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             connections,
+            trusted_connections,
             udp: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -243,6 +270,7 @@ impl<S: Service> Server<S> {
             tasks: self.tasks.clone(),
             shutdown: self.shutdown.clone(),
             connections: self.connections.clone(),
+            trusted_connections: self.trusted_connections.clone(),
         }
     }
 }
@@ -277,6 +305,7 @@ struct Ctx<S> {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     connections: Arc<Semaphore>,
+    trusted_connections: Arc<Semaphore>,
 }
 
 impl<S> Clone for Ctx<S> {
@@ -287,6 +316,7 @@ impl<S> Clone for Ctx<S> {
             tasks: self.tasks.clone(),
             shutdown: self.shutdown.clone(),
             connections: self.connections.clone(),
+            trusted_connections: self.trusted_connections.clone(),
         }
     }
 }
@@ -718,22 +748,45 @@ async fn tcp_accept_loop<S: Service>(ctx: Ctx<S>, listener: TcpListener) {
                 }
             },
         };
-        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            debug!(%peer, "too many TCP connections; closed a new one");
-            continue;
+        let trusted = (ctx.limits.trusted)(peer);
+        let permit = if trusted {
+            let Ok(p) = ctx.trusted_connections.clone().try_acquire_owned() else {
+                warn!(%peer, limit = ctx.limits.max_trusted_connections, "too many TCP connections from privileged loopback ports (the local lock manager's); closed a new one");
+                continue;
+            };
+            p
+        } else {
+            let Ok(p) = ctx.connections.clone().try_acquire_owned() else {
+                debug!(%peer, "too many TCP connections; closed a new one");
+                continue;
+            };
+            p
         };
         let c = ctx.clone();
         ctx.tasks.spawn(async move {
-            connection(c, stream, peer).await;
+            connection(c, stream, peer, trusted).await;
             drop(permit);
         });
+    }
+}
+
+/// `f`'s output, or `Err` when `limit` passes first; no limit when `None`.
+async fn within<F: Future>(
+    limit: Option<Duration>,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, f).await,
+        None => Ok(f.await),
     }
 }
 
 /// Most replies gathered into one write on a TCP connection.
 const TCP_WRITE_BATCH: usize = 64;
 
-async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one TCP connection. A `trusted` one (the local lock manager's) may stay quiet for
+/// as long as it likes: lockd and Ganesha open it once and do not reconnect cheaply.
+async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr, trusted: bool) {
     let Ok(local) = stream.local_addr() else {
         return;
     };
@@ -772,10 +825,11 @@ async fn connection<S: Service>(ctx: Ctx<S>, stream: TcpStream, peer: SocketAddr
         }
     });
     let in_flight = Arc::new(Semaphore::new(limits.max_tcp_in_flight));
+    let quiet_limit = (!trusted).then_some(idle);
     loop {
         let next = tokio::select! {
             () = ctx.shutdown.cancelled() => break,
-            n = tokio::time::timeout(idle, records.next()) => n,
+            n = within(quiet_limit, records.next()) => n,
         };
         let message = match next {
             Err(_) => {
@@ -843,6 +897,25 @@ mod tests {
                 std::net::IpAddr::V4(a) => Outcome::Success(Bytes::copy_from_slice(&a.octets())),
                 std::net::IpAddr::V6(_) => Outcome::SystemErr,
             }
+        }
+    }
+
+    #[test]
+    fn the_local_lock_manager_is_a_privileged_loopback_port() {
+        let cases = [
+            ("127.0.0.1:600", true),
+            ("127.0.0.1:1023", true),
+            ("127.9.9.9:800", true),
+            ("[::1]:700", true),
+            ("[::ffff:127.0.0.1]:700", true),
+            ("127.0.0.1:1024", false),
+            ("127.0.0.1:40000", false),
+            ("198.51.100.7:700", false),
+            ("[::ffff:198.51.100.7]:700", false),
+            ("[2001:db8::1]:700", false),
+        ];
+        for (peer, want) in cases {
+            assert_eq!(local_privileged(peer.parse().unwrap()), want, "{peer}");
         }
     }
 

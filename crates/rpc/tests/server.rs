@@ -376,3 +376,91 @@ async fn source_address_and_privileged_port() {
         }
     }
 }
+
+/// One call of procedure 1 (echo plus one) with `xid` on an open connection; the reply's
+/// xid, or `None` when the server closed the connection.
+async fn call_on(s: &mut TcpStream, xid: u32) -> Option<u32> {
+    let mut call = Vec::new();
+    for w in [xid, 0, 2, PROG, 1, 1, 0, 0, 0, 0, 41] {
+        call.extend_from_slice(&w.to_be_bytes());
+    }
+    let mut record = (0x8000_0000 | call.len() as u32).to_be_bytes().to_vec();
+    record.extend_from_slice(&call);
+    s.write_all(&record).await.ok()?;
+    let mut mark = [0u8; 4];
+    s.read_exact(&mut mark).await.ok()?;
+    let mut reply = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+    s.read_exact(&mut reply).await.ok()?;
+    Some(u32::from_be_bytes(reply[..4].try_into().unwrap()))
+}
+
+/// A connection from `source` to `to`.
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Stands in for "the local lock manager" in these tests: what is trusted is the
+/// server's decision, made by `Limits::trusted` (by default a privileged loopback port,
+/// which only root can bind).
+fn from_127_0_0_2(peer: SocketAddr) -> bool {
+    peer.ip() == std::net::Ipv4Addr::new(127, 0, 0, 2)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lock_managers_connection_outlives_any_quiet_period_a_remote_one_does_not() {
+    let r = start(Limits {
+        trusted: from_127_0_0_2,
+        ..Limits::default()
+    })
+    .await;
+    let mut lockd = connect_from("127.0.0.2", r.tcp).await;
+    let mut remote = connect_from("127.0.0.1", r.tcp).await;
+    assert_eq!(call_on(&mut lockd, 1).await, Some(1));
+    assert_eq!(call_on(&mut remote, 2).await, Some(2));
+    // Ten times the idle limit without a request (the paused clock jumps there).
+    tokio::time::sleep(Limits::default().idle_timeout * 10).await;
+    assert_eq!(
+        call_on(&mut remote, 3).await,
+        None,
+        "a quiet remote connection is closed after the idle limit"
+    );
+    assert_eq!(
+        call_on(&mut lockd, 4).await,
+        Some(4),
+        "the lock manager's connection is still served after a long quiet period"
+    );
+    // And again: being quiet once did not use up anything.
+    tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    assert_eq!(call_on(&mut lockd, 5).await, Some(5));
+}
+
+#[tokio::test]
+async fn remote_connections_at_their_limit_do_not_crowd_out_the_lock_manager() {
+    let r = start(Limits {
+        trusted: from_127_0_0_2,
+        max_connections: 2,
+        max_trusted_connections: 1,
+        ..Limits::default()
+    })
+    .await;
+    let _a = connect_from("127.0.0.1", r.tcp).await;
+    let _b = connect_from("127.0.0.1", r.tcp).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut lockd = connect_from("127.0.0.2", r.tcp).await;
+    assert_eq!(
+        call_on(&mut lockd, 1).await,
+        Some(1),
+        "the lock manager gets in while remote peers fill every other slot"
+    );
+    // Its own pool is bounded too: a second trusted connection is refused.
+    let mut second = connect_from("127.0.0.2", r.tcp).await;
+    assert_eq!(call_on(&mut second, 2).await, None);
+    let mut third = connect_from("127.0.0.1", r.tcp).await;
+    assert_eq!(
+        call_on(&mut third, 3).await,
+        None,
+        "remote slots still full"
+    );
+}

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources};
 use nsm_rpc::client::CallOptions;
-use nsm_xdr::rpcbind::{IPPROTO_TCP, IPPROTO_UDP};
 use tracing::{info, warn};
 
 use crate::callback::CallbackPolicy;
@@ -47,6 +46,12 @@ pub struct ServiceSpec {
     pub retry: Option<Duration>,
     /// How many peers are tried for the first time at once.
     pub window: usize,
+    /// Takeover: a command run after the state bump, before the notifications (argv, no
+    /// shell): e.g. putting the lock manager into grace for this address. Its failure fails
+    /// the takeover.
+    pub takeover_command: Vec<String>,
+    /// Takeover: how long the command may take.
+    pub takeover_timeout: Duration,
     /// Readiness: programs that must be registered with rpcbind on the service address.
     pub ready_programs: Vec<u32>,
     /// Readiness: a command that must succeed (argv).
@@ -676,6 +681,14 @@ impl Services {
         })
         .await
         .map_err(|e| e.to_string())??;
+        // A takeover's own step (not a resume's: no new state, clients already told).
+        if !s.spec.takeover_command.is_empty() {
+            step.next("running the takeover command");
+        }
+        if let Err(e) = takeover_command(&s.spec, state).await {
+            ownership.release();
+            return Err(e);
+        }
         self.write_marker(&s.spec.name, ownership.epoch());
         self.activate(&s, ownership, state, helper, Activation::Takeover, &step)
             .await
@@ -1065,6 +1078,68 @@ fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// Runs the instance's takeover command, if it has one: argv without a shell, stdin from
+/// /dev/null, `NSMD_INSTANCE` and `NSMD_STATE` in its environment, killed after
+/// `takeover_timeout`. Its output is logged; an error names the command and says what
+/// happened (exit status and the end of its stderr, or the timeout).
+async fn takeover_command(spec: &ServiceSpec, state: i32) -> Result<(), String> {
+    let Some((prog, args)) = spec.takeover_command.split_first() else {
+        return Ok(());
+    };
+    let shown = spec.takeover_command.join(" ");
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .env("NSMD_INSTANCE", &spec.name)
+        .env("NSMD_STATE", state.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "instance {}: cannot run the takeover command `{shown}`: {e}",
+                spec.name
+            )
+        })?;
+    let out = match tokio::time::timeout(spec.takeover_timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "instance {}: the takeover command `{shown}` failed: {e}",
+                spec.name
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "instance {}: the takeover command `{shown}` did not finish within {:?} (killed); \
+                 the takeover is abandoned: fix the command or raise [takeover] timeout_seconds",
+                spec.name, spec.takeover_timeout
+            ));
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        info!(instance = %spec.name, command = %shown, stdout = %stdout.trim_end(), "takeover command succeeded");
+        return Ok(());
+    }
+    let tail: String = stderr
+        .trim_end()
+        .chars()
+        .rev()
+        .take(500)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(format!(
+        "instance {}: the takeover command `{shown}` failed ({}): {tail}; the takeover is \
+         abandoned (ownership released, nothing notified)",
+        spec.name, out.status
+    ))
+}
+
 /// Waits until every program is registered on the service address and the command succeeds.
 async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> {
     let deadline = Instant::now() + spec.ready_timeout;
@@ -1078,27 +1153,25 @@ async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> 
     };
     let mut last;
     loop {
-        last = None;
-        for prog in &spec.ready_programs {
-            let mut found = false;
-            'v: for vers in [4, 3, 2, 1] {
-                for prot in [IPPROTO_UDP, IPPROTO_TCP] {
-                    if let Ok(Some(_)) =
-                        nsm_rpc::rpcbind::getport(rpcbind, *prog, vers, prot, &opts).await
-                    {
-                        found = true;
-                        break 'v;
-                    }
-                }
+        // One DUMP per poll (UDP: no connection to set up or leave in TIME_WAIT): every
+        // program, version and transport in one answer.
+        last = if spec.ready_programs.is_empty() {
+            None
+        } else {
+            match nsm_rpc::rpcbind::dump_udp(rpcbind, &opts).await {
+                Ok(regs) => spec
+                    .ready_programs
+                    .iter()
+                    .find(|p| !regs.iter().any(|r| r.prog == **p))
+                    .map(|p| format!("program {p} is not registered at {rpcbind}")),
+                Err(e) => Some(format!("cannot list the registrations at {rpcbind}: {e}")),
             }
-            if !found {
-                last = Some(format!("program {prog} is not registered at {rpcbind}"));
-                break;
-            }
-        }
+        };
+        let mut ran_command = false;
         if last.is_none()
             && let Some((prog, args)) = spec.ready_command.split_first()
         {
+            ran_command = true;
             let st = tokio::process::Command::new(prog)
                 .args(args)
                 .stdin(std::process::Stdio::null())
@@ -1115,10 +1188,18 @@ async fn readiness(spec: &ServiceSpec, rpcbind_port: u16) -> Result<(), String> 
             Some(e) if Instant::now() >= deadline => {
                 return Err(format!("not ready after {:?}: {e}", spec.ready_timeout));
             }
-            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            // rpcbind is asked again soon, so the first notification leaves within a poll
+            // of the service registering; a failing ready command is not run that often.
+            Some(_) if ran_command => tokio::time::sleep(READY_COMMAND_POLL).await,
+            Some(_) => tokio::time::sleep(READY_RPCBIND_POLL).await,
         }
     }
 }
+
+/// How often the readiness gate asks rpcbind while a program is missing.
+const READY_RPCBIND_POLL: Duration = Duration::from_millis(5);
+/// How often the readiness gate runs a ready command that failed.
+const READY_COMMAND_POLL: Duration = Duration::from_millis(250);
 
 /// Whether `ip` is an address of this node (binding to it succeeds without IP_FREEBIND).
 fn is_local_address(ip: IpAddr) -> bool {
@@ -1303,6 +1384,8 @@ mod tests {
             ready_programs: vec![],
             ready_command: vec![],
             ready_timeout: Duration::from_secs(1),
+            takeover_command: vec![],
+            takeover_timeout: Duration::from_secs(1),
             unlock_ip: true,
             exports: vec![PathBuf::from("/export/a")],
             takeover_at_start: false,
@@ -1371,6 +1454,75 @@ mod tests {
             ],
             "established only, IPv4-mapped as IPv4"
         );
+    }
+
+    #[tokio::test]
+    async fn the_takeover_command_runs_after_the_bump_and_its_failure_fails_the_takeover() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("svc");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = || ServicesConfig {
+            owner: "test".into(),
+            proc_root: d.path().join("proc"),
+            ha_callout: None,
+            callback: CallbackPolicy::default(),
+            rpcbind_port: 111,
+            privileged: None,
+            registered: crate::registered::Registered::open(),
+            run_dir: None,
+        };
+        let seen = d.path().join("seen");
+        let sh = |script: String| vec!["/bin/sh".to_owned(), "-c".to_owned(), script];
+        // Fails, saying why on stderr: the takeover fails with it, ownership is free again,
+        // and the instance is not answering.
+        let mut failing = spec("a", "127.0.0.9", &dir);
+        failing.takeover_command = sh(format!(
+            "cat {}/state | od -An -tu4 > {}; echo 'no grace for you' >&2; exit 3",
+            dir.display(),
+            seen.display()
+        ));
+        let s = Services::new(cfg(), vec![failing]);
+        let e = s.takeover("a").await.unwrap_err();
+        assert!(
+            e.contains("takeover command") && e.contains("no grace for you") && e.contains('3'),
+            "{e}"
+        );
+        assert!(s.active().is_empty());
+        assert!(matches!(
+            s.route("127.0.0.9".parse().unwrap()),
+            Route::Silent
+        ));
+        // It ran after the state was bumped (odd, durable).
+        let bumped: i32 = std::fs::read_to_string(&seen)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(bumped % 2, 1, "the state the command saw: {bumped}");
+        drop(Ownership::claim(&dir, "other").expect("ownership released"));
+
+        // Too slow: killed at the timeout, the takeover fails.
+        let mut slow = spec("a", "127.0.0.9", &dir);
+        slow.takeover_command = sh("sleep 30".into());
+        slow.takeover_timeout = Duration::from_millis(200);
+        let s = Services::new(cfg(), vec![slow]);
+        let e = s.takeover("a").await.unwrap_err();
+        assert!(e.contains("did not finish within"), "{e}");
+
+        // Succeeds: the takeover goes on; the command saw the instance and its new state.
+        let mut ok = spec("a", "127.0.0.9", &dir);
+        ok.takeover_command = sh(format!(
+            "echo \"$NSMD_INSTANCE $NSMD_STATE\" > {}",
+            seen.display()
+        ));
+        let s = Services::new(cfg(), vec![ok]);
+        let state = s.takeover("a").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap().trim(),
+            format!("a {state}")
+        );
+        assert_eq!(s.active().len(), 1);
+        s.release("a").await.unwrap();
     }
 
     #[tokio::test]
