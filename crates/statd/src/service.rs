@@ -1577,14 +1577,12 @@ mod tests {
         s.release("a").await.unwrap();
     }
 
-    /// A takeover before nsmd is registered with rpcbind claims, bumps and answers, but its
-    /// peers are not notified until the gate opens.
-    #[tokio::test]
-    async fn takeover_notifies_only_once_nsmd_is_registered() {
+    /// A service's state directory (in a temporary directory) whose `sm/` monitors one peer,
+    /// 127.0.0.10.
+    fn monitoring_one_peer() -> (tempfile::TempDir, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("svc");
         std::fs::create_dir_all(&dir).unwrap();
-        let store = nsm_store::StateDir::open(&dir).unwrap();
         let record = nsm_store::Record {
             mon_name: b"127.0.0.10".to_vec(),
             my_name: b"a.example.test".to_vec(),
@@ -1593,20 +1591,34 @@ mod tests {
             my_proc: 16,
             priv_: [7; 16],
         };
-        store
+        nsm_store::StateDir::open(&dir)
+            .unwrap()
             .write(nsm_store::Dir::Sm, "127.0.0.10", &[record])
             .unwrap();
-        let (opener, registered) = crate::registered::Registered::channel();
-        let cfg = ServicesConfig {
+        (d, dir)
+    }
+
+    /// Settings for tests under `base`, with `registered` as the registration gate.
+    fn config(base: &Path, registered: crate::registered::Registered) -> ServicesConfig {
+        ServicesConfig {
             owner: "test".into(),
-            proc_root: d.path().join("proc"),
+            proc_root: base.join("proc"),
             ha_callout: None,
             callback: CallbackPolicy::default(),
             rpcbind_port: 111,
             privileged: None,
             registered,
             run_dir: None,
-        };
+        }
+    }
+
+    /// A takeover before nsmd is registered with rpcbind claims, bumps and answers, but its
+    /// peers are not notified until the gate opens.
+    #[tokio::test]
+    async fn takeover_notifies_only_once_nsmd_is_registered() {
+        let (d, dir) = monitoring_one_peer();
+        let (opener, registered) = crate::registered::Registered::channel();
+        let cfg = config(d.path(), registered);
         let s = Services::new(cfg, vec![spec("a", "127.0.0.9", &dir)]);
         s.takeover("a").await.unwrap();
         assert!(matches!(
@@ -1642,33 +1654,14 @@ mod tests {
     /// ownership free, nothing notified (the peer stays in sm.bak/), the bumped state kept.
     #[tokio::test]
     async fn a_takeover_whose_gate_does_not_open_fails_and_is_undone() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("svc");
-        std::fs::create_dir_all(&dir).unwrap();
-        let record = nsm_store::Record {
-            mon_name: b"127.0.0.10".to_vec(),
-            my_name: b"a.example.test".to_vec(),
-            my_prog: 100_021,
-            my_vers: 3,
-            my_proc: 16,
-            priv_: [7; 16],
-        };
-        nsm_store::StateDir::open(&dir)
-            .unwrap()
-            .write(nsm_store::Dir::Sm, "127.0.0.10", &[record])
-            .unwrap();
+        let (d, dir) = monitoring_one_peer();
         let run = d.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
         let cfg = ServicesConfig {
-            owner: "test".into(),
-            proc_root: d.path().join("proc"),
-            ha_callout: None,
-            callback: CallbackPolicy::default(),
             // Nothing answers there: the lock manager is never registered.
             rpcbind_port: 9,
-            privileged: None,
-            registered: crate::registered::Registered::open(),
             run_dir: Some(run.clone()),
+            ..config(d.path(), crate::registered::Registered::open())
         };
         let mut sp = spec("a", "127.0.0.9", &dir);
         sp.ready_programs = vec![100_021];
