@@ -1,6 +1,7 @@
 //! The parts of the nsmd binaries that are not protocol: listeners, rpcbind registration,
 //! and logging.
 
+pub mod cli;
 pub mod config;
 pub mod held;
 pub mod listen;

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources, default_names};
 use nsm_store::{Record, StateDir};
-use nsmd::config::cli::parse_port;
+use nsmd::cli::NotifyArgs;
 use nsmd::config::{
     DEFAULT_STATE_DIR, NfsConf, SmNotifyConfig, SmNotifyOverrides, nfsconf, resolve_sm_notify,
 };
@@ -32,78 +32,8 @@ const DEFAULT_PID_FILE: &str = "/run/sm-notify.pid";
 /// nsmd nor nfs-utils loads it).
 const BOOT_MARKER: &str = ".nsm-notify-boot";
 
-/// nsm-notify: tell every host in the notify list (`sm.bak/`) that this host restarted.
-///
-/// Settings come from the flags, then from nfs.conf ([sm-notify] retry-time, outgoing-port,
-/// outgoing-addr, lift-grace, update-state, force, debug; [statd] state-directory-path),
-/// then from sm-notify's defaults.
-#[derive(Debug, Parser)]
-#[command(name = "nsm-notify", version, disable_version_flag = true)]
-struct Args {
-    /// Stay in the foreground and log with debug detail (and progress) to stderr. Without -d,
-    /// nsm-notify goes into the background once the state is bumped and logs to syslog
-    /// (/dev/log; stderr if there is no syslog).
-    #[arg(short = 'd')]
-    debug: bool,
-    /// Run even if the run-once lock (/run/sm-notify.pid) exists.
-    #[arg(short = 'f')]
-    force: bool,
-    /// Keep retrying for MINUTES (default 15); 0 retries forever. [sm-notify.retry-time]
-    #[arg(short = 'm', value_name = "MINUTES")]
-    retry_minutes: Option<u32>,
-    /// Do not bump the state number (also skips the run-once check). [sm-notify.update-state]
-    #[arg(short = 'n')]
-    no_update: bool,
-    /// Send from this port instead of a privileged one. [sm-notify.outgoing-port]
-    #[arg(short = 'p', value_name = "PORT", value_parser = parse_port)]
-    port: Option<u16>,
-    /// Send from the address(es) NAME resolves to, with NAME as mon_name (sent as given,
-    /// also when it is an address). [sm-notify.outgoing-addr]
-    #[arg(short = 'v', value_name = "NAME")]
-    name: Option<String>,
-    /// The state directory (default /var/lib/nfs). [statd.state-directory-path]
-    #[arg(short = 'P', value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-
-    /// nsmd-only: read this nfs.conf (and its .d directory) instead of /etc/nfs.conf.
-    #[arg(long = "config", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// nsmd-only: the root of the /proc files written (nsm_local_state, nlm_end_grace).
-    #[arg(long = "proc-root", value_name = "DIR")]
-    proc_root: Option<PathBuf>,
-    /// nsmd-only: the run-once lock file. sm-notify checks /run/sm-notify.pid only with the
-    /// default state directory; a lock file given here is checked whatever the directory.
-    #[arg(long = "pid-file", value_name = "FILE")]
-    pid_file: Option<PathBuf>,
-    /// nsmd-only: the mon_names to send, in order (repeat the option); replaces the default
-    /// (the -v name or each record's my_name, then its short name).
-    #[arg(long = "mon-name", value_name = "NAME")]
-    mon_names: Vec<String>,
-    /// nsmd-only: do not send the short name after a name with a dot.
-    #[arg(long = "no-short-name")]
-    no_short_name: bool,
-    /// nsmd-only: send only through this interface (SO_BINDTODEVICE).
-    #[arg(long = "bind-device", value_name = "IFACE")]
-    bind_device: Option<String>,
-    /// nsmd-only: how many peers are tried for the first time at once.
-    #[arg(long = "window", value_name = "N", default_value_t = nsm_notify::DEFAULT_WINDOW)]
-    window: usize,
-    /// nsmd-only: print a JSON summary of every peer's outcome to stdout at the end.
-    #[arg(long = "json")]
-    json: bool,
-    /// Before the first SM_NOTIFY (after the state bump), wait until a byte can be read from
-    /// file descriptor FD; if FD reaches end of file first, send nothing and leave the peers
-    /// in sm.bak/. nsmd passes a pipe here and writes to it once it is registered with
-    /// rpcbind and answering, so that no peer reclaims before lockd can find statd.
-    #[arg(long = "wait-fd", value_name = "FD")]
-    wait_fd: Option<u32>,
-    /// nsmd-only, for tests: the retry budget in seconds (overrides -m; 0 retries forever).
-    #[arg(long = "retry-seconds", value_name = "SECONDS", hide = true)]
-    retry_seconds: Option<u64>,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = NotifyArgs::parse();
     let path = args
         .config
         .clone()
@@ -149,7 +79,7 @@ fn main() -> ExitCode {
 }
 
 /// The run-once lock: `false` when another run already holds it (exit 0, as sm-notify).
-fn run_once(args: &Args, cfg: &SmNotifyConfig) -> Result<bool> {
+fn run_once(args: &NotifyArgs, cfg: &SmNotifyConfig) -> Result<bool> {
     let applies = args.pid_file.is_some() || cfg.state_dir == Path::new(DEFAULT_STATE_DIR);
     if !applies {
         return Ok(true);
@@ -280,7 +210,7 @@ fn wait_for_go(fd: u32) -> Result<bool> {
 }
 
 /// The mon_names for one record.
-fn record_names(args: &Args, cfg: &SmNotifyConfig, r: &Record) -> Vec<String> {
+fn record_names(args: &NotifyArgs, cfg: &SmNotifyConfig, r: &Record) -> Vec<String> {
     if !args.mon_names.is_empty() {
         return args.mon_names.clone();
     }
@@ -295,7 +225,7 @@ fn record_names(args: &Args, cfg: &SmNotifyConfig, r: &Record) -> Vec<String> {
     }
 }
 
-fn run(args: &Args, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitCode> {
+fn run(args: &NotifyArgs, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitCode> {
     if !run_once(args, cfg)? {
         return Ok(ExitCode::SUCCESS);
     }

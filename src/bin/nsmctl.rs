@@ -5,46 +5,23 @@
 //! nsmctl takeover NAME          claim NAME, bump its state, wait for readiness, notify
 //! nsmctl release NAME           stop serving NAME, release its kernel locks, drop ownership
 //! nsmctl release --offline NAME the same without nsmd (it died): kernel locks, marker
-//! nsmctl state NAME             NAME on this node, as an exit status (see STATE_HELP)
+//! nsmctl state NAME             NAME on this node, as an exit status (see nsmd::cli::STATE_HELP)
 //! nsmctl notify NAME            notify NAME's sm.bak/ again
 //! nsmctl peers NAME             the peers NAME monitors ("node": the node instance)
 //! ```
 //!
 //! Tables for people; `--json` prints nsmd's reply as it is, for scripts. The exit status is
-//! 0 when nsmd did what was asked, 1 otherwise; `state` has the statuses of STATE_HELP.
+//! 0 when nsmd did what was asked, 1 otherwise; `state` has the statuses of nsmd::cli::STATE_HELP.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use nsmd::cli::{CtlArgs, CtlCmd, CtlFiles};
 use nsm_statd::ServiceSpec;
 use serde_json::Value;
-
-/// The exit statuses of `nsmctl state NAME`, for scripts (the Pacemaker agent branches on
-/// them).
-const STATE_HELP: &str = "\
-Exit status of `nsmctl state NAME`:
-  0  active: nsmd serves NAME on this node
-  1  error: no such instance, unreadable instance file, unexpected reply
-  2  usage error
-  3  inactive: NAME is not served here and this node holds nothing of it
-  4  fenced: NAME was served here until another node took it over (a newer
-     epoch), or nsmd restarted and could not resume it; nothing is answered or
-     sent for it, its kernel locks may be held here: `nsmctl release NAME`
-  5  half taken over: nsmd runs but does not serve NAME, and this node took NAME
-     over without releasing it (a takeover under way or cut short):
-     `nsmctl release --offline NAME`
-  6  unreachable, held: nsmd does not answer on the control socket and this
-     node took NAME over without releasing it (nsmd died while serving it):
-     its kernel locks may still be held here: `nsmctl release --offline NAME`
-  7  unreachable: nsmd does not answer and this node holds nothing of NAME
-
-A node holds NAME from its takeover until a release wrote NAME's kernel lock
-release (unlock_ip, unlock_filesystem): nsmd keeps instances/NAME.active beside
-the control socket (/run: a reboot forgets it, as the kernel its locks).";
 
 /// What `nsmctl state` found; the discriminant is the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,93 +47,14 @@ impl State {
     }
 }
 
-/// Control a running nsmd (its service instances: takeover, release, notify). Needs root
-/// (or nsmd's own user): the control socket is theirs only.
-#[derive(Debug, Parser)]
-#[command(name = "nsmctl", version, after_help = STATE_HELP)]
-struct Args {
-    /// nsmd's control socket.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/run/nsmd/nsmctl.sock",
-        global = true
-    )]
-    control_socket: PathBuf,
-    /// Print nsmd's JSON reply instead of a table; errors too, as {"ok":false,"error":...}.
-    #[arg(long, global = true)]
-    json: bool,
-    /// How long to wait for nsmd, in seconds (a takeover waits for the readiness gate). When
-    /// it runs out, nsmd goes on with the command: `nsmctl status` shows where it is.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300, global = true)]
-    timeout: u64,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Every instance and its state.
-    Status,
-    /// Take NAME over on this node.
-    Takeover {
-        /// The instance.
-        name: String,
-    },
-    /// Release NAME from this node.
-    Release {
-        /// Without nsmd (it died, or does not serve NAME): write NAME's kernel lock release
-        /// (unlock_ip, unlock_filesystem) from its instance file and forget that this node
-        /// holds it. Refused while a process on this node holds NAME's ownership lock.
-        #[arg(long)]
-        offline: bool,
-        #[command(flatten)]
-        files: Files,
-        /// The instance.
-        name: String,
-    },
-    /// NAME on this node, as the exit status (see below); one line for people.
-    State {
-        #[command(flatten)]
-        files: Files,
-        /// The instance.
-        name: String,
-    },
-    /// Notify NAME's peers (sm.bak/) again.
-    Notify {
-        /// The instance.
-        name: String,
-    },
-    /// Counters and gauges of every instance, as OpenMetrics text (for node_exporter's
-    /// textfile collector or any OpenMetrics scraper).
-    Metrics,
-    /// The peers NAME monitors.
-    Peers {
-        /// The instance ("node" for the node instance).
-        name: String,
-    },
-}
-
-/// Where `state` and `release --offline` find what nsmd is not there to say.
-#[derive(Debug, clap::Args)]
-struct Files {
-    /// nsmd's instance directory (its --instances).
-    #[arg(long, value_name = "DIR", default_value = "/etc/nsmd/instances.d")]
-    instances: PathBuf,
-    /// Prefix of the kernel's files (fs/nfsd/unlock_ip, fs/nfsd/unlock_filesystem), as
-    /// nsmd's --proc-root; for tests.
-    #[arg(long, value_name = "DIR", default_value = "/proc")]
-    proc_root: PathBuf,
-}
-
-fn request(args: &Args) -> Result<Value, String> {
+fn request(args: &CtlArgs) -> Result<Value, String> {
     let line = match &args.cmd {
-        Cmd::Status | Cmd::State { .. } => "status".to_owned(),
-        Cmd::Metrics => "metrics".to_owned(),
-        Cmd::Takeover { name } => format!("takeover {name}"),
-        Cmd::Release { name, .. } => format!("release {name}"),
-        Cmd::Notify { name } => format!("notify {name}"),
-        Cmd::Peers { name } => format!("peers {name}"),
+        CtlCmd::Status | CtlCmd::State { .. } => "status".to_owned(),
+        CtlCmd::Metrics => "metrics".to_owned(),
+        CtlCmd::Takeover { name } => format!("takeover {name}"),
+        CtlCmd::Release { name, .. } => format!("release {name}"),
+        CtlCmd::Notify { name } => format!("notify {name}"),
+        CtlCmd::Peers { name } => format!("peers {name}"),
     };
     let path = &args.control_socket;
     let mut s = UnixStream::connect(path).map_err(|e| {
@@ -222,9 +120,9 @@ fn table(head: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn show(cmd: &Cmd, v: &Value) {
+fn show(cmd: &CtlCmd, v: &Value) {
     match cmd {
-        Cmd::Status => {
+        CtlCmd::Status => {
             let rows: Vec<Vec<String>> = v["instances"]
                 .as_array()
                 .map(|a| {
@@ -282,7 +180,7 @@ fn show(cmd: &Cmd, v: &Value) {
                 &rows,
             );
         }
-        Cmd::Peers { .. } => {
+        CtlCmd::Peers { .. } => {
             let rows: Vec<Vec<String>> = v["peers"]
                 .as_array()
                 .map(|a| {
@@ -293,23 +191,23 @@ fn show(cmd: &Cmd, v: &Value) {
                 .unwrap_or_default();
             table(&["MON_NAME", "MY_NAME"], &rows);
         }
-        Cmd::Takeover { name } if v["already"] == Value::Bool(true) => println!(
+        CtlCmd::Takeover { name } if v["already"] == Value::Bool(true) => println!(
             "{name}: already active here, state {} (nothing done)",
             cell(&v["state"])
         ),
-        Cmd::Takeover { name } => println!("{name}: taken over, state {}", cell(&v["state"])),
-        Cmd::Release { name, .. } if v["already"] == Value::Bool(true) => {
+        CtlCmd::Takeover { name } => println!("{name}: taken over, state {}", cell(&v["state"])),
+        CtlCmd::Release { name, .. } if v["already"] == Value::Bool(true) => {
             println!("{name}: not held here (nothing done)");
         }
-        Cmd::Release { name, .. } => println!("{name}: released"),
-        Cmd::State { .. } => {}
-        Cmd::Metrics => print!("{}", v["metrics"].as_str().unwrap_or_default()),
-        Cmd::Notify { name } => println!("{name}: notifying {} peer(s)", cell(&v["peers"])),
+        CtlCmd::Release { name, .. } => println!("{name}: released"),
+        CtlCmd::State { .. } => {}
+        CtlCmd::Metrics => print!("{}", v["metrics"].as_str().unwrap_or_default()),
+        CtlCmd::Notify { name } => println!("{name}: notifying {} peer(s)", cell(&v["peers"])),
     }
 }
 
 /// The instance file of `name`, as nsmd reads it.
-fn spec(files: &Files, name: &str) -> Result<ServiceSpec, String> {
+fn spec(files: &CtlFiles, name: &str) -> Result<ServiceSpec, String> {
     let file = files.instances.join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&file).map_err(|e| {
         format!(
@@ -322,7 +220,7 @@ fn spec(files: &Files, name: &str) -> Result<ServiceSpec, String> {
 }
 
 /// Whether this node holds `name` (nsmd's marker beside the control socket).
-fn held(args: &Args, name: &str) -> Result<bool, String> {
+fn held(args: &CtlArgs, name: &str) -> Result<bool, String> {
     let f = nsm_statd::service::marker_path(&nsmd::held::run_dir(&args.control_socket), name);
     match std::fs::symlink_metadata(&f) {
         Ok(_) => Ok(true),
@@ -332,7 +230,7 @@ fn held(args: &Args, name: &str) -> Result<bool, String> {
 }
 
 /// `nsmctl state NAME`.
-fn state(args: &Args, files: &Files, name: &str) -> Result<State, String> {
+fn state(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<State, String> {
     let s = match request(args) {
         Err(e) => {
             // Unreachable: only the files can say whether NAME was left held here.
@@ -372,7 +270,7 @@ fn node_name() -> String {
 }
 
 /// `nsmctl release --offline NAME`: what nsmd's release does, without nsmd.
-fn release_offline(args: &Args, files: &Files, name: &str) -> Result<(), String> {
+fn release_offline(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<(), String> {
     let spec = spec(files, name)?;
     let serving = request(args).ok().and_then(|v| {
         v["instances"].as_array().and_then(|a| {
@@ -424,7 +322,7 @@ fn release_offline(args: &Args, files: &Files, name: &str) -> Result<(), String>
 }
 
 /// An error: on stderr for people, as nsmd's own error replies with `--json`; exit 1.
-fn fail(args: &Args, e: &str) -> ExitCode {
+fn fail(args: &CtlArgs, e: &str) -> ExitCode {
     if args.json {
         println!("{}", serde_json::json!({ "ok": false, "error": e }));
     } else {
@@ -434,9 +332,9 @@ fn fail(args: &Args, e: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = CtlArgs::parse();
     match &args.cmd {
-        Cmd::State { files, name } => {
+        CtlCmd::State { files, name } => {
             return match state(&args, files, name) {
                 Ok(s) => {
                     if args.json {
@@ -452,7 +350,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(&args, &e),
             };
         }
-        Cmd::Release {
+        CtlCmd::Release {
             offline: true,
             files,
             name,
