@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and black-box tests, benchmark build, fuzz
 # smoke runs. As root it first installs the Debian packages the black-box tests need
-# (rpcbind, nfs-common, iproute2, tshark, python3 for the conformance suite's broken statds, ...) and makes missing prerequisites a failure.
+# (rpcbind, nfs-common, iproute2, tshark, python3 for the conformance suite's broken statds,
+# mmdebstrap, systemd-container, lintian and mandoc for the package test, ...) and cargo-deb,
+# and makes missing prerequisites a failure.
 # Not as root, the network-namespace tests print SKIPPED and the rest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark python3 python3-prometheus-client
           resource-agents libxml2-utils shellcheck pacemaker pacemaker-cli-utils corosync crmsh
-          nfs-ganesha nfs-ganesha-vfs dbus-daemon dbus-bin)
+          nfs-ganesha nfs-ganesha-vfs dbus-daemon dbus-bin
+          mmdebstrap lintian mandoc man-db)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()
@@ -20,6 +23,18 @@ if [ "$(id -u)" -eq 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # systemd-nspawn for scripts/package-test.sh, at the host's systemd version: a newer
+    # systemd-container would make apt upgrade the host's systemd too.
+    sd=$(dpkg-query -W -f='${Version}' systemd 2>/dev/null) \
+        || { echo "error: systemd is not installed (package-test.sh needs systemd-nspawn)" >&2; exit 1; }
+    if [ "$(dpkg-query -W -f='${Version}' systemd-container 2>/dev/null)" != "$sd" ]; then
+        echo "==> installing systemd-container=$sd"
+        apt-get install -y -qq --no-install-recommends "systemd-container=$sd" >/dev/null
+    fi
+    if ! command -v cargo-deb >/dev/null; then
+        echo "==> installing cargo-deb (crates.io)"
+        cargo install cargo-deb --locked --quiet
     fi
     # Black-box tests must run here: a missing prerequisite fails them instead of skipping.
     export NSMD_REQUIRE_NETNS=1
@@ -39,6 +54,12 @@ echo "==> cargo test"
 cargo test --workspace --locked
 echo "==> benchmarks build"
 cargo bench --workspace --locked --no-run
+if [ "$(id -u)" -eq 0 ]; then
+    echo "==> the Debian package under systemd (scripts/package-test.sh)"
+    scripts/package-test.sh
+else
+    echo "*** not root: scripts/package-test.sh (the Debian package under systemd-nspawn) SKIPPED"
+fi
 if [ -x fuzz/smoke.sh ]; then
     echo "==> fuzz smoke runs (${FUZZ_SECONDS:-15} s per target)"
     fuzz/smoke.sh
