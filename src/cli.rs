@@ -182,3 +182,13 @@ pub struct CtlFiles {
     pub proc_root: PathBuf,
 }
 
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_lines_are_well_formed() {
+        super::NotifyArgs::command().debug_assert();
+        super::CtlArgs::command().debug_assert();
+    }
+}

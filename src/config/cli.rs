@@ -22,7 +22,7 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// nsmd: a userspace NSM (rpc.statd) for Linux NFS.
+/// A userspace NSM (rpc.statd) for Linux NFS.
 ///
 /// Takes rpc.statd's options. Settings come from the flags, then from nfs.conf (sections
 /// [statd] and [lockd], as rpc.statd reads them), then from the defaults.

@@ -172,3 +172,51 @@ fn main() -> Result<()> {
         _ => bail!("usage: cargo run -p xtask -- dist DIR (man pages and shell completions)"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roff_escapes_what_roff_would_read_as_requests() {
+        assert_eq!(roff("--json"), "\\-\\-json");
+        assert_eq!(roff(".hidden"), "\\&.hidden");
+        assert_eq!(roff("a\\b"), "a\\eb");
+    }
+
+    #[test]
+    fn every_page_has_its_options_and_written_sections() {
+        for page in pages() {
+            let text =
+                String::from_utf8(man_page(&page, "2026-01-01").expect("renders")).expect("UTF-8");
+            for arg in page.cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                if let Some(long) = arg.get_long() {
+                    let long = roff(&format!("--{long}"));
+                    assert!(
+                        text.contains(&long),
+                        "{}: {long} missing",
+                        page.cmd.get_name()
+                    );
+                }
+            }
+            assert!(text.contains(".SH FILES"), "{}", page.cmd.get_name());
+            assert!(text.contains(".SH SEE ALSO"), "{}", page.cmd.get_name());
+        }
+    }
+
+    #[test]
+    fn nsmctl_commands_are_in_one_page() {
+        let cmd = nsmd::cli::CtlArgs::command();
+        let mut out = Vec::new();
+        commands_section(&cmd, &mut out).expect("renders");
+        let text = String::from_utf8(out).expect("UTF-8");
+        for sub in cmd.get_subcommands() {
+            assert!(
+                text.contains(&format!("\\fB{}\\fR", sub.get_name())),
+                "{} missing",
+                sub.get_name()
+            );
+        }
+        assert!(!text.contains("nsmctl\\-status(8)"));
+    }
+}
