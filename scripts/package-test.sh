@@ -14,6 +14,8 @@
 # systemctl, mmdebstrap, nspawn) and checks their output; there is no Rust code under test
 # here that a test binary would link.
 #
+# (Pipelines into grep use grep -c, which reads all its input: grep -q would end early and
+# fail the pipeline under pipefail.)
 # A missing prerequisite is an error. The container, its mounts and its cgroups are removed
 # on exit, also on failure.
 set -euo pipefail
@@ -202,7 +204,7 @@ one_nsmd() {
 # --- 3. Checks -------------------------------------------------------------------------------
 step "before: rpc.statd runs as rpc-statd.service; a record and the state to keep"
 c systemctl start rpc-statd.service
-statds | grep -q '^rpc.statd ' || fail "rpc.statd did not start before the install: $(statds)"
+statds | grep -c '^rpc.statd ' >/dev/null || fail "rpc.statd did not start before the install: $(statds)"
 csh 'printf "0100007f 000186b5 00000004 00000010 0102030405060708090a0b0c0d0e0f10 client1.example.com nsmd-ci\n" >/var/lib/nfs/sm/client1.example.com && chown statd /var/lib/nfs/sm/client1.example.com'
 # A service instance (on a loopback address: no nfsd in a container, so no unlock_ip) and an
 # HA callout, configured before the install so that the first nsmd starts with them.
@@ -229,7 +231,7 @@ pid=$(one_nsmd "after the install")
 [ "$(c systemctl show -P Type rpc-statd.service)" = notify ] || fail "rpc-statd.service is not Type=notify"
 [ "$(c systemctl show -P ActiveState nsmd.service)" = active ] || fail "nsmd.service (alias) is not active"
 [ "$(c systemctl show -P Id nsmd.service)" = rpc-statd.service ] || fail "nsmd.service is not an alias of rpc-statd.service"
-c journalctl -u rpc-statd.service --no-pager | grep -q 'Started.*nsmd' \
+c journalctl -u rpc-statd.service --no-pager | grep -c 'Started.*nsmd' >/dev/null \
     || fail "no 'Started' after READY=1 in the journal of rpc-statd.service"
 
 step "privileges: nsmd runs as statd with CAP_NET_BIND_SERVICE only"
@@ -240,17 +242,29 @@ grep -qE '^CapEff:\s+0000000000000400$' "$work/status" || fail "nsmd's effective
 step "rpcinfo: 100024 is registered, on nsmd's port"
 port=$(c rpcinfo -p 127.0.0.1 | awk '$1 == 100024 && $3 == "tcp" {print $4; exit}')
 [ -n "$port" ] || fail "100024 is not registered with rpcbind: $(c rpcinfo -p 127.0.0.1)"
-c ss -ltnp "sport = :$port" | grep -q "\"nsmd\",pid=$pid," || fail "port $port is not nsmd's: $(c ss -ltnp)"
+c ss -ltnp "sport = :$port" | grep -c "\"nsmd\",pid=$pid," >/dev/null || fail "port $port is not nsmd's: $(c ss -ltnp)"
 c rpcinfo -T tcp 127.0.0.1 100024 1 >/dev/null || fail "rpcinfo cannot call nsmd's NULL procedure"
 
 step "nsmctl status"
-c nsmctl status | tee "$work/nsmctl" | grep -q node || fail "nsmctl status: $(cat "$work/nsmctl")"
+c nsmctl status >"$work/nsmctl" || fail "nsmctl status failed"
+grep -qE '^node +node +yes' "$work/nsmctl" || fail "nsmctl status: $(cat "$work/nsmctl")"
 
 step "a service instance: nsmctl takeover and release svc1 under the sandbox"
 c nsmctl takeover svc1 >/dev/null || fail "nsmctl takeover svc1: $(c journalctl -u rpc-statd.service --no-pager | tail -5)"
-c nsmctl status | grep -qE '^svc1 +service +yes' || fail "svc1 is not active: $(c nsmctl status)"
+c nsmctl status >"$work/nsmctl"
+grep -qE '^svc1 +service +yes' "$work/nsmctl" || fail "svc1 is not active: $(cat "$work/nsmctl")"
 [ "$(csh 'od -An -tu4 /srv/svc1/statd/state' | tr -d ' ')" -ge 1 ] || fail "svc1's state was not written"
-c nsmctl release svc1 >/dev/null || fail "nsmctl release svc1"
+c nsmctl state svc1 >/dev/null || fail "nsmctl state svc1: not active after the takeover"
+# A restart must not forget that this node holds svc1 (instances/svc1.active in /run/nsmd).
+c systemctl restart nsmd.service
+rc=0
+c nsmctl state svc1 >/dev/null || rc=$?
+case "$rc" in 0 | 4 | 5) ;; *) fail "after a restart, nsmctl state svc1 exits $rc: the node forgot it holds svc1: $(c journalctl -u rpc-statd.service --no-pager | tail -n 12)" ;; esac
+c nsmctl release svc1 >/dev/null 2>&1 || c nsmctl release --offline svc1 >/dev/null || fail "nsmctl release svc1"
+rc=0
+c nsmctl state svc1 >/dev/null || rc=$?
+[ "$rc" -eq 3 ] || fail "nsmctl state svc1 exits $rc after the release (expected 3, inactive)"
+pid=$(one_nsmd "after the service instance's restart")
 
 step "the HA callout runs on SM_NOTIFY (Debian's sm-notify as the peer)"
 csh 'mkdir -p /root/peer/sm /root/peer/sm.bak && printf "0100007f 000186b5 00000004 00000010 00000000000000000000000000000000 127.0.0.1 peer1.example.com\n" >/root/peer/sm/127.0.0.1'
@@ -277,10 +291,10 @@ step "systemctl reload rpc-statd"
 c systemctl reload rpc-statd.service || fail "systemctl reload rpc-statd failed"
 [ "$(one_nsmd "after reload")" = "$pid" ] || fail "reload restarted nsmd"
 for _ in $(seq 1 20); do
-    c journalctl -u rpc-statd.service --no-pager | grep -q 'SIGHUP: instance files reloaded' && break
+    c journalctl -u rpc-statd.service --no-pager | grep -c 'SIGHUP: instance files reloaded' >/dev/null && break
     sleep 0.5
 done
-c journalctl -u rpc-statd.service --no-pager | grep -q 'SIGHUP: instance files reloaded' \
+c journalctl -u rpc-statd.service --no-pager | grep -c 'SIGHUP: instance files reloaded' >/dev/null \
     || fail "nsmd did not log its reload"
 
 step "systemctl restart rpc-statd, then nsmd"
@@ -326,7 +340,7 @@ c /usr/sbin/start-statd
 one_nsmd "after the reboot" >/dev/null
 # The boot notification went through nsm-notify: the record moved to sm.bak/ (its peer does
 # not resolve, so it stays there).
-c journalctl -b -u rpc-statd-notify.service --no-pager | grep -q 'nsm-notify' \
+c journalctl -b -u rpc-statd-notify.service --no-pager | grep -c 'nsm-notify' >/dev/null \
     || fail "rpc-statd-notify.service did not run nsm-notify at boot"
 csh 'test -f /var/lib/nfs/sm.bak/client1.example.com' || fail "the boot notification did not move sm/ to sm.bak/"
 

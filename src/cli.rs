@@ -78,7 +78,6 @@ pub struct NotifyArgs {
     pub retry_seconds: Option<u64>,
 }
 
-
 /// The exit statuses of `nsmctl state NAME`, for scripts (the Pacemaker agent branches on
 /// them).
 pub const STATE_HELP: &str = "\

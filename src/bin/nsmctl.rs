@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use nsmd::cli::{CtlArgs, CtlCmd, CtlFiles};
 use nsm_statd::ServiceSpec;
+use nsmd::cli::{CtlArgs, CtlCmd, CtlFiles};
 use serde_json::Value;
 
 /// What `nsmctl state` found; the discriminant is the exit status.

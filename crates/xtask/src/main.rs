@@ -88,7 +88,8 @@ fn man_page(page: &Page, date: &str) -> Result<Vec<u8>> {
     if page.cmd.has_subcommands() {
         commands_section(&page.cmd, &mut out)?;
     }
-    out.write_all(page.written.as_bytes())?;
+    let state_help = format!(".PP\n.nf\n{}\n.fi", roff(nsmd::cli::STATE_HELP));
+    out.write_all(page.written.replace("@STATE_HELP@", &state_help).as_bytes())?;
     Ok(out)
 }
 
