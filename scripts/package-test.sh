@@ -25,7 +25,7 @@ fail() {
     echo "package-test: FAILED: $*" >&2
     exit 1
 }
-step() { echo "==> package-test: $*"; }
+step() { echo "==> package-test [$(($(date +%s) - start)) s]: $*"; }
 
 [ "$(id -u)" -eq 0 ] || fail "must run as root (mmdebstrap, systemd-nspawn, nsenter)"
 for tool in mmdebstrap systemd-nspawn nsenter unshare lintian mandoc man dpkg-deb; do
@@ -96,7 +96,6 @@ cleanup() {
         for p in $n; do kill -KILL "$p" 2>/dev/null; done
         for _ in $(seq 1 30); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 1; done
         kill -KILL "$nspawn_pid" 2>/dev/null
-        wait "$nspawn_pid" 2>/dev/null
     fi
     for cg in "${cgroups[@]}"; do
         find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
@@ -141,11 +140,14 @@ boot_start=$(date +%s)
         done' sh "$root" "$name"
 ) >"$work/console.log" 2>&1 </dev/null &
 nspawn_pid=$!
+# Not a job of this shell: cleanup() polls it, and bash does not report its end ("Killed").
+disown "$nspawn_pid"
 
 # The container's PID 1: the process under nspawn whose PID in its own namespace is 1.
 leader() {
-    local p
-    for p in $(ls /proc | grep -E '^[0-9]+$'); do
+    local d p
+    for d in /proc/[0-9]*; do
+        p=${d#/proc/}
         [ -r "/proc/$p/status" ] || continue
         if grep -qE '^NSpid:\s+[0-9]+\s+1$' "/proc/$p/status" 2>/dev/null \
             && [ "$(stat -c %i "/proc/$p/root/etc/hostname" 2>/dev/null)" = "$(stat -c %i "$root/etc/hostname")" ]; then
@@ -156,8 +158,8 @@ leader() {
     return 1
 }
 wait_boot() {
-    local i pid=
-    for i in $(seq 1 120); do
+    local pid=
+    for _ in $(seq 1 120); do
         kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log" >&2; fail "systemd-nspawn exited"; }
         if pid=$(leader); then
             # degraded is fine: nfs-server.service cannot mount nfsd in a container.
