@@ -22,10 +22,7 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// A userspace NSM (rpc.statd) for Linux NFS.
-///
-/// Takes rpc.statd's options. Settings come from the flags, then from nfs.conf (sections
-/// [statd] and [lockd], as rpc.statd reads them), then from the defaults.
+/// Parses `--tcp-idle-timeout`: whole seconds in 1..=86400.
 pub fn parse_idle_timeout(s: &str) -> Result<std::time::Duration, String> {
     match s.parse::<u64>() {
         Ok(n @ 1..=86_400) => Ok(std::time::Duration::from_secs(n)),
@@ -33,6 +30,10 @@ pub fn parse_idle_timeout(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// A userspace NSM (rpc.statd) for Linux NFS.
+///
+/// Takes rpc.statd's options. Settings come from the flags, then from nfs.conf (sections
+/// [statd] and [lockd], as rpc.statd reads them), then from the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]
 #[command(
     name = "nsmd",

@@ -200,6 +200,12 @@ mod tests {
                     );
                 }
             }
+            // The NAME line's description (whatis, apropos) is the command's about.
+            assert!(
+                page.cmd.get_about().is_some(),
+                "{}: no about",
+                page.cmd.get_name()
+            );
             assert!(text.contains(".SH FILES"), "{}", page.cmd.get_name());
             assert!(text.contains(".SH SEE ALSO"), "{}", page.cmd.get_name());
         }
