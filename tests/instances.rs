@@ -726,6 +726,17 @@ fn service_instance_with_dropped_privileges() {
     assert_eq!(read_state(&state_dir), s2);
     assert_eq!(proc_status(pid, "CapEff:"), ["0000000000000400"]);
 
+    // Running as statd, nsmd recorded that it holds svc: a restart resumes it.
+    assert!(
+        !a.nsmd().log().contains("if nsmd restarts, this instance will not resume"),
+        "{}",
+        a.nsmd().log()
+    );
+    a.kill9();
+    a.start(&inst);
+    a.nsmd().wait_for_log_line("resumed", T).unwrap();
+    assert_eq!(read_state(&state_dir), s2, "resumed without a bump");
+
     // A directory statd cannot write is refused, saying what to change.
     let (ok, out, err) = a.ctl(&["takeover", "bad"]);
     assert!(!ok, "{out}");

@@ -285,15 +285,16 @@ fn instances_run_dir(control: &Path, state_dir: &Path) -> Result<std::path::Path
     Ok(dir)
 }
 
-/// Binds the control socket: its directory is created 0700, the socket is made 0600, and
-/// only root (or nsmd's own user) is served.
+/// Binds the control socket: its directory is created 0711 (nsmd, once it dropped root,
+/// must reach its `instances/` markers there; the socket itself is 0600), and only root (or
+/// nsmd's own user) is served.
 fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
         std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)))
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     match std::fs::remove_file(path) {
