@@ -41,40 +41,76 @@ pub struct NotifyArgs {
     #[arg(short = 'P', value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// nsmd-only: read this nfs.conf (and its .d directory) instead of /etc/nfs.conf.
-    #[arg(long = "config", value_name = "FILE")]
+    /// Print the version (sm-notify has no version option; -v is its outgoing name).
+    #[arg(long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
+
+    /// Read this nfs.conf (and its .d directory) instead of /etc/nfs.conf.
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "config",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
-    /// nsmd-only: the root of the /proc files written (nsm_local_state, nlm_end_grace).
-    #[arg(long = "proc-root", value_name = "DIR")]
+    /// The root of the /proc files written (nsm_local_state, nlm_end_grace).
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "proc-root",
+        value_name = "DIR"
+    )]
     pub proc_root: Option<PathBuf>,
-    /// nsmd-only: the run-once lock file. sm-notify checks /run/sm-notify.pid only with the
+    /// The run-once lock file. sm-notify checks /run/sm-notify.pid only with the
     /// default state directory; a lock file given here is checked whatever the directory.
-    #[arg(long = "pid-file", value_name = "FILE")]
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "pid-file",
+        value_name = "FILE"
+    )]
     pub pid_file: Option<PathBuf>,
-    /// nsmd-only: the mon_names to send, in order (repeat the option); replaces the default
+    /// The mon_names to send, in order (repeat the option); replaces the default
     /// (the -v name or each record's my_name, then its short name).
-    #[arg(long = "mon-name", value_name = "NAME")]
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "mon-name",
+        value_name = "NAME"
+    )]
     pub mon_names: Vec<String>,
-    /// nsmd-only: do not send the short name after a name with a dot.
-    #[arg(long = "no-short-name")]
+    /// Do not send the short name after a name with a dot.
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "no-short-name"
+    )]
     pub no_short_name: bool,
-    /// nsmd-only: send only through this interface (SO_BINDTODEVICE).
-    #[arg(long = "bind-device", value_name = "IFACE")]
+    /// Send only through this interface (SO_BINDTODEVICE).
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "bind-device",
+        value_name = "IFACE"
+    )]
     pub bind_device: Option<String>,
-    /// nsmd-only: how many peers are tried for the first time at once.
-    #[arg(long = "window", value_name = "N", default_value_t = nsm_notify::DEFAULT_WINDOW)]
+    /// How many peers are tried for the first time at once.
+    #[arg(help_heading = "Options sm-notify does not have", long = "window", value_name = "N", default_value_t = nsm_notify::DEFAULT_WINDOW)]
     pub window: usize,
-    /// nsmd-only: print a JSON summary of every peer's outcome to stdout at the end.
-    #[arg(long = "json")]
+    /// Print a JSON summary of every peer's outcome to stdout at the end.
+    #[arg(help_heading = "Options sm-notify does not have", long = "json")]
     pub json: bool,
     /// Before the first SM_NOTIFY (after the state bump), wait until a byte can be read from
     /// file descriptor FD; if FD reaches end of file first, send nothing and leave the peers
     /// in sm.bak/. nsmd passes a pipe here and writes to it once it is registered with
     /// rpcbind and answering, so that no peer reclaims before lockd can find statd.
-    #[arg(long = "wait-fd", value_name = "FD")]
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "wait-fd",
+        value_name = "FD"
+    )]
     pub wait_fd: Option<u32>,
-    /// nsmd-only, for tests: the retry budget in seconds (overrides -m; 0 retries forever).
-    #[arg(long = "retry-seconds", value_name = "SECONDS", hide = true)]
+    /// For tests: the retry budget in seconds (overrides -m; 0 retries forever).
+    #[arg(
+        help_heading = "Options sm-notify does not have",
+        long = "retry-seconds",
+        value_name = "SECONDS",
+        hide = true
+    )]
     pub retry_seconds: Option<u64>,
 }
 

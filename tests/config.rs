@@ -1145,3 +1145,24 @@ fn the_instance_file_examples_parse() {
         assert!(!spec.addresses.is_empty(), "{text}");
     }
 }
+
+#[test]
+fn nsm_notify_has_a_version_and_names_its_own_options() {
+    let bin = env!("CARGO_BIN_EXE_nsm-notify");
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("nsm-notify {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Options sm-notify does not have:"), "{help}");
+    assert!(!help.contains("nsmd-only"), "{help}");
+}

@@ -728,7 +728,9 @@ fn service_instance_with_dropped_privileges() {
 
     // Running as statd, nsmd recorded that it holds svc: a restart resumes it.
     assert!(
-        !a.nsmd().log().contains("if nsmd restarts, this instance will not resume"),
+        !a.nsmd()
+            .log()
+            .contains("if nsmd restarts, this instance will not resume"),
         "{}",
         a.nsmd().log()
     );

@@ -50,8 +50,9 @@ pub struct StatdArgs {
     #[arg(short = 'F', long = "foreground")]
     pub foreground: bool,
 
-    /// Log with debug detail (rpc.statd: every debug facility). Logs go to stderr with -F, to
-    /// syslog without; at info level unless -d or [statd] debug asks for more.
+    /// Log with debug detail. Logs go to stderr with -F, to syslog without; at info level
+    /// unless -d or [statd] debug asks for more. (--no-syslog is rpc.statd's long name for -d,
+    /// kept so its command lines work: there it sends logs to stderr, which -F does here.)
     #[arg(short = 'd', long = "no-syslog")]
     pub no_syslog: bool,
 
