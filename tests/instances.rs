@@ -1138,3 +1138,78 @@ fn pmap(rpcbind: &str, proc_: u32, prog: u32, vers: u32, port: u16) {
         "PMAP {proc_}"
     );
 }
+
+/// An nsmctl that gives up waiting leaves a state anyone can see: it says nsmd goes on, the
+/// status shows the step under way, and a readiness gate that never opens ends in a failed,
+/// undone takeover whose reason the status carries.
+#[test]
+fn an_interrupted_nsmctl_leaves_a_visible_state() {
+    if !require(
+        "an_interrupted_nsmctl_leaves_a_visible_state",
+        &["rpcbind", "rpcinfo"],
+    ) {
+        return;
+    }
+    let shared = shared_dir();
+    let inst = shared.path().join("instances");
+    let state_dir = shared.path().join("svc");
+    std::fs::create_dir_all(&inst).unwrap();
+    std::fs::create_dir_all(&state_dir).unwrap();
+    // nfsd (100003) is never registered here: the gate cannot open.
+    std::fs::write(
+        inst.join("svc.toml"),
+        format!(
+            "hostname = \"{SVC}\"\naddresses = [\"{SVC_ADDR}\"]\nstate_dir = \"{}\"\n\
+             [readiness]\nrpcbind = [100003]\ntimeout_seconds = 4\n",
+            state_dir.display()
+        ),
+    )
+    .unwrap();
+    let lab = Lab::new("instwait").unwrap();
+    lab.add_name(SVC_ADDR, &[SVC]).unwrap();
+    let mut a = Node::new(&lab, "a", "198.51.100.63/24");
+    a.start(&inst);
+    a.host.add_addr(&format!("{SVC_ADDR}/24")).unwrap();
+    let (ok, out, err) = a.ctl(&["--timeout", "1", "takeover", "svc"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("nsmd goes on with `takeover svc`"), "{err}");
+    let status = |a: &Node| -> serde_json::Value {
+        let (ok, out, err) = a.ctl(&["status", "--json"]);
+        assert!(ok, "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["instances"][1].clone()
+    };
+    let s = status(&a);
+    assert_eq!(s["step"], "waiting for readiness", "{s}");
+    assert_eq!(s["active"], false, "{s}");
+    let (_, table, _) = a.ctl(&["status"]);
+    assert!(table.contains("waiting for readiness"), "{table}");
+    // The gate's timeout: the takeover fails and is undone, and says why.
+    a.nsmd()
+        .wait_for_log_line("not taken over: the readiness gate did not open", T)
+        .unwrap();
+    let s = status(&a);
+    assert!(s["step"].is_null() && s["active"] == false, "undone: {s}");
+    assert!(
+        s["notify"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("program 100003")),
+        "{s}"
+    );
+    let (code, _, _) = {
+        let out = a
+            .host
+            .run(
+                &[
+                    NSMCTL,
+                    "state",
+                    "svc",
+                    "--instances",
+                    inst.to_str().unwrap(),
+                ],
+                T,
+            )
+            .unwrap();
+        (out.status.code(), (), ())
+    };
+    assert_eq!(code, Some(3), "nothing held after the undone takeover");
+}
