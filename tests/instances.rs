@@ -1195,21 +1195,22 @@ fn an_interrupted_nsmctl_leaves_a_visible_state() {
             .is_some_and(|e| e.contains("program 100003")),
         "{s}"
     );
-    let (code, _, _) = {
-        let out = a
-            .host
-            .run(
-                &[
-                    NSMCTL,
-                    "state",
-                    "svc",
-                    "--instances",
-                    inst.to_str().unwrap(),
-                ],
-                T,
-            )
-            .unwrap();
-        (out.status.code(), (), ())
-    };
-    assert_eq!(code, Some(3), "nothing held after the undone takeover");
+    let out = a
+        .host
+        .run(
+            &[
+                NSMCTL,
+                "state",
+                "svc",
+                "--instances",
+                inst.to_str().unwrap(),
+            ],
+            T,
+        )
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "nothing held after the undone takeover"
+    );
 }
