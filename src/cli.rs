@@ -170,6 +170,11 @@ pub enum CtlCmd {
     Takeover {
         /// The instance.
         name: String,
+        /// The cluster manager decided (CTDB's takeip): take NAME over even while another
+        /// node's nsmd holds its ownership lock. That node is fenced by the epoch: it stops
+        /// answering and notifying for NAME within a second.
+        #[arg(long)]
+        force: bool,
     },
     /// Release NAME from this node.
     Release {

@@ -3,6 +3,7 @@
 //! ```text
 //! nsmctl status                 every instance: role, active here, state, epoch, peers
 //! nsmctl takeover NAME          claim NAME, bump its state, wait for readiness, notify
+//! nsmctl takeover --force NAME  the same over another node's lock (it is fenced)
 //! nsmctl release NAME           stop serving NAME, release its kernel locks, drop ownership
 //! nsmctl release --offline NAME the same without nsmd (it died): kernel locks, marker
 //! nsmctl state NAME             NAME on this node, as an exit status (see nsmd::cli::STATE_HELP)
@@ -51,7 +52,8 @@ fn request(args: &CtlArgs) -> Result<Value, String> {
     let line = match &args.cmd {
         CtlCmd::Status | CtlCmd::State { .. } => "status".to_owned(),
         CtlCmd::Metrics => "metrics".to_owned(),
-        CtlCmd::Takeover { name } => format!("takeover {name}"),
+        CtlCmd::Takeover { name, force: false } => format!("takeover {name}"),
+        CtlCmd::Takeover { name, force: true } => format!("takeover {name} force"),
         CtlCmd::Release { name, .. } => format!("release {name}"),
         CtlCmd::Notify { name } => format!("notify {name}"),
         CtlCmd::Peers { name } => format!("peers {name}"),
@@ -191,11 +193,13 @@ fn show(cmd: &CtlCmd, v: &Value) {
                 .unwrap_or_default();
             table(&["MON_NAME", "MY_NAME"], &rows);
         }
-        CtlCmd::Takeover { name } if v["already"] == Value::Bool(true) => println!(
+        CtlCmd::Takeover { name, .. } if v["already"] == Value::Bool(true) => println!(
             "{name}: already active here, state {} (nothing done)",
             cell(&v["state"])
         ),
-        CtlCmd::Takeover { name } => println!("{name}: taken over, state {}", cell(&v["state"])),
+        CtlCmd::Takeover { name, .. } => {
+            println!("{name}: taken over, state {}", cell(&v["state"]))
+        }
         CtlCmd::Release { name, .. } if v["already"] == Value::Bool(true) => {
             println!("{name}: not held here (nothing done)");
         }

@@ -397,10 +397,12 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
         // Already in the state asked for: success, nothing done, said as `already`.
         "takeover" => match services.active_state(&name) {
             Ok(Some(state)) => Ok(json!({ "instance": name, "state": state, "already": true })),
-            Ok(None) => services
-                .takeover(&name)
-                .await
-                .map(|state| json!({ "instance": name, "state": state })),
+            Ok(None) => match words.next() {
+                None => services.takeover(&name).await,
+                Some("force") => services.takeover_forced(&name).await,
+                Some(w) => Err(format!("takeover {name}: unknown option {w:?} (force)")),
+            }
+            .map(|state| json!({ "instance": name, "state": state })),
             Err(e) => Err(e),
         },
         "release" => match services.holds(&name) {

@@ -72,7 +72,20 @@ pub trait Fence: Send + Sync + std::fmt::Debug {
 pub struct Ownership {
     path: PathBuf,
     epoch: u64,
-    lock: std::sync::Mutex<Option<Flock<File>>>,
+    lock: std::sync::Mutex<Hold>,
+}
+
+/// What an [`Ownership`] holds of the ownership file.
+#[derive(Debug)]
+enum Hold {
+    /// The lock.
+    Locked(Flock<File>),
+    /// Claimed over a lock another process still held ([`Ownership::claim_over`]): the
+    /// epoch is this node's, the lock is taken as soon as the old holder lets it go
+    /// ([`Ownership::relock`]).
+    Unlocked(File),
+    /// Released on this node.
+    Released,
 }
 
 fn parse_epoch(text: &str) -> u64 {
@@ -159,6 +172,20 @@ impl Ownership {
     /// Takes the lock without waiting, then writes epoch + 1 (and `owner`, for people) in
     /// place and fsyncs it and the directory.
     pub fn claim(state_dir: &Path, owner: &str) -> Result<Self, OwnershipError> {
+        Self::claim_as(state_dir, owner, false)
+    }
+
+    /// [`Ownership::claim`] that does not stop at a lock another process holds: the cluster
+    /// manager decided that this node serves the instance now (CTDB's takeip after the old
+    /// holder's ctdbd died, or a partition). Epoch + 1 is written without the lock, so the
+    /// old holder's fence check fails (it stops answering and notifying) and the lock is
+    /// taken later, once the old holder lets it go ([`Ownership::relock`]).
+    /// [`Ownership::locked`] tells whether the lock was free.
+    pub fn claim_over(state_dir: &Path, owner: &str) -> Result<Self, OwnershipError> {
+        Self::claim_as(state_dir, owner, true)
+    }
+
+    fn claim_as(state_dir: &Path, owner: &str, force: bool) -> Result<Self, OwnershipError> {
         let path = state_dir.join(OWNER_FILE);
         let io = |source| OwnershipError::Io {
             path: path.clone(),
@@ -171,26 +198,33 @@ impl Ownership {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        let mut lock = Self::lock(&path, file)?;
-        let epoch = write_next_epoch(state_dir, &mut lock, owner, std::process::id())?;
+        let mut hold = Self::lock(&path, file, force)?;
+        let pid = std::process::id();
+        let epoch = match &mut hold {
+            Hold::Locked(l) => write_next_epoch(state_dir, l, owner, pid),
+            Hold::Unlocked(f) => write_next_epoch(state_dir, f, owner, pid),
+            Hold::Released => Err(OwnershipError::Released { path: path.clone() }),
+        }?;
         Ok(Self {
             path,
             epoch,
-            lock: std::sync::Mutex::new(Some(lock)),
+            lock: std::sync::Mutex::new(hold),
         })
     }
 
     /// [`Ownership::claim`] when this process may not write the ownership file (root's, in a
     /// Debian-style directory, while nsmd runs unprivileged): `file` is the ownership file
     /// opened for reading, which this process locks; `next_epoch` then writes epoch + 1
-    /// (a root helper doing [`write_next_epoch`]) and returns it.
+    /// (a root helper doing [`write_next_epoch`]) and returns it. With `force`, as
+    /// [`Ownership::claim_over`].
     pub fn claim_with(
         state_dir: &Path,
         file: File,
+        force: bool,
         next_epoch: impl FnOnce() -> Result<u64, String>,
     ) -> Result<Self, OwnershipError> {
         let path = state_dir.join(OWNER_FILE);
-        let lock = Self::lock(&path, file)?;
+        let lock = Self::lock(&path, file, force)?;
         let epoch = next_epoch().map_err(|message| OwnershipError::Helper {
             path: path.clone(),
             message,
@@ -198,7 +232,7 @@ impl Ownership {
         Ok(Self {
             path,
             epoch,
-            lock: std::sync::Mutex::new(Some(lock)),
+            lock: std::sync::Mutex::new(lock),
         })
     }
 
@@ -212,27 +246,43 @@ impl Ownership {
             path: path.clone(),
             source,
         })?;
-        let lock = Self::lock(&path, file)?;
+        let lock = Self::lock(&path, file, false)?;
         let own = Self {
             path,
             epoch,
-            lock: std::sync::Mutex::new(Some(lock)),
+            lock: std::sync::Mutex::new(lock),
         };
         own.check()?;
         Ok(own)
     }
 
-    fn lock(path: &Path, file: File) -> Result<Flock<File>, OwnershipError> {
+    /// The lock; with `force`, the file unlocked when another process holds the lock.
+    fn lock(path: &Path, file: File, force: bool) -> Result<Hold, OwnershipError> {
+        match Self::flock(path, file) {
+            Ok(l) => Ok(Hold::Locked(l)),
+            Err((Some(file), _)) if force => Ok(Hold::Unlocked(file)),
+            Err((_, e)) => Err(e),
+        }
+    }
+
+    /// The lock, or the error (with the file when another process holds the lock).
+    fn flock(path: &Path, file: File) -> Result<Flock<File>, (Option<File>, OwnershipError)> {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(l),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(OwnershipError::Busy {
-                path: path.to_owned(),
-                holder: holder(path),
-            }),
-            Err((_, e)) => Err(OwnershipError::Io {
-                path: path.to_owned(),
-                source: e.into(),
-            }),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => Err((
+                Some(file),
+                OwnershipError::Busy {
+                    path: path.to_owned(),
+                    holder: holder(path),
+                },
+            )),
+            Err((_, e)) => Err((
+                None,
+                OwnershipError::Io {
+                    path: path.to_owned(),
+                    source: e.into(),
+                },
+            )),
         }
     }
 
@@ -242,7 +292,7 @@ impl Ownership {
     pub fn lock_existing(state_dir: &Path) -> Result<Option<Flock<File>>, OwnershipError> {
         let path = state_dir.join(OWNER_FILE);
         match File::open(&path) {
-            Ok(f) => Self::lock(&path, f).map(Some),
+            Ok(f) => Self::flock(&path, f).map(Some).map_err(|(_, e)| e),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(OwnershipError::Io { path, source }),
         }
@@ -253,15 +303,45 @@ impl Ownership {
         self.epoch
     }
 
+    /// The ownership file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this node holds the lock (not after [`Ownership::claim_over`] while the old
+    /// holder keeps it, nor after a release).
+    pub fn locked(&self) -> bool {
+        matches!(*self.hold(), Hold::Locked(_))
+    }
+
+    /// After [`Ownership::claim_over`]: takes the lock if the old holder let it go (its nsmd
+    /// released the instance or stopped), so that a later claim without force is refused
+    /// again. Returns whether this node holds the lock now.
+    pub fn relock(&self) -> bool {
+        let mut hold = self.hold();
+        match std::mem::replace(&mut *hold, Hold::Released) {
+            Hold::Unlocked(file) => {
+                *hold = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                    Ok(l) => Hold::Locked(l),
+                    Err((file, _)) => Hold::Unlocked(file),
+                };
+            }
+            other => *hold = other,
+        }
+        matches!(*hold, Hold::Locked(_))
+    }
+
+    fn hold(&self) -> std::sync::MutexGuard<'_, Hold> {
+        self.lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Gives up ownership: unlocks the file (the epoch stays, for the next owner to
     /// increment). Every [`Fence::check`] fails from now on.
     pub fn release(&self) {
-        let l = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(l) = l
+        let hold = std::mem::replace(&mut *self.hold(), Hold::Released);
+        if let Hold::Locked(l) = hold
             && let Err((_, e)) = l.unlock()
         {
             tracing::warn!(path = %self.path.display(), "cannot unlock: {e}");
@@ -271,12 +351,7 @@ impl Ownership {
 
 impl Fence for Ownership {
     fn check(&self) -> Result<(), OwnershipError> {
-        let held = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some();
-        if !held {
+        if matches!(*self.hold(), Hold::Released) {
             return Err(OwnershipError::Released {
                 path: self.path.clone(),
             });
@@ -377,6 +452,51 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_forced_claim_fences_the_holder_and_takes_the_lock_once_it_is_free() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Ownership::claim(d.path(), "a").unwrap();
+        assert!(
+            matches!(
+                Ownership::claim(d.path(), "b"),
+                Err(OwnershipError::Busy { .. })
+            ),
+            "without force a held lock refuses"
+        );
+        let b = Ownership::claim_over(d.path(), "b").unwrap();
+        assert_eq!(b.epoch(), 2, "the next epoch, over the held lock");
+        assert!(!b.locked(), "the old holder still has the lock");
+        b.check().unwrap();
+        assert!(
+            matches!(
+                a.check(),
+                Err(OwnershipError::Fenced {
+                    held: 1,
+                    found: 2,
+                    ..
+                })
+            ),
+            "the old holder is fenced by the epoch"
+        );
+        assert!(!b.relock(), "not while the old holder keeps the lock");
+        a.release();
+        assert!(b.relock(), "taken once the old holder let it go");
+        assert!(b.locked());
+        assert!(
+            matches!(
+                Ownership::claim(d.path(), "c"),
+                Err(OwnershipError::Busy { .. })
+            ),
+            "the new holder's lock refuses a claim without force"
+        );
+        b.release();
+        assert!(matches!(b.check(), Err(OwnershipError::Released { .. })));
+        assert!(!b.relock(), "nothing to take after a release");
+        let c = Ownership::claim_over(d.path(), "c").unwrap();
+        assert!(c.locked(), "a free lock is taken by a forced claim too");
+        assert_eq!(c.epoch(), 3);
     }
 
     #[test]

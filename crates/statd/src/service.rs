@@ -628,8 +628,23 @@ impl Services {
     }
 
     /// Takes `name` over (see the module documentation); returns once the readiness gate
-    /// passed (or timed out) and the notifier started. Returns the new state number.
+    /// passed (or timed out) and the notifier started. Returns the new state number. Refused
+    /// while another process (this node's or another's nsmd) holds the ownership lock.
     pub async fn takeover(&self, name: &str) -> Result<i32, String> {
+        self.takeover_as(name, false).await
+    }
+
+    /// [`Services::takeover`] as the cluster manager's decision (`nsmctl takeover --force`,
+    /// CTDB's takeip): when another nsmd still holds the ownership lock (its node lost the
+    /// cluster, its ctdbd was killed, a partition), the next epoch is claimed without the
+    /// lock. The old holder's fence watch sees the epoch move on within [`FENCE_CHECK`] and
+    /// stops answering on the addresses and notifying; its kernel locks stay until it is
+    /// released there. This node takes the lock once the old holder lets it go.
+    pub async fn takeover_forced(&self, name: &str) -> Result<i32, String> {
+        self.takeover_as(name, true).await
+    }
+
+    async fn takeover_as(&self, name: &str, force: bool) -> Result<i32, String> {
         let _busy = self.busy.lock().await;
         let s = self.find(name)?;
         if lock(&s.active).is_some() {
@@ -663,11 +678,24 @@ impl Services {
                     }
                     let file = std::fs::File::open(&path)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
-                    Ownership::claim_with(&dir_path, file, || h.next_epoch(&spec.name, &owner))
+                    Ownership::claim_with(&dir_path, file, force, || {
+                        h.next_epoch(&spec.name, &owner)
+                    })
                 }
+                None if force => Ownership::claim_over(&dir_path, &owner),
                 None => Ownership::claim(&dir_path, &owner),
             }
             .map_err(|e| e.to_string())?;
+            if !own.locked() {
+                warn!(
+                    instance = %spec.name,
+                    epoch = own.epoch(),
+                    "taken over by force while another nsmd holds {}: that holder is fenced by \
+                     the epoch (it stops answering and notifying within {FENCE_CHECK:?}); its \
+                     kernel locks stay until the instance is released there",
+                    dir_path.join(crate::ownership::OWNER_FILE).display()
+                );
+            }
             let dir = nsm_store::StateDir::open(&dir_path).map_err(|e| e.to_string())?;
             own.check().map_err(|e| e.to_string())?;
             let state = match &helper {
@@ -1261,7 +1289,14 @@ async fn fence_watch(
     loop {
         tokio::time::sleep(FENCE_CHECK).await;
         let own = ownership.clone();
-        let checked = tokio::task::spawn_blocking(move || own.check()).await;
+        let checked = tokio::task::spawn_blocking(move || {
+            // Taken over by force: the lock, once the old holder lets it go.
+            if !own.locked() && own.relock() {
+                info!(path = %own.path().display(), "the previous holder let the lock go: held here now");
+            }
+            own.check()
+        })
+        .await;
         match checked {
             Ok(Ok(())) => warned = false,
             Ok(Err(e @ crate::ownership::OwnershipError::Fenced { .. })) => {
@@ -1575,6 +1610,64 @@ mod tests {
         let s2 = s.takeover("a").await.unwrap();
         assert!(s2 > s1);
         s.release("a").await.unwrap();
+    }
+
+    /// The cluster's decision wins over a lock the old holder's nsmd still holds: a forced
+    /// takeover claims the next epoch, and the old holder's fence watch silences it.
+    #[tokio::test]
+    async fn a_forced_takeover_fences_the_holder_a_plain_one_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("svc");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = |owner: &str| ServicesConfig {
+            owner: owner.into(),
+            proc_root: d.path().join(format!("proc-{owner}")),
+            ha_callout: None,
+            callback: CallbackPolicy::default(),
+            rpcbind_port: 111,
+            privileged: None,
+            registered: crate::registered::Registered::open(),
+            run_dir: None,
+        };
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let old = Services::new(cfg("old"), vec![spec("a", "127.0.0.9", &dir)]);
+        let new = Services::new(cfg("new"), vec![spec("a", "127.0.0.9", &dir)]);
+        let s1 = old.takeover("a").await.unwrap();
+        let e = new.takeover("a").await.unwrap_err();
+        assert!(e.contains("held by another owner"), "{e}");
+        assert!(!new.status()[0].active, "a refused takeover leaves nothing");
+        let s2 = new.takeover_forced("a").await.unwrap();
+        assert!(s2 > s1, "the state moves on: {s1} then {s2}");
+        assert_eq!(new.status()[0].epoch, Some(2));
+        assert!(matches!(new.route(ip), Route::Service(_)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !old.status()[0].fenced {
+            assert!(
+                Instant::now() < deadline,
+                "the old holder was not fenced within 20 s of the forced takeover"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            matches!(old.route(ip), Route::Silent),
+            "the fenced holder no longer answers"
+        );
+        old.release("a").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Whether the lock is free, without writing an epoch.
+        let free = || {
+            let f = std::fs::File::open(dir.join(crate::ownership::OWNER_FILE)).unwrap();
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+        };
+        while free() {
+            assert!(
+                Instant::now() < deadline,
+                "the new holder did not take the lock within 20 s of the old one's release"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!new.status()[0].fenced, "the new holder keeps serving");
+        new.release("a").await.unwrap();
     }
 
     /// A service's state directory (in a temporary directory) whose `sm/` monitors one peer,
