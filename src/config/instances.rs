@@ -11,7 +11,7 @@
 //! takeover_at_start = false              # else: `nsmctl takeover svc1`
 //!
 //! [notify]
-//! names = []                             # default: hostname, then aliases
+//! names = []                             # default: hostname, aliases, addresses
 //! retry_seconds = 900                    # 0: forever
 //! window = 512
 //! # port = 2050                          # default: a privileged port
@@ -78,7 +78,7 @@ pub struct InstanceFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySection {
-    /// The mon_names sent, in order (default: hostname, then aliases).
+    /// The mon_names sent, in order (default: hostname, aliases, then the address literals).
     #[serde(default)]
     pub names: Vec<String>,
     /// Retry budget per peer in seconds (0: forever).
@@ -362,7 +362,15 @@ exports = ["/export/svc1"]
     #[test]
     fn a_full_file() {
         let s = parse(Path::new("svc1.toml"), "svc1", FULL).unwrap();
-        assert_eq!(s.names(), ["nfs-svc1.example.com", "nfs-svc1"]);
+        assert_eq!(
+            s.names(),
+            [
+                "nfs-svc1.example.com",
+                "nfs-svc1",
+                "198.51.100.50",
+                "2001:db8::50"
+            ]
+        );
         assert_eq!(s.addresses.len(), 2);
         assert_eq!(s.retry, None);
         assert_eq!(s.ready_programs, [100_021]);

@@ -445,7 +445,10 @@ impl Notifier {
         });
         let rpc_opts = |src: Option<IpAddr>| CallOptions {
             timeout: cfg.rpc_timeout,
-            retransmit: Duration::from_millis(500),
+            retransmit: cfg
+                .policy
+                .quick_retransmit
+                .unwrap_or(Duration::from_millis(500)),
             max_retransmit: Duration::from_secs(2),
             source: src,
             privileged_port: false,

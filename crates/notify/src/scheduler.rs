@@ -59,6 +59,14 @@ pub struct Policy {
     /// Look the port up again (on the next address) after this many unacknowledged
     /// SM_NOTIFYs (sm-notify: 4).
     pub requery_after: u32,
+    /// After a takeover: each name's first SM_NOTIFY (to a port just looked up) is sent again
+    /// after this long when unacknowledged, before the backoff from
+    /// [`Policy::initial_timeout`] starts, and the driver's port lookup retransmits after
+    /// it too (else 500 ms). A service address that just moved can lose the first answer to
+    /// a neighbour entry still naming the old node's MAC, until the gratuitous ARP; a quick
+    /// second try costs this long, not a whole backoff step. `None` (sm-notify): no quick
+    /// retry.
+    pub quick_retransmit: Option<Duration>,
 }
 
 /// The default [`Policy::window`]. A dead peer holds its slot for one slot hold (500 ms), so
@@ -75,6 +83,7 @@ impl Default for Policy {
             budget: Some(Duration::from_secs(15 * 60)),
             window: DEFAULT_WINDOW,
             requery_after: 4,
+            quick_retransmit: None,
         }
     }
 }
@@ -481,10 +490,14 @@ impl Scheduler {
                 }
             },
             Step::Notify(port) => {
+                let quick = self.policy.quick_retransmit.filter(|q| *q < p.timeout);
                 if p.unanswered > 0 {
-                    // The last SM_NOTIFY was not acknowledged in time.
+                    // The last SM_NOTIFY was not acknowledged in time. After the quick
+                    // retry's short wait the backoff starts where it would have.
                     p.stats.timeouts += 1;
-                    p.timeout = (p.timeout * 2).min(self.policy.max_timeout);
+                    if p.unanswered > 1 || quick.is_none() {
+                        p.timeout = (p.timeout * 2).min(self.policy.max_timeout);
+                    }
                     p.stats.last_error = Some(format!(
                         "no answer to {} SM_NOTIFY(s) on port {port}",
                         p.unanswered
@@ -513,7 +526,11 @@ impl Scheduler {
                 };
                 p.unanswered += 1;
                 p.stats.notifies += 1;
-                let due = now + p.timeout;
+                let due = now
+                    + match quick {
+                        Some(q) if p.unanswered == 1 => q,
+                        _ => p.timeout,
+                    };
                 out.push(Action::SendNotify {
                     peer: id,
                     addr,
@@ -684,6 +701,13 @@ mod tests {
     /// Drives a peer whose rpcbind answers (port 4000) and whose statd never acknowledges;
     /// returns the times (s after start) of every SendNotify and GetPort.
     fn silent_peer_times(policy: Policy, until: u64) -> (Vec<u64>, Vec<u64>) {
+        let (sends, ports) = silent_peer_times_ms(policy, until);
+        let s = |v: Vec<u64>| v.into_iter().map(|ms| ms / 1000).collect();
+        (s(sends), s(ports))
+    }
+
+    /// [`silent_peer_times`] in milliseconds.
+    fn silent_peer_times_ms(policy: Policy, until: u64) -> (Vec<u64>, Vec<u64>) {
         let t0 = Instant::now();
         let mut s = Scheduler::new(policy);
         let p = s.add_peer(names(&["srv"]));
@@ -692,7 +716,7 @@ mod tests {
         loop {
             let mut actions = s.poll(now);
             while let Some(a) = actions.pop() {
-                let secs = (now - t0).as_secs();
+                let secs = u64::try_from((now - t0).as_millis()).unwrap();
                 match a {
                     Action::Resolve(id) => s.on_resolved(id, Ok(vec![addr(1), addr(2)]), now),
                     Action::GetPort(id, a) => {
@@ -726,6 +750,33 @@ mod tests {
         assert!(gaps.iter().all(|&g| g <= 120));
         // The port is looked up first, then again after every 4 unanswered SM_NOTIFYs.
         assert_eq!(ports[..3], [0, 30, 366]);
+    }
+
+    #[test]
+    fn a_quick_retransmit_then_the_usual_backoff() {
+        let policy = Policy {
+            budget: None,
+            quick_retransmit: Some(Duration::from_millis(100)),
+            ..Policy::default()
+        };
+        let (sends, ports) = silent_peer_times_ms(policy, 60);
+        assert_eq!(
+            sends,
+            [0, 100, 2_100, 6_100, 14_100, 14_200, 30_200],
+            "100 ms after the first SM_NOTIFY to a port just looked up, then the backoff \
+             (2, 4, 8 s; 16 s after the quick retry on the port looked up again)"
+        );
+        assert_eq!(
+            ports,
+            [0, 14_100],
+            "the port is looked up again after 4 sends"
+        );
+        let (plain, _) = silent_peer_times_ms(Policy::default(), 60);
+        assert_eq!(
+            plain,
+            [0, 2_000, 6_000, 14_000, 30_000],
+            "no quick retry by default"
+        );
     }
 
     #[test]

@@ -66,15 +66,41 @@ pub struct ServiceSpec {
     pub takeover_at_start: bool,
 }
 
+/// How soon a service's first SM_NOTIFY (and port lookup) to a peer is sent again when
+/// unanswered ([`Policy::quick_retransmit`]): right after a takeover the peer's neighbour
+/// entry may still name the old node's MAC until the gratuitous ARP, and its answer is lost.
+pub const QUICK_RETRANSMIT: Duration = Duration::from_millis(100);
+
 impl ServiceSpec {
-    /// The mon_names notifications carry.
+    /// The mon_names notifications carry: the hostname, the aliases, then each address
+    /// literal (a client that mounted by address monitors the service under it, as CTDB
+    /// sends it), each once; or `notify_names` when set.
     pub fn names(&self) -> Vec<String> {
         if !self.notify_names.is_empty() {
             return self.notify_names.clone();
         }
         let mut v = vec![self.hostname.clone()];
-        v.extend(self.aliases.iter().cloned());
+        let more = self
+            .aliases
+            .iter()
+            .cloned()
+            .chain(self.addresses.iter().map(|a| canonical(*a).to_string()));
+        for n in more {
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        }
         v
+    }
+
+    /// The notifier's policy for this service.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            budget: self.retry,
+            window: self.window,
+            quick_retransmit: Some(QUICK_RETRANSMIT),
+            ..Policy::default()
+        }
     }
 }
 
@@ -809,11 +835,7 @@ impl Services {
                 device: spec.interface.clone(),
             },
             names: spec.names(),
-            policy: Policy {
-                budget: spec.retry,
-                window: spec.window,
-                ..Policy::default()
-            },
+            policy: spec.policy(),
             registered: self.cfg.registered.clone(),
         });
         // Never the kernel's nsm_local_state: that is the node's.
@@ -1367,11 +1389,7 @@ async fn notify_run(
     let names = spec.names();
     let ncfg = NotifierConfig {
         state,
-        policy: Policy {
-            budget: spec.retry,
-            window: spec.window,
-            ..Policy::default()
-        },
+        policy: spec.policy(),
         ..NotifierConfig::default()
     };
     info!(instance = %spec.name, state, peers = files.len(), "notifying as {names:?}");
@@ -1425,6 +1443,20 @@ mod tests {
             exports: vec![PathBuf::from("/export/a")],
             takeover_at_start: false,
         }
+    }
+
+    #[test]
+    fn names_are_the_hostname_the_aliases_then_the_addresses() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = spec("a", "198.51.100.50", d.path());
+        s.aliases = vec!["a".into(), "198.51.100.50".into()];
+        s.addresses.push("::ffff:198.51.100.51".parse().unwrap());
+        assert_eq!(
+            s.names(),
+            ["a.example.test", "a", "198.51.100.50", "198.51.100.51"]
+        );
+        s.notify_names = vec!["only".into()];
+        assert_eq!(s.names(), ["only"]);
     }
 
     #[test]
