@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark python3 python3-prometheus-client
           resource-agents libxml2-utils shellcheck pacemaker pacemaker-cli-utils corosync crmsh
           nfs-ganesha nfs-ganesha-vfs dbus-daemon dbus-bin
-          mmdebstrap lintian mandoc man-db)
+          mmdebstrap lintian mandoc man-db ctdb jq iptables ethtool)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()

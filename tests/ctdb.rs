@@ -1,0 +1,634 @@
+//! CTDB drills against a real ctdbd (Debian's `ctdb`): two nodes, each a test host with its own
+//! `/run`, `/etc/ctdb`, `/var/lib/ctdb`, `/var/log/ctdb` and CTDB's legacy event scripts
+//! (`00.ctdb`, `10.interface` and nsmd's `62.nsmd`, enabled with `ctdb event script enable`),
+//! the cluster lock on a directory both see, two public addresses on the lab bridge, one nsmd
+//! instance per public address. Clients run Debian's rpc.statd with a lockd stand-in and must
+//! be called back with the service's name and a state above every earlier one, the
+//! SM_NOTIFY coming from the public address, after every move CTDB makes. Root only.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{
+    Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, spawn_nsmd, udp_exchange,
+};
+use nsm_testhost::{Host, Lab, Proc, Signal, require};
+
+const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ctdb/62.nsmd.script");
+const COOKIE: [u8; 16] = [0xc7, 0xdb, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+/// How long CTDB may take to become healthy or to move an address (generous: ~22 s to start).
+const CLUSTER: Duration = Duration::from_secs(120);
+
+const NODES: [&str; 2] = ["198.51.100.81", "198.51.100.82"];
+/// (instance, service hostname, public address, client, client address)
+const SVCS: [(&str, &str, &str, &str, &str); 2] = [
+    (
+        "svc1",
+        "nfs1.example.test",
+        "198.51.100.201",
+        "cli1",
+        "198.51.100.91",
+    ),
+    (
+        "svc2",
+        "nfs2.example.test",
+        "198.51.100.202",
+        "cli2",
+        "198.51.100.92",
+    ),
+];
+
+/// `/proc/net/tcp` as the kernel lists the clients' NFS connections (client → public
+/// address, port 2049, ESTABLISHED): nsmd records a client's SM_MON in the instance whose
+/// address the client is connected to.
+fn proc_net_tcp() -> String {
+    let hex = |ip: &str| {
+        let o: std::net::Ipv4Addr = ip.parse().unwrap();
+        format!("{:08X}", u32::from_ne_bytes(o.octets()))
+    };
+    let mut t = String::from("  sl  local_address rem_address   st\n");
+    for (i, (_, _, vip, _, cip)) in SVCS.iter().enumerate() {
+        t.push_str(&format!(
+            "{i}: {}:0801 {}:03FF 01 00000000:00000000\n",
+            hex(vip),
+            hex(cip)
+        ));
+    }
+    t
+}
+
+/// `dir` made private to `host`, with a copy of the machine's files; returns it outside.
+fn private_copy(host: &Host, dir: &str) -> PathBuf {
+    let out = host.mount_private(dir).unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{dir}/."))
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {dir}/. {}", out.display());
+    out
+}
+
+struct Node {
+    host: Host,
+    pnn: usize,
+    inst: PathBuf,
+    nsmd: Option<Proc>,
+    ctdbd: Option<Proc>,
+    port: u16,
+    _lockd: LockdStandIn,
+    _rpcbind: Proc,
+}
+
+impl Node {
+    fn new(lab: &Lab, pnn: usize, shared: &Path) -> Self {
+        let host = lab
+            .host(&format!("n{pnn}"), &[&format!("{}/24", NODES[pnn])])
+            .unwrap();
+        let rpcbind = host.start_rpcbind().unwrap();
+        let lockd = LockdStandIn::start(&host, true);
+        for f in ["fs/nfsd/unlock_ip", "fs/nfsd/unlock_filesystem"] {
+            host.write_file(&format!("/run/proc/{f}"), "").unwrap();
+        }
+        host.write_file("/run/proc/net/tcp", proc_net_tcp())
+            .unwrap();
+        host.write_file("/run/ctdb/.keep", "").unwrap();
+        let etc = private_copy(&host, "/etc/ctdb");
+        let var = host.mount_private("/var/lib/ctdb").unwrap();
+        for d in ["volatile", "persistent", "state", "scripts"] {
+            std::fs::create_dir_all(var.join(d)).unwrap();
+        }
+        host.mount_private("/var/log/ctdb").unwrap();
+        // Where Debian's package puts legacy event scripts, and where nsmd's goes.
+        let legacy = private_copy(&host, "/usr/share/ctdb/events/legacy");
+        let dest = legacy.join("62.nsmd.script");
+        std::fs::copy(SCRIPT, &dest).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            etc.join("ctdb.conf"),
+            format!(
+                "[logging]\n\tlocation = file:/var/log/ctdb/log.ctdb\n\tlog level = NOTICE\n\
+                 [cluster]\n\trecovery lock = {}\n\
+                 [legacy]\n\trealtime scheduling = false\n",
+                shared.join("reclock").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(etc.join("nodes"), format!("{}\n", NODES.join("\n"))).unwrap();
+        let public: String = SVCS.iter().map(|s| format!("{}/24 eth0\n", s.2)).collect();
+        std::fs::write(etc.join("public_addresses"), public).unwrap();
+        for s in ["00.ctdb", "10.interface", "62.nsmd"] {
+            host.run_ok(
+                &["ctdb", "event", "script", "enable", "legacy", s],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        }
+        Self {
+            host,
+            pnn,
+            inst: shared.join("instances"),
+            nsmd: None,
+            ctdbd: None,
+            port: 0,
+            _lockd: lockd,
+            _rpcbind: rpcbind,
+        }
+    }
+
+    fn start_nsmd(&mut self) {
+        let (p, port) = spawn_nsmd(
+            &self.host,
+            "nsmd",
+            &[
+                "-P",
+                "/var/lib/nfs/node",
+                "--proc-root",
+                "/run/proc",
+                "--instances",
+                self.inst.to_str().unwrap(),
+            ],
+        );
+        self.nsmd = Some(p);
+        self.port = port;
+    }
+
+    fn start_ctdbd(&mut self) {
+        let bin = Path::new(NSMCTL).parent().unwrap().to_str().unwrap();
+        let path = format!("{bin}:/usr/sbin:/usr/bin:/sbin:/bin");
+        let p = self
+            .host
+            .spawn_env(
+                "ctdbd",
+                &["/usr/sbin/ctdbd", "--interactive"],
+                &[("PATH", &path)],
+            )
+            .unwrap();
+        self.ctdbd = Some(p);
+    }
+
+    fn ctdb(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ctdb"];
+        argv.extend_from_slice(args);
+        self.host.run_ok(&argv, Duration::from_secs(60)).unwrap()
+    }
+
+    /// The last lines ctdbd (interactive: its log on stdout) wrote, and the event script's
+    /// lines (in CTDB's log file).
+    fn ctdb_log(&self) -> String {
+        format!(
+            "{}\n--- n{} /var/log/ctdb/log.ctdb:\n{}",
+            self.ctdbd
+                .as_ref()
+                .map(|p| p.log_tail(40))
+                .unwrap_or_default(),
+            self.pnn,
+            self.script_log()
+        )
+    }
+
+    fn script_log(&self) -> String {
+        std::fs::read_to_string(self.host.run_dir().join(".private/var_log_ctdb/log.ctdb"))
+            .unwrap_or_default()
+    }
+
+    /// `nsmctl --json status`: (name, active, fenced, state) of each service instance.
+    fn status(&self) -> Vec<(String, bool, bool, Option<i64>)> {
+        let out = self
+            .host
+            .run_ok(&[NSMCTL, "--json", "status"], Duration::from_secs(30))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["role"] == "service")
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap().to_owned(),
+                    i["active"] == true,
+                    i["fenced"] == true,
+                    i["state"].as_i64(),
+                )
+            })
+            .collect()
+    }
+
+    fn active(&self, name: &str) -> bool {
+        self.status()
+            .iter()
+            .any(|(n, a, f, _)| n == name && *a && !*f)
+    }
+
+    /// lockd's SM_MON of `client` (mon_name), on loopback.
+    fn mon(&self, client: &str) {
+        let local: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let r = in_netns(&self.host, || {
+            let m = call(
+                7,
+                100_024,
+                1,
+                2,
+                &mon_args(client.as_bytes(), b"server", COOKIE),
+            );
+            answer(7, &udp_exchange(local, &m).unwrap())
+        });
+        assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+    }
+}
+
+/// A client: rpcbind, a lockd stand-in, Debian's rpc.statd monitoring `service`.
+struct Client {
+    host: Host,
+    lockd: LockdStandIn,
+    statd: Proc,
+    service: &'static str,
+    _rpcbind: Proc,
+}
+
+impl Client {
+    fn new(lab: &Lab, name: &str, addr: &str, service: &'static str) -> Self {
+        let host = lab.host(name, &[&format!("{addr}/24")]).unwrap();
+        let rpcbind = host.start_rpcbind().unwrap();
+        let lockd = LockdStandIn::start(&host, true);
+        let (statd, port) = common::debian_statd(&host, None);
+        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        in_netns(&host, || {
+            let m = call(
+                1,
+                100_024,
+                1,
+                2,
+                &mon_args(service.as_bytes(), name.as_bytes(), COOKIE),
+            );
+            let r = answer(1, &udp_exchange(local, &m).unwrap());
+            assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+        });
+        Self {
+            host,
+            lockd,
+            statd,
+            service,
+            _rpcbind: rpcbind,
+        }
+    }
+
+    /// (mon_name, state) of every callback so far.
+    fn callbacks(&self) -> Vec<(String, i32)> {
+        self.lockd
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let (name, state, cookie) = parse_status(&c.3);
+                assert_eq!(cookie, COOKIE);
+                (String::from_utf8(name).unwrap(), state)
+            })
+            .collect()
+    }
+
+    /// The senders of the SM_NOTIFYs rpc.statd received with one of `names` as mon_name
+    /// (its log: "access by ADDR" then "Received SM_NOTIFY from NAME").
+    fn senders(&self, names: &[&str]) -> Vec<String> {
+        let log = self.statd.log();
+        let mut from = None;
+        let mut out = Vec::new();
+        for l in log.lines() {
+            if let Some(r) = l.split("access by ").nth(1) {
+                from = r.split_whitespace().next().map(str::to_owned);
+            } else if let Some(r) = l.split("Received SM_NOTIFY from ").nth(1) {
+                let name = r.split(',').next().unwrap_or_default();
+                if names.contains(&name) {
+                    out.push(from.clone().unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Which node CTDB says holds `vip` (`ctdb -X ip`), if any.
+fn holder(n: &Node, vip: &str) -> Option<usize> {
+    n.ctdb(&["-X", "ip"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.get(1) == Some(&vip)).then(|| f.get(2)?.parse::<i64>().ok())?
+        })
+        .next()
+        .and_then(|p| usize::try_from(p).ok())
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool, nodes: &[Node]) {
+    let deadline = Instant::now() + CLUSTER;
+    while !f() {
+        let dead = nodes
+            .iter()
+            .find(|n| n.ctdbd.as_ref().is_some_and(|p| !p.is_running()));
+        if Instant::now() >= deadline || dead.is_some() {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "--- n{} ctdbd:\n{}\n--- nsmd:\n{}",
+                        n.pnn,
+                        n.ctdb_log(),
+                        n.nsmd.as_ref().map(|p| p.log_tail(30)).unwrap_or_default()
+                    )
+                })
+                .collect();
+            panic!(
+                "waited for {what} ({}):\n{}",
+                if dead.is_some() {
+                    "a ctdbd died"
+                } else {
+                    "timed out"
+                },
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The client-side record of one drill: (drill, client, first callback, last callback).
+type Timing = (String, &'static str, Duration, Duration);
+
+/// Runs `act` (a CTDB command), then waits until each client of `clients` was called back
+/// once more, with its service's name, a state above every earlier one, from its public
+/// address; returns the time from the command to each client's callback.
+fn drill(
+    name: &str,
+    clients: &[&Client],
+    nodes: &[Node],
+    timings: &mut Vec<Timing>,
+    act: impl FnOnce(),
+) {
+    let before: Vec<Vec<(String, i32)>> = clients.iter().map(|c| c.callbacks()).collect();
+    let t0 = Instant::now();
+    act();
+    for (c, old) in clients.iter().zip(&before) {
+        wait_until(
+            &format!("{name}: a callback at {}", c.host.name()),
+            || c.callbacks().len() > old.len(),
+            nodes,
+        );
+        let at = t0.elapsed();
+        timings.push((name.to_owned(), c.service, at, at));
+        let got = c.callbacks();
+        let (mon_name, state) = got[old.len()].clone();
+        assert_eq!(
+            mon_name, c.service,
+            "{name}: called back with the service name"
+        );
+        assert!(
+            old.iter().all(|(_, s)| state > *s),
+            "{name}: state {state} above all before {old:?}"
+        );
+        let vip = SVCS.iter().find(|s| s.1 == c.service).unwrap().2;
+        let senders = c.senders(&[c.service, vip]);
+        assert!(
+            !senders.is_empty() && senders.iter().all(|s| s == vip),
+            "{name}: every SM_NOTIFY of {} from {vip}: {senders:?}",
+            c.service
+        );
+    }
+}
+
+/// The event script is shellcheck-clean (CTDB's functions file followed when installed).
+#[test]
+fn event_script_shellcheck() {
+    if !require("event_script_shellcheck", &["shellcheck"]) {
+        return;
+    }
+    let out = std::process::Command::new("shellcheck")
+        .args(["-s", "sh", "-x", "-P", "/etc/ctdb", "-e", "SC1091", SCRIPT])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn ctdb_drills() {
+    if !require(
+        "ctdb_drills",
+        &[
+            "ctdbd",
+            "ctdb",
+            "rpcbind",
+            "rpcinfo",
+            "rpc.statd",
+            "jq",
+            "iptables",
+            "ethtool",
+        ],
+    ) {
+        return;
+    }
+    let shared = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let inst = shared.path().join("instances");
+    std::fs::create_dir_all(&inst).unwrap();
+    for (name, host, vip, _, _) in SVCS {
+        let dir = shared.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            inst.join(format!("{name}.toml")),
+            format!(
+                "hostname = \"{host}\"\naddresses = [\"{vip}\"]\nstate_dir = \"{}\"\n\
+                 [notify]\nretry_seconds = 30\n\
+                 [readiness]\nrpcbind = [100021]\ntimeout_seconds = 10\n\
+                 [release]\nexports = [\"/export/{name}\"]\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+    }
+    let lab = Lab::new("ctdb").unwrap();
+    for (_, host, vip, _, _) in SVCS {
+        lab.add_name(vip, &[host]).unwrap();
+    }
+    let mut ns = vec![
+        Node::new(&lab, 0, shared.path()),
+        Node::new(&lab, 1, shared.path()),
+    ];
+    let clients: Vec<Client> = SVCS
+        .iter()
+        .map(|(_, host, _, cli, cip)| Client::new(&lab, cli, cip, host))
+        .collect();
+    let (c1, c2) = (&clients[0], &clients[1]);
+    let (vip1, vip2) = (SVCS[0].2, SVCS[1].2);
+    let healthy = |ns: &[Node], on: usize| {
+        ns[on]
+            .host
+            .run(&["ctdb", "status"], Duration::from_secs(10))
+            .map(|o| String::from_utf8_lossy(&o.stdout).matches(" OK").count() == 2)
+            .unwrap_or(false)
+    };
+
+    let t_start = Instant::now();
+    for n in &mut ns {
+        n.start_nsmd();
+        n.start_ctdbd();
+    }
+    wait_until(
+        "both nodes OK and both public addresses hosted",
+        || healthy(&ns, 0) && holder(&ns[0], vip1).is_some() && holder(&ns[0], vip2).is_some(),
+        &ns,
+    );
+    eprintln!("ctdb: cluster healthy after {:?}", t_start.elapsed());
+    // svc1 on n0, svc2 on n1.
+    for (i, want) in [(0usize, 0usize), (1, 1)] {
+        let vip = SVCS[i].2;
+        if holder(&ns[0], vip) != Some(want) {
+            ns[0].ctdb(&["moveip", vip, &want.to_string()]);
+        }
+        wait_until(
+            &format!("{} active on n{want}", SVCS[i].0),
+            || ns[want].active(SVCS[i].0),
+            &ns,
+        );
+    }
+    // The servers' lockd monitors each client (through the instance of its public address).
+    ns[0].mon("cli1");
+    ns[1].mon("cli2");
+    let mut timings: Vec<Timing> = Vec::new();
+
+    // moveip both ways; the other service's client hears nothing.
+    drill("moveip svc1 n0->n1", &[c1], &ns, &mut timings, || {
+        ns[0].ctdb(&["moveip", vip1, "1"]);
+    });
+    wait_until("svc1 released on n0", || !ns[0].active("svc1"), &ns);
+    ns[1].mon("cli1");
+    drill("moveip svc1 n1->n0", &[c1], &ns, &mut timings, || {
+        ns[0].ctdb(&["moveip", vip1, "0"]);
+    });
+    ns[0].mon("cli1");
+    assert!(
+        c2.callbacks().is_empty(),
+        "moving svc1 never touches svc2's clients: {:?}",
+        c2.callbacks()
+    );
+
+    // kill -9 of nsmd on the holder and a restart: the instance resumes, same state.
+    let before = ns[0].status();
+    let p = ns[0].nsmd.take().unwrap();
+    p.signal(Signal::Kill).unwrap();
+    p.wait(CLUSTER).unwrap();
+    ns[0].start_nsmd();
+    assert_eq!(
+        ns[0].status(),
+        before,
+        "resumed: active, same state\n{}\n{}",
+        ns[0].nsmd.as_ref().unwrap().log_tail(40),
+        ns[0].ctdb_log()
+    );
+    ns[0].mon("cli1");
+
+    // disable the holder: CTDB moves its address away; enable again.
+    drill("disable n0", &[c1], &ns, &mut timings, || {
+        ns[0].ctdb(&["disable"]);
+    });
+    wait_until("svc1 released on n0", || !ns[0].active("svc1"), &ns);
+    ns[1].mon("cli1");
+    let seen = c1.callbacks().len();
+    ns[0].ctdb(&["enable"]);
+    wait_until("n0 healthy again", || healthy(&ns, 0), &ns);
+    let h = holder(&ns[0], vip1).unwrap();
+    wait_until(
+        "svc1 active where CTDB put it",
+        || ns[h].active("svc1"),
+        &ns,
+    );
+    if h == 0 {
+        // CTDB moved it back at enable: a takeover the client hears of too.
+        wait_until(
+            "svc1's client hears of the move back",
+            || c1.callbacks().len() > seen,
+            &ns,
+        );
+    }
+    ns[h].mon("cli1");
+
+    // ctdb shutdown of the holder, then its restart.
+    let p = ns[h].ctdbd.take().unwrap();
+    drill(
+        &format!("ctdb shutdown n{h}"),
+        &[c1],
+        &ns,
+        &mut timings,
+        || {
+            ns[h].ctdb(&["shutdown"]);
+        },
+    );
+    ns[1 - h].mon("cli1");
+    p.wait(CLUSTER).unwrap();
+    assert!(!ns[h].active("svc1"), "released at shutdown");
+    ns[h].start_ctdbd();
+    wait_until("both nodes OK after the restart", || healthy(&ns, 0), &ns);
+    let h = holder(&ns[0], vip1).unwrap();
+    wait_until(
+        "svc1 active where CTDB put it",
+        || ns[h].active("svc1"),
+        &ns,
+    );
+    ns[h].mon("cli1");
+    let settled = c1.callbacks().len();
+
+    // kill -9 of ctdbd on the holder: the survivor takes the address over by force; the old
+    // holder's nsmd, which still holds the lock, is fenced.
+    let o = 1 - h;
+    let t0 = Instant::now();
+    let p = ns[h].ctdbd.take().unwrap();
+    p.signal(Signal::Kill).unwrap();
+    p.wait(CLUSTER).unwrap();
+    wait_until(
+        "svc1's client called back after kill -9 of ctdbd",
+        || c1.callbacks().len() > settled,
+        &ns,
+    );
+    let at = t0.elapsed();
+    timings.push((format!("kill -9 ctdbd n{h}"), c1.service, at, at));
+    let got = c1.callbacks();
+    assert_eq!(got[settled].0, c1.service);
+    assert!(got[..settled].iter().all(|(_, s)| got[settled].1 > *s));
+    assert!(ns[o].active("svc1"), "the survivor n{o} serves svc1");
+    wait_until(
+        "the old holder fenced",
+        || ns[h].status().iter().any(|(n, _, f, _)| n == "svc1" && *f),
+        &ns,
+    );
+
+    for n in &ns {
+        if let Some(p) = &n.nsmd {
+            for l in p
+                .log()
+                .lines()
+                .filter(|l| l.contains("every active service instance"))
+            {
+                eprintln!("n{}: {l}", n.pnn);
+            }
+        }
+    }
+    let total = t_start.elapsed();
+    eprintln!("ctdb drills (client-side, from the CTDB command to the callback):");
+    for (d, svc, first, last) in &timings {
+        eprintln!("  {d:<28} {svc:<20} first {first:>10.3?}  last {last:>10.3?}");
+    }
+    eprintln!("ctdb drills took {total:?}");
+    drop(clients);
+}
