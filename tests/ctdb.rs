@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::farm::Farm;
 use common::{
     Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, spawn_nsmd, udp_exchange,
 };
@@ -404,58 +405,123 @@ fn now_secs_of_day() -> f64 {
         % 86_400.0
 }
 
-/// The client-side record of one drill: (drill, service, from the CTDB command to the
-/// callback, from the takeip's `nsmctl takeover` reaching nsmd to the callback).
-type Timing = (String, &'static str, Duration, Option<Duration>);
+/// One drill's figures: (drill, clients, to the first callback, to the last, from takeip's
+/// `nsmctl takeover` reaching nsmd to the first callback).
+type Timing = (String, usize, Duration, Duration, Option<Duration>);
 
-/// Runs `act` (a CTDB command), then waits until each client of `clients` was called back
-/// once more, with its service's name, a state above every earlier one, from its public
-/// address; returns the time from the command to each client's callback.
+/// The clients of svc1 the peer farm plays.
+const FARM_PEERS: usize = 1000;
+/// The farm's address on the lab bridge (the nodes route 10.77.0.0/16 to it).
+const FARM_ADDR: &str = "198.51.100.95";
+
+/// svc1's clients: the rpc.statd client and the farm's peers.
+struct Svc1<'a> {
+    client: &'a Client,
+    farm: &'a Farm,
+    sm: PathBuf,
+}
+
+impl Svc1<'_> {
+    /// Records the farm's peers in svc1's `sm/`, as lockd's SM_MONs would have (written
+    /// directly: a thousand SM_MONs would only slow the test down), so that the next move
+    /// notifies them.
+    fn seed_farm(&self) {
+        for p in 1..=self.farm.len() {
+            let ip = common::farm::peer_addr(p).to_string();
+            let r = nsm_store::Record {
+                mon_name: ip.clone().into_bytes(),
+                my_name: b"server".to_vec(),
+                my_prog: 100_021,
+                my_vers: 4,
+                my_proc: 16,
+                priv_: [0; 16],
+            };
+            std::fs::write(self.sm.join(&ip), r.to_line()).unwrap();
+        }
+    }
+}
+
+fn wall_of(t: Instant) -> f64 {
+    now_secs_of_day() - Instant::now().saturating_duration_since(t).as_secs_f64()
+}
+
+/// Seeds the farm, runs `act` (a CTDB command), then waits until svc1's rpc.statd client was
+/// called back once more and every farm peer notified once more: with the service's name, a
+/// state above every earlier one, from its public address. Records the times from the command.
 fn drill(
     name: &str,
-    clients: &[&Client],
+    svc1: &Svc1<'_>,
     nodes: &[Node],
     timings: &mut Vec<Timing>,
     act: impl FnOnce(),
 ) {
-    let before: Vec<Vec<(String, i32)>> = clients.iter().map(|c| c.callbacks()).collect();
+    let (c, farm) = (svc1.client, svc1.farm);
+    let (host, vip) = (SVCS[0].1, SVCS[0].2);
+    svc1.seed_farm();
+    let old = c.callbacks();
+    let farm_before = farm.counts();
     let t0 = Instant::now();
     act();
     let deadline = Instant::now() + CLUSTER;
-    for (c, old) in clients.iter().zip(&before) {
-        // Polled every 2 ms: the times below are that precise.
-        while c.callbacks().len() <= old.len() {
-            check(
-                &format!("{name}: a callback at {}", c.host.name()),
-                deadline,
-                nodes,
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let (at, wall) = (t0.elapsed(), now_secs_of_day());
-        let inst = SVCS.iter().find(|s| s.1 == c.service).unwrap().0;
-        let takeip = last_takeip(nodes, inst)
-            .filter(|t| *t <= wall)
-            .map(|t| Duration::from_secs_f64(wall - t));
-        timings.push((name.to_owned(), c.service, at, takeip));
-        let got = c.callbacks();
-        let (mon_name, state) = got[old.len()].clone();
-        assert_eq!(
-            mon_name, c.service,
-            "{name}: called back with the service name"
+    // Polled every 2 ms: the client's time is that precise (the farm stamps each packet).
+    while c.callbacks().len() <= old.len() {
+        check(
+            &format!("{name}: a callback at {}", c.host.name()),
+            deadline,
+            nodes,
         );
-        assert!(
-            old.iter().all(|(_, s)| state > *s),
-            "{name}: state {state} above all before {old:?}"
-        );
-        let vip = SVCS.iter().find(|s| s.1 == c.service).unwrap().2;
-        let senders = c.senders(&[c.service, vip]);
-        assert!(
-            !senders.is_empty() && senders.iter().all(|s| s == vip),
-            "{name}: every SM_NOTIFY of {} from {vip}: {senders:?}",
-            c.service
-        );
+        std::thread::sleep(Duration::from_millis(2));
     }
+    let client_at = Instant::now();
+    let got = c.callbacks();
+    let (mon_name, state) = got[old.len()].clone();
+    assert_eq!(
+        mon_name, c.service,
+        "{name}: called back with the service name"
+    );
+    assert!(
+        old.iter().all(|(_, s)| state > *s),
+        "{name}: state {state} above all before {old:?}"
+    );
+    let senders = c.senders(&[c.service, vip]);
+    assert!(
+        !senders.is_empty() && senders.iter().all(|s| s == vip),
+        "{name}: every SM_NOTIFY of {} from {vip}: {senders:?}",
+        c.service
+    );
+    while farm.counts().iter().zip(&farm_before).any(|(n, b)| n <= b) {
+        check(
+            &format!("{name}: the farm's {} peers", farm.len()),
+            deadline,
+            nodes,
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut first, mut last) = (client_at, client_at);
+    {
+        let seen = farm.seen.lock().unwrap();
+        for (p, b) in (1..).zip(&farm_before) {
+            let n = &seen[p][*b];
+            assert_eq!(
+                (n.mon_name.as_str(), n.state, n.from.ip().to_string()),
+                (host, state, vip.to_owned()),
+                "{name}: farm peer {p}"
+            );
+            first = first.min(n.at);
+            last = last.max(n.at);
+        }
+    }
+    let takeip = last_takeip(nodes, SVCS[0].0)
+        .map(|t| wall_of(first) - t)
+        .filter(|d| *d >= 0.0)
+        .map(Duration::from_secs_f64);
+    timings.push((
+        name.to_owned(),
+        1 + farm.len(),
+        first.saturating_duration_since(t0),
+        last.saturating_duration_since(t0),
+        takeip,
+    ));
 }
 
 /// The event script is shellcheck-clean (CTDB's functions file followed when installed).
@@ -524,6 +590,21 @@ fn ctdb_drills() {
         .map(|(_, host, _, cli, cip)| Client::new(&lab, cli, cip, host))
         .collect();
     let (c1, c2) = (&clients[0], &clients[1]);
+    let farm_host = lab.host("farm", &[&format!("{FARM_ADDR}/24")]).unwrap();
+    let farm = Farm::start(&farm_host, FARM_PEERS);
+    for n in &ns {
+        n.host
+            .sh(
+                &format!("ip route add 10.77.0.0/16 via {FARM_ADDR}"),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+    }
+    let svc1 = Svc1 {
+        client: c1,
+        farm: &farm,
+        sm: shared.path().join("svc1/sm"),
+    };
     let (vip1, vip2) = (SVCS[0].2, SVCS[1].2);
     let healthy = |ns: &[Node], on: usize| {
         ns[on]
@@ -562,12 +643,12 @@ fn ctdb_drills() {
     let mut timings: Vec<Timing> = Vec::new();
 
     // moveip both ways; the other service's client hears nothing.
-    drill("moveip svc1 n0->n1", &[c1], &ns, &mut timings, || {
+    drill("moveip svc1 n0->n1", &svc1, &ns, &mut timings, || {
         ns[0].ctdb(&["moveip", vip1, "1"]);
     });
     wait_until("svc1 released on n0", || !ns[0].active("svc1"), &ns);
     ns[1].mon("cli1");
-    drill("moveip svc1 n1->n0", &[c1], &ns, &mut timings, || {
+    drill("moveip svc1 n1->n0", &svc1, &ns, &mut timings, || {
         ns[0].ctdb(&["moveip", vip1, "0"]);
     });
     ns[0].mon("cli1");
@@ -593,7 +674,7 @@ fn ctdb_drills() {
     ns[0].mon("cli1");
 
     // disable the holder: CTDB moves its address away; enable again.
-    drill("disable n0", &[c1], &ns, &mut timings, || {
+    drill("disable n0", &svc1, &ns, &mut timings, || {
         ns[0].ctdb(&["disable"]);
     });
     wait_until("svc1 released on n0", || !ns[0].active("svc1"), &ns);
@@ -621,7 +702,7 @@ fn ctdb_drills() {
     let p = ns[h].ctdbd.take().unwrap();
     drill(
         &format!("ctdb shutdown n{h}"),
-        &[c1],
+        &svc1,
         &ns,
         &mut timings,
         || {
@@ -640,28 +721,21 @@ fn ctdb_drills() {
         &ns,
     );
     ns[h].mon("cli1");
-    let settled = c1.callbacks().len();
 
     // kill -9 of ctdbd on the holder: the survivor takes the address over by force; the old
     // holder's nsmd, which still holds the lock, is fenced.
     let o = 1 - h;
-    let t0 = Instant::now();
     let p = ns[h].ctdbd.take().unwrap();
-    p.signal(Signal::Kill).unwrap();
-    p.wait(CLUSTER).unwrap();
-    wait_until(
-        "svc1's client called back after kill -9 of ctdbd",
-        || c1.callbacks().len() > settled,
+    drill(
+        &format!("kill -9 ctdbd n{h}"),
+        &svc1,
         &ns,
+        &mut timings,
+        || {
+            p.signal(Signal::Kill).unwrap();
+            p.wait(CLUSTER).unwrap();
+        },
     );
-    let (at, wall) = (t0.elapsed(), now_secs_of_day());
-    let takeip = last_takeip(&ns, "svc1")
-        .filter(|t| *t <= wall)
-        .map(|t| Duration::from_secs_f64(wall - t));
-    timings.push((format!("kill -9 ctdbd n{h}"), c1.service, at, takeip));
-    let got = c1.callbacks();
-    assert_eq!(got[settled].0, c1.service);
-    assert!(got[..settled].iter().all(|(_, s)| got[settled].1 > *s));
     assert!(ns[o].active("svc1"), "the survivor n{o} serves svc1");
     wait_until(
         "the old holder fenced",
@@ -682,12 +756,14 @@ fn ctdb_drills() {
     }
     let total = t_start.elapsed();
     eprintln!(
-        "ctdb drills: client-side callback after the CTDB command / after takeip's nsmctl \
-         takeover reached nsmd (one client per service: first = last):"
+        "ctdb drills: svc1's clients (rpc.statd + farm) called back, from the CTDB command; \
+         from takeip's nsmctl takeover reaching nsmd to the first:"
     );
-    for (d, svc, cmd, takeip) in &timings {
+    for (d, n, first, last, takeip) in &timings {
         let takeip = takeip.map_or_else(|| "-".to_owned(), |t| format!("{t:.3?}"));
-        eprintln!("  {d:<28} {svc:<20} {cmd:>10.3?}  {takeip:>10}");
+        eprintln!(
+            "  {d:<24} {n:>5} clients  first {first:>10.3?}  last {last:>10.3?}  takeip->first {takeip:>10}"
+        );
     }
     eprintln!("ctdb drills took {total:?}");
     drop(clients);
