@@ -2,9 +2,14 @@
 //! `/run`, `/etc/ctdb`, `/var/lib/ctdb`, `/var/log/ctdb` and CTDB's legacy event scripts
 //! (`00.ctdb`, `10.interface` and nsmd's `62.nsmd`, enabled with `ctdb event script enable`),
 //! the cluster lock on a directory both see, two public addresses on the lab bridge, one nsmd
-//! instance per public address. Clients run Debian's rpc.statd with a lockd stand-in and must
-//! be called back with the service's name and a state above every earlier one, the
-//! SM_NOTIFY coming from the public address, after every move CTDB makes. Root only.
+//! instance per public address. Each service has a client running Debian's rpc.statd with a
+//! lockd stand-in; svc1 also has 1,000 clients played by the peer farm. After every move CTDB
+//! makes of svc1, each of its clients must be called back with the service's name and a state
+//! above every earlier one, the SM_NOTIFY coming from the public address; svc2's client hears
+//! nothing of svc1's moves. Drills: `ctdb moveip` both ways, kill -9 of nsmd on the holder (it
+//! resumes), `ctdb disable`/`enable`, `ctdb shutdown` of the holder and its restart, kill -9 of
+//! the holder's ctdbd (the survivor takes over by force, the old nsmd is fenced). The times are
+//! printed (BENCHMARKS.md), never asserted. Root only.
 #![allow(clippy::unwrap_used)]
 
 mod common;
