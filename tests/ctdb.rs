@@ -742,6 +742,11 @@ fn ctdb_drills() {
         },
     );
     assert!(ns[o].active("svc1"), "the survivor n{o} serves svc1");
+    let log = ns[o].script_log();
+    assert!(
+        log.contains(&format!("takeip {vip1}: svc1 active here")),
+        "the event script says what it did in CTDB's log:\n{log}"
+    );
     wait_until(
         "the old holder fenced",
         || ns[h].status().iter().any(|(n, _, f, _)| n == "svc1" && *f),
