@@ -60,20 +60,25 @@ impl Dir {
     }
 }
 
-/// What [`StateDir::load`] did not load. Nothing listed here was changed or deleted.
+/// What [`StateDir::load`] did not load, and the temporary files it removed. Nothing in
+/// `skipped` or `leftovers` was changed or deleted.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
     /// Files that were skipped, with the reason.
     pub skipped: Vec<Skipped>,
-    /// Temporary files (`X.new` of nfs-utils 2.6, `.X.new` of nfs-utils 2.8+ and nsmd) left by
-    /// an interrupted write; never loaded as hosts.
+    /// Temporary files left by an interrupted write and left in place: nfs-utils 2.6's
+    /// `X.new`, and `.X.new` names that are not regular files or could not be removed. Never
+    /// loaded as hosts.
     pub leftovers: Vec<PathBuf>,
+    /// Temporary files of interrupted writes (`.X.new`, nsmd's and nfs-utils 2.8's scheme, `X`
+    /// a valid record file name) that were removed: regular files only, never followed.
+    pub removed: Vec<PathBuf>,
 }
 
 impl LoadReport {
-    /// Whether nothing was skipped and no leftover was found.
+    /// Whether nothing was skipped and no leftover was found or removed.
     pub fn is_clean(&self) -> bool {
-        self.skipped.is_empty() && self.leftovers.is_empty()
+        self.skipped.is_empty() && self.leftovers.is_empty() && self.removed.is_empty()
     }
 }
 
@@ -162,8 +167,15 @@ impl StateDir {
     /// and then in file order. A file with an unparsable line, an unusable name, more than
     /// [`MAX_FILE_BYTES`], no content, or that cannot be read is reported in the
     /// [`LoadReport`] and skipped as a whole; it is never deleted or modified. Temporary files
-    /// of both naming schemes (`X.new` from nfs-utils 2.6, `.X.new` from 2.8 and nsmd) are
-    /// reported as leftovers and never loaded as hosts.
+    /// are never loaded as hosts: `.X.new` (nsmd's and nfs-utils 2.8's temp of the record file
+    /// `X`), when it is a regular file (`lstat`), is an interrupted write's and is removed
+    /// (`unlinkat`, which never follows a symlink; then one `fsync` of the directory) and
+    /// listed in [`LoadReport::removed`]; anything else that looks like a temp (nfs-utils 2.6's
+    /// `X.new`, a `.X.new` that is not a regular file or cannot be removed) is left in place
+    /// and listed in [`LoadReport::leftovers`].
+    ///
+    /// Removing is safe only when no other process writes this directory: nsmd loads `sm/`
+    /// under its state directory lock, `nsm-notify` loads `sm.bak/` under its run-once lock.
     ///
     /// File names must pass the rules of [`file_name`], except that they may be up to 255
     /// bytes long (nfs-utils may have written such a name; nsmd cannot rewrite it, since its
@@ -182,7 +194,11 @@ impl StateDir {
             let bytes = entry.as_slice();
             let path = d.path.join(OsStr::from_bytes(bytes));
             if is_temp(bytes) {
-                report.leftovers.push(path);
+                if interrupted_write(&d, bytes) {
+                    report.removed.push(path);
+                } else {
+                    report.leftovers.push(path);
+                }
                 continue;
             }
             if bytes.first() == Some(&b'.') {
@@ -199,6 +215,15 @@ impl StateDir {
         }
         for l in &report.leftovers {
             tracing::debug!(path = %l.display(), "temporary file left by an interrupted write (ignored)");
+        }
+        for r in &report.removed {
+            tracing::info!(path = %r.display(), "temporary file of an interrupted write removed");
+        }
+        if !report.removed.is_empty() {
+            // Made durable, so that a power cut does not bring them back to be reported again.
+            if let Err(e) = fsync(&d.fd) {
+                tracing::warn!(path = %d.path.display(), "cannot fsync after removing temporary files: {e}");
+            }
         }
         Ok((out, report))
     }
@@ -654,6 +679,32 @@ fn kind(st: &FileStat) -> &'static str {
     }
 }
 
+/// Removes `name` if it is `.X.new` for a valid record file name `X` and a regular file (not
+/// followed); whether it did.
+fn interrupted_write(d: &OpenDir, name: &[u8]) -> bool {
+    let Some(file) = name
+        .strip_prefix(b".")
+        .and_then(|n| n.strip_suffix(name::TEMP_SUFFIX.as_bytes()))
+    else {
+        return false;
+    };
+    if file_name(file).is_err() {
+        return false;
+    }
+    match fstatat(&d.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if is_regular(&st) => {}
+        _ => return false,
+    }
+    // unlinkat removes the name, whatever it points to now: never follows a symlink.
+    match unlinkat(&d.fd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(path = %d.path.join(OsStr::from_bytes(name)).display(), "cannot remove a temporary file of an interrupted write: {e}");
+            false
+        }
+    }
+}
+
 /// Reads and parses one record file (never modifies it).
 fn load_file(d: &OpenDir, bytes: &[u8]) -> Result<(String, Vec<Record>), SkipReason> {
     let name = name::checked(bytes, NAME_MAX)
@@ -923,7 +974,8 @@ mod tests {
         w("nbsp\u{a0}name", &line);
         w(".hidden", &line);
         w("client1.new", &line);
-        w(".client1.new", &line);
+        // A temp name that is not a regular file: left alone, never followed.
+        symlink("/etc/passwd", sm.join(".client1.new")).unwrap();
         let before = snapshot(&sm);
 
         let (loaded, report) = s.load(Dir::Sm).unwrap();
@@ -1041,8 +1093,21 @@ mod tests {
         std::fs::write(t.path().join("sm/client3.new"), new.to_line()).unwrap();
         let (loaded, report) = s.load(Dir::Sm).unwrap();
         assert_eq!(loaded, vec![("client1".to_owned(), old.clone())]);
-        assert_eq!(report.leftovers.len(), 3);
+        // nsmd's temps are removed (once: the next load finds none); 2.6's is left.
+        let mut removed = report.removed.clone();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                t.path().join("sm/.client1.new"),
+                t.path().join("sm/.client2.new")
+            ]
+        );
+        assert_eq!(report.leftovers, vec![t.path().join("sm/client3.new")]);
         assert!(report.skipped.is_empty());
+        assert!(!t.path().join("sm/.client1.new").exists());
+        assert!(!t.path().join("sm/.client2.new").exists());
+        assert!(s.load(Dir::Sm).unwrap().1.removed.is_empty());
         // The next write replaces the stale temp.
         s.write(Dir::Sm, "client1", std::slice::from_ref(&new))
             .unwrap();
@@ -1055,6 +1120,38 @@ mod tests {
         assert_eq!(s.retire().unwrap(), 1);
         assert!(t.path().join("sm/client3.new").exists());
         assert!(!t.path().join("sm.bak/client3.new").exists());
+    }
+
+    #[test]
+    fn only_regular_temps_of_record_names_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let s = StateDir::open(t.path()).unwrap();
+        let sm = t.path().join("sm");
+        let outside = t.path().join("outside");
+        std::fs::write(&outside, b"keep me").unwrap();
+        // Symlinks (to a file, dangling), a directory, a FIFO: never removed, never followed.
+        symlink(&outside, sm.join(".link.new")).unwrap();
+        symlink("/nonexistent", sm.join(".dangling.new")).unwrap();
+        std::fs::create_dir(sm.join(".dir.new")).unwrap();
+        nix::unistd::mkfifo(&sm.join(".fifo.new"), Mode::from_bits_truncate(0o600)).unwrap();
+        // Names that are no temp of a record name.
+        for name in ["..dot.new", ".bad name.new", ".x.new.new", ".new", "..new"] {
+            std::fs::write(sm.join(name), b"x").unwrap();
+        }
+        // The one that goes.
+        std::fs::write(sm.join(".host.example.new"), b"").unwrap();
+        let before = {
+            let mut v = snapshot(&sm);
+            v.retain(|(p, _)| !p.ends_with(".host.example.new"));
+            v
+        };
+        let (_, report) = s.load(Dir::Sm).unwrap();
+        assert_eq!(report.removed, vec![sm.join(".host.example.new")]);
+        assert_eq!(snapshot(&sm), before, "only .host.example.new was removed");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+        assert!(sm.join(".dir.new").is_dir());
+        assert!(std::fs::symlink_metadata(sm.join(".link.new")).is_ok());
+        assert!(std::fs::symlink_metadata(sm.join(".dangling.new")).is_ok());
     }
 
     #[test]

@@ -64,8 +64,9 @@
 //!   ([`StateDir::write`] lists the system calls). The first record for a host is written the
 //!   same way (nfs-utils writes it in place with `O_EXCL|O_SYNC`).
 //! - **Temporary names**: `.<name>.new` (nfs-utils 2.8's scheme, skipped by every scan) rather
-//!   than 2.6's `<name>.new`, which a 2.6 scan would load as a host. Leftovers of both schemes
-//!   are reported by [`StateDir::load`], never loaded, and left in `sm/` by `retire`.
+//!   than 2.6's `<name>.new`, which a 2.6 scan would load as a host. Temps of both schemes
+//!   are never loaded; [`StateDir::load`] removes those of an interrupted write in nsmd's
+//!   scheme (regular files only, logged once) and reports 2.6's; `retire` leaves them in `sm/`.
 //! - **File names**: nsmd names a record file by the `mon_name` as lockd sent it
 //!   ([`file_name`]), never by a DNS lookup; nfs-utils uses the DNS canonical name. Files
 //!   written by nfs-utils are read whatever their name, as long as it is UTF-8 without
