@@ -181,20 +181,16 @@ fn log_instance_files(dir: &Path, specs: &[ServiceSpec]) {
 }
 
 /// The state directory's lock, held until nsmd exits. A missing directory is created first
-/// (as root, 0755), but nothing in it: a refused nsmd leaves no `sm/` or `sm.bak/` behind.
+/// (as root, 0755, durably: its parent is fsynced, or a power cut could take it with every
+/// record), but nothing in it: a refused nsmd leaves no `sm/` or `sm.bak/` behind.
 fn lock_state_dir(cfg: &StatdConfig) -> Result<nsmd::register::StateDirLock> {
     if !cfg.state_dir.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&cfg.state_dir)
-            .with_context(|| {
-                format!(
-                    "cannot create the state directory {} (pass another with -P)",
-                    cfg.state_dir.display()
-                )
-            })?;
+        nsm_store::create_dir_durably(&cfg.state_dir).with_context(|| {
+            format!(
+                "cannot create the state directory {} (pass another with -P)",
+                cfg.state_dir.display()
+            )
+        })?;
     }
     nsmd::register::StateDirLock::take(&cfg.state_dir)
 }

@@ -604,7 +604,17 @@ fn read_state(base: &OwnedFd, path: &Path) -> Result<Option<i32>, StoreError> {
     }
 }
 
-/// Creates a directory (mode exactly 0755) if it is missing; checks it is a directory.
+/// Creates `path` and its missing parents (mode exactly 0755) and makes each new directory
+/// durable (its parent is fsynced), so that a power cut cannot take the state directory with
+/// the records written in it. An existing directory is left as it is; anything else at `path`
+/// is an error.
+pub fn create_dir_durably(path: &Path) -> Result<(), StoreError> {
+    mkdir(path, true)
+}
+
+/// Creates a directory (mode exactly 0755) if it is missing; checks it is a directory. A
+/// directory it creates is made durable (its parent is fsynced): otherwise a power cut could
+/// take `sm/`, or the whole state directory, with every record written in it since.
 fn mkdir(path: &Path, recursive: bool) -> Result<(), StoreError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => return Ok(()),
@@ -616,17 +626,22 @@ fn mkdir(path: &Path, recursive: bool) -> Result<(), StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::io("stat", path, e)),
     }
-    match std::fs::DirBuilder::new()
-        .recursive(recursive)
-        .mode(DIR_MODE)
-        .create(path)
-    {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let (true, Some(parent)) = (recursive, parent) {
+        mkdir(parent, true)?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return mkdir(path, false),
         Err(e) => return Err(StoreError::io("create directory", path, e)),
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))
-        .map_err(|e| StoreError::io("chmod", path, e))
+        .map_err(|e| StoreError::io("chmod", path, e))?;
+    if let Some(parent) = parent {
+        let fd = open_dir_fd(None, parent)?;
+        fsync(&fd).map_err(|e| StoreError::io("fsync", parent, e))?;
+    }
+    Ok(())
 }
 
 fn open_dir_fd(at: Option<(&OwnedFd, &str)>, path: &Path) -> Result<OwnedFd, StoreError> {

@@ -93,7 +93,7 @@ mod name;
 mod record;
 
 pub use commit::{CommitStats, Committer, SyncMode};
-pub use dir::{Dir, LoadReport, MAX_FILE_BYTES, Skipped, StateDir};
+pub use dir::{Dir, LoadReport, MAX_FILE_BYTES, Skipped, StateDir, create_dir_durably};
 pub use error::{Field, NameError, ParseError, SkipReason, StoreError};
 pub use name::{MAX_FILE_NAME, file_name};
 pub use record::{MAX_LINE_LEN, MAX_NAMES_LEN, PRIV_SIZE, Record, SM_MAXSTRLEN};
