@@ -318,6 +318,12 @@ pub struct Instance {
     crash_notify: Option<CrashNotify>,
     /// The notification started by the last SM_SIMU_CRASH, if it still runs.
     notifying: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held shared by every SM_MON and SM_UNMON(_ALL) from its change in memory until its
+    /// file is durable, and exclusively by SM_SIMU_CRASH while it moves `sm/` to `sm.bak/`
+    /// and forgets the records: a registration acknowledged during a crash is then either
+    /// moved with the others (and forgotten) or recorded after it (and kept, in memory and in
+    /// `sm/`), never kept on disk but forgotten in memory.
+    crash: tokio::sync::RwLock<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -378,6 +384,7 @@ impl Instance {
             service_address: cfg.service_address,
             crash_notify: cfg.crash_notify,
             notifying: Mutex::new(None),
+            crash: tokio::sync::RwLock::new(()),
         });
         let weak = Arc::downgrade(&inst);
         tokio::spawn(async move {
@@ -619,6 +626,7 @@ impl Instance {
             my_proc: id.my_proc,
             priv_: m.priv_,
         };
+        let _no_crash = self.crash.read().await;
         // Update memory and queue the file's new contents under the lock, so commits of the
         // same file are queued in the order their contents were computed.
         let (commit, previous, file) = {
@@ -689,6 +697,7 @@ impl Instance {
         what: &str,
         pred: impl Fn(&Record) -> bool,
     ) -> Result<Vec<Record>, StoreError> {
+        let _no_crash = self.crash.read().await;
         let (commits, removed) = {
             let mut entries = lock(&self.entries);
             let (removed, files) = entries.remove_where(pred);
@@ -809,6 +818,8 @@ impl Instance {
             warn!(%peer, "SM_SIMU_CRASH refused: only from loopback and a privileged port");
             return;
         }
+        // No SM_MON or SM_UNMON between the move and the forgetting (see `crash`).
+        let _crash = self.crash.write().await;
         let (dir, authority) = (self.dir.clone(), self.authority.clone());
         let done = tokio::task::spawn_blocking(move || -> Result<(i32, usize), String> {
             let state = authority.bump()?;
