@@ -11,7 +11,8 @@
 //!
 //! [`FaultFs::cut_power`] throws everything else away: each directory goes back to the entries
 //! it had at its last fsync, each file to the data it had at its last fsync, and files no
-//! durable entry reaches are gone. The durable image is kept in memory next to the live one
+//! durable entry reaches are gone. [`FaultFs::cut_power_keeping_entries`] loses file data
+//! only, as LazyFS does (a journal that committed the metadata). The durable image is kept in memory next to the live one
 //! (nothing of the test is written to the host's disks); [`FaultFs::sync_all`] makes
 //! everything durable, for preparing a directory tree.
 //!
@@ -249,10 +250,11 @@ impl State {
         }
     }
 
-    fn cut(&mut self) {
+    fn cut(&mut self, keep_entries: bool) {
         for i in self.inodes.values_mut() {
             match &mut i.kind {
                 Kind::File { data, durable } => data.clone_from(durable),
+                Kind::Dir { entries, durable } if keep_entries => durable.clone_from(entries),
                 Kind::Dir { entries, durable } => entries.clone_from(durable),
             }
         }
@@ -360,7 +362,15 @@ impl FaultFs {
     /// files opened before fail with EIO. Stop the programs using the file system first (a
     /// process killed with SIGKILL has finished its system calls once it is reaped).
     pub fn cut_power(&self) {
-        lock(&self.state).cut();
+        lock(&self.state).cut(false);
+    }
+
+    /// Cuts the power as LazyFS does: file data not fsynced is lost, but every directory
+    /// entry stays as it is (as when a journal committed the metadata but not the data). What
+    /// a strict cut ([`FaultFs::cut_power`]) cannot show: the temporary files an interrupted
+    /// write leaves, empty or complete.
+    pub fn cut_power_keeping_entries(&self) {
+        lock(&self.state).cut(true);
     }
 
     /// How many cuts so far.

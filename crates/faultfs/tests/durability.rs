@@ -173,3 +173,19 @@ fn faults_fail_their_system_calls_until_cleared() {
     t.join().unwrap().unwrap();
     assert_eq!(fs.injected().slow_fsyncs, 1);
 }
+
+#[test]
+fn a_cut_keeping_entries_loses_only_data() {
+    let Some((_d, fs)) = mounted("a_cut_keeping_entries_loses_only_data") else {
+        return;
+    };
+    let root = fs.path().to_owned();
+    write(&root.join("synced"), b"s\n", true);
+    write(&root.join(".tmp.new"), b"t\n", false);
+    fs.cut_power_keeping_entries();
+    assert_eq!(fs::read(root.join("synced")).unwrap(), b"s\n");
+    assert_eq!(fs::read(root.join(".tmp.new")).unwrap(), b"");
+    // The entries are durable now: a strict cut keeps them.
+    fs.cut_power();
+    assert!(root.join(".tmp.new").exists());
+}
