@@ -2,8 +2,9 @@
 # The whole test suite: formatting, lints, unit and black-box tests, benchmark build, fuzz
 # smoke runs. As root it first installs the Debian packages the black-box tests need
 # (rpcbind, nfs-common, iproute2, tshark, python3 for the conformance suite's broken statds,
-# mmdebstrap, systemd-container, lintian and mandoc for the package test, ...) and cargo-deb,
-# and makes missing prerequisites a failure.
+# mmdebstrap, systemd-container, lintian and mandoc for the package test, fuse3 for the
+# power-loss and disk-fault tests' FUSE file system, ...) and cargo-deb, and makes missing
+# prerequisites a failure.
 # Not as root, the network-namespace tests print SKIPPED and the rest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark python3 python3-prometheus-client
           resource-agents libxml2-utils shellcheck pacemaker pacemaker-cli-utils corosync crmsh
           nfs-ganesha nfs-ganesha-vfs dbus-daemon dbus-bin
-          mmdebstrap lintian mandoc man-db ctdb jq iptables ethtool)
+          mmdebstrap lintian mandoc man-db ctdb jq iptables ethtool fuse3)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()
@@ -36,6 +37,8 @@ if [ "$(id -u)" -eq 0 ]; then
         echo "==> installing cargo-deb (crates.io)"
         cargo install cargo-deb --locked --quiet
     fi
+    # The FUSE tests need /dev/fuse: load the module if the kernel has it but did not load it.
+    [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
     # Black-box tests must run here: a missing prerequisite fails them instead of skipping.
     export NSMD_REQUIRE_NETNS=1
 elif [ "${CI:-}" = "true" ]; then
