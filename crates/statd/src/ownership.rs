@@ -13,6 +13,10 @@ use nix::fcntl::{Flock, FlockArg};
 /// nfs-utils loads it as a record).
 pub const OWNER_FILE: &str = ".nsmd-owner";
 
+/// The ownership file's line is padded with spaces to at least this many bytes (one line,
+/// within one disk sector), so that a rewrite overwrites it whole without a truncation.
+const OWNER_LINE: usize = 128;
+
 /// Why ownership could not be claimed, or was lost.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -157,8 +161,17 @@ pub fn write_next_epoch(
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.read_to_string(&mut text).map_err(io)?;
     let epoch = parse_epoch(&text) + 1;
-    let line = format!("epoch {epoch} owner {owner} pid {pid}\n");
-    file.set_len(0).map_err(io)?;
+    // Overwritten in place, never truncated: a truncation reaches the disk as metadata before
+    // the data written after it, so a power cut in between left an empty file (epoch 0, and
+    // the next claim wrote epoch 1: the epoch went back). The line is padded with spaces to
+    // the old length (at least OWNER_LINE), so the file never shrinks and the new line
+    // covers the old one whole.
+    let mut line = format!("epoch {epoch} owner {owner} pid {pid}");
+    let width = text.len().max(OWNER_LINE).saturating_sub(1);
+    if line.len() < width {
+        line.extend(std::iter::repeat_n(' ', width - line.len()));
+    }
+    line.push('\n');
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.write_all(line.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
@@ -497,6 +510,33 @@ mod tests {
         let c = Ownership::claim_over(d.path(), "c").unwrap();
         assert!(c.locked(), "a free lock is taken by a forced claim too");
         assert_eq!(c.epoch(), 3);
+    }
+
+    #[test]
+    fn the_ownership_file_is_overwritten_whole_and_never_shrinks() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(OWNER_FILE);
+        // Written by an older nsmd: short, unpadded.
+        std::fs::write(&path, "epoch 3 owner a pid 1\n").unwrap();
+        drop(Ownership::claim(d.path(), "b").unwrap());
+        let t = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(t.len(), OWNER_LINE);
+        assert!(
+            t.starts_with("epoch 4 owner b pid ") && t.ends_with(" \n"),
+            "{t:?}"
+        );
+        // A longer line than the padding (a long owner name), then a short one: the file
+        // keeps its length and nothing of the long name is left.
+        let long = "x".repeat(200);
+        drop(Ownership::claim(d.path(), &long).unwrap());
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > OWNER_LINE as u64);
+        drop(Ownership::claim(d.path(), "c").unwrap());
+        let t = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(t.len() as u64, len, "never shrinks (no truncation)");
+        assert_eq!(t.lines().count(), 1);
+        assert!(!t.contains('x'), "the old line is covered whole: {t:?}");
+        assert_eq!(read_epoch(d.path()).unwrap(), 6);
     }
 
     #[test]
