@@ -27,7 +27,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Answer, LockdStandIn, NSMD, XorShift, answer, call, mon_args, xdr_string};
@@ -35,6 +35,9 @@ use nsm_faultfs::FaultFs;
 use nsm_testhost::{Host, Lab, Proc, require};
 
 const SM: u32 = 100_024;
+const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
+/// The service instance's address (on the host's loopback).
+const SVC_ADDR: &str = "192.0.2.77";
 const T: Duration = Duration::from_secs(20);
 const CALLERS: u32 = 6;
 const KEYS_PER_CALLER: u32 = 6;
@@ -279,12 +282,22 @@ fn simu_crash(to: SocketAddr, port: u16) -> bool {
 
 /// Starts nsmd with its notification at start (nsm-notify: `sm/` to `sm.bak/`, state + 2),
 /// as after a boot; returns it and its port.
-fn start(host: &Host, dir: &Path, n: u64) -> (Proc, u16) {
-    let d = dir.to_str().unwrap();
+fn start(host: &Host, dir: &Path, instances: &Path, n: u64) -> (Proc, u16) {
+    let (d, i) = (dir.to_str().unwrap(), instances.to_str().unwrap());
     let p = host
         .spawn(
             &format!("nsmd-{n}"),
-            &[NSMD, "-F", "-d", "-P", d, "--proc-root", "/run/proc"],
+            &[
+                NSMD,
+                "-F",
+                "-d",
+                "-P",
+                d,
+                "--proc-root",
+                "/run/proc",
+                "--instances",
+                i,
+            ],
         )
         .unwrap();
     let line = p
@@ -297,6 +310,57 @@ fn start(host: &Host, dir: &Path, n: u64) -> (Proc, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
     (p, port)
+}
+
+/// `nsmctl --json ARGS` in the host: the JSON answer, or `None` when it failed (cut off).
+fn ctl(host: &Host, args: &[&str]) -> Option<serde_json::Value> {
+    let mut argv = vec![NSMCTL, "--json"];
+    argv.extend_from_slice(args);
+    let out = host.run(&argv, T).ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// A takeover of the service instance and, if `release`, its release; records the state and
+/// epoch each acknowledged takeover announced. Returns how many were acknowledged.
+fn takeover_release(
+    host: &Host,
+    release: bool,
+    svc_state: &AtomicI32,
+    svc_epoch: &AtomicU64,
+) -> u64 {
+    let Some(v) = ctl(host, &["takeover", "svc"]) else {
+        return 0;
+    };
+    let state = v["state"].as_i64().unwrap() as i32;
+    svc_state.fetch_max(state, Ordering::SeqCst);
+    if let Some(st) = ctl(host, &["status"]) {
+        if let Some(e) = st["instances"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == "svc"))
+            .and_then(|i| i["epoch"].as_u64())
+        {
+            svc_epoch.fetch_max(e, Ordering::SeqCst);
+        }
+    }
+    if release {
+        let _ = ctl(host, &["release", "svc"]);
+    }
+    1
+}
+
+/// The epoch of a service instance's ownership file (`epoch N owner ...`), `None` without one.
+fn read_epoch(dir: &Path) -> Option<u64> {
+    let t = std::fs::read_to_string(dir.join(".nsmd-owner")).ok()?;
+    Some(
+        t.split_whitespace()
+            .skip_while(|w| *w != "epoch")
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// Kills every process of the host but rpcbind (nsmd and its nsm-notify) and waits until each
@@ -362,12 +426,41 @@ fn power_cuts_lose_nothing_acknowledged() {
     let _lockd = LockdStandIn::start(&srv, true);
     srv.write_file("/run/proc/sys/fs/nfs/nsm_local_state", "0")
         .unwrap();
+    // The service instance: its state directory on the same disk (made by the operator,
+    // durable), its address on the host's loopback.
+    let svc = mnt.join("svc");
+    std::fs::create_dir(&svc).unwrap();
+    fs.sync_all();
+    let instances = tmp.path().join("instances");
+    std::fs::create_dir(&instances).unwrap();
+    std::fs::write(
+        instances.join("svc.toml"),
+        format!(
+            "hostname = \"svc.power.test\"\naddresses = [\"{SVC_ADDR}\"]\nstate_dir = \"{}\"\n\
+             [notify]\nretry_seconds = 30\n[readiness]\nrpcbind = [100021]\ntimeout_seconds = 10\n\
+             [release]\nexports = [\"/export/svc\"]\n",
+            svc.display()
+        ),
+    )
+    .unwrap();
+    srv.run_ok(
+        &["ip", "addr", "add", &format!("{SVC_ADDR}/32"), "dev", "lo"],
+        T,
+    )
+    .unwrap();
+    for f in ["fs/nfsd/unlock_ip", "fs/nfsd/unlock_filesystem"] {
+        srv.write_file(&format!("/run/proc/{f}"), "").unwrap();
+    }
+    let markers = srv.outside_path("/run/nsmd/instances").unwrap();
     let dir = mnt.join("nfs");
     let (sm, bak) = (dir.join("sm"), dir.join("sm.bak"));
 
     // What was acknowledged before the cut, and the highest state number a reply carried.
     let keys: Mutex<BTreeMap<String, Key>> = Mutex::new(BTreeMap::new());
     let max_state = AtomicI32::new(0);
+    let (svc_state, svc_epoch) = (AtomicI32::new(0), AtomicU64::new(0));
+    let (mut last_svc_state, mut last_svc_epoch) = (0, 0);
+    let mut takeovers = 0u64;
     let mut last_state = 0;
     let mut ops = 0u64;
     let mut crashes = 0u64;
@@ -382,8 +475,10 @@ fn power_cuts_lose_nothing_acknowledged() {
             format!("{:016x}{:016x}\n", rng.next(), rng.next()),
         )
         .unwrap();
+        // A reboot empties /run: no instance resumes.
+        let _ = std::fs::remove_dir_all(&markers);
         let bak_before = list(&bak);
-        let (nsmd, port) = start(&srv, &dir, n);
+        let (nsmd, port) = start(&srv, &dir, &instances, n);
         let to: SocketAddr = ([127, 0, 0, 1], port).into();
 
         // After the restart: the interrupted writes' temps are gone from sm/, nothing skipped.
@@ -422,6 +517,9 @@ fn power_cuts_lose_nothing_acknowledged() {
         let crash_port = 600 + (rng.next() % 400) as u16;
         // Half the cuts lose the directory entries not fsynced too, half only file data.
         let strict = rng.next() % 2 == 0;
+        // Half the runs take the service instance over (and half of those release it).
+        let svc_run = (rng.next() % 2 == 0)
+            .then(|| (rng.next() % 2 == 0, Duration::from_millis(rng.next() % 80)));
         let seeds: Vec<u64> = (0..CALLERS).map(|_| rng.next()).collect();
         let ns = File::open(srv.netns_path()).unwrap();
         std::thread::scope(|s| {
@@ -434,6 +532,13 @@ fn power_cuts_lose_nothing_acknowledged() {
                     caller(to, t, seed, stop, keys, max_state)
                 }));
             }
+            let (srv, svc_state, svc_epoch) = (&srv, &svc_state, &svc_epoch);
+            let svc_thread = svc_run.map(|(release, at)| {
+                s.spawn(move || {
+                    std::thread::sleep(at);
+                    takeover_release(srv, release, svc_state, svc_epoch)
+                })
+            });
             let crash = crash_at.map(|at| {
                 let ns = &ns;
                 s.spawn(move || {
@@ -443,7 +548,7 @@ fn power_cuts_lose_nothing_acknowledged() {
                 })
             });
             std::thread::sleep(delay);
-            kill_all(&srv, rpcbind.pid());
+            kill_all(srv, rpcbind.pid());
             if strict {
                 fs.cut_power();
             } else {
@@ -452,6 +557,9 @@ fn power_cuts_lose_nothing_acknowledged() {
             stop.store(true, Ordering::Relaxed);
             for h in handles {
                 ops += h.join().unwrap();
+            }
+            if let Some(t) = svc_thread {
+                takeovers += t.join().unwrap();
             }
             if let Some(c) = crash {
                 crashes += u64::from(c.join().unwrap());
@@ -499,6 +607,35 @@ fn power_cuts_lose_nothing_acknowledged() {
                 Key::Unknown => {}
             }
         }
+        // The service instance's state and epoch never go back.
+        let (seen_state, seen_epoch) = (
+            svc_state.load(Ordering::SeqCst),
+            svc_epoch.load(Ordering::SeqCst),
+        );
+        if seen_state > 0 || last_svc_state > 0 {
+            let st = read_state(&svc).unwrap_or(0);
+            assert!(
+                st >= seen_state && st >= last_svc_state,
+                "seed {seed} cut {n}: the service instance's state went back to {st} (takeovers \
+                 announced {seen_state}, the file held {last_svc_state})"
+            );
+            last_svc_state = st;
+        }
+        if seen_epoch > 0 || last_svc_epoch > 0 {
+            let e = read_epoch(&svc).unwrap_or(0);
+            assert!(
+                e >= seen_epoch && e >= last_svc_epoch,
+                "seed {seed} cut {n}: the owner epoch went back to {e} (acknowledged {seen_epoch}, \
+                 the file held {last_svc_epoch}): {:?}",
+                std::fs::read(svc.join(".nsmd-owner"))
+            );
+            last_svc_epoch = e;
+        }
+        let svc_files = (list(&svc.join("sm")), list(&svc.join("sm.bak")));
+        assert!(
+            svc_files.0.bad.is_empty() && svc_files.1.bad.is_empty(),
+            "seed {seed} cut {n}: corrupt record files in the service instance: {svc_files:?}"
+        );
         let state = read_state(&dir);
         let seen = max_state.load(Ordering::SeqCst);
         if seen > 0 || last_state > 0 {
@@ -528,7 +665,8 @@ fn power_cuts_lose_nothing_acknowledged() {
     drop(fs);
     eprintln!(
         "power cuts: {cuts} cuts (seed {seed}), {ops} operations acknowledged, {crashes} \
-         SM_SIMU_CRASH notify runs, {monitored_at_cut} monitored peers checked at cuts, \
+         SM_SIMU_CRASH notify runs, {takeovers} takeovers (last state {last_svc_state}, epoch \
+         {last_svc_epoch}), {monitored_at_cut} monitored peers checked at cuts, \
          {temps_after_cut} temporary files found after cuts and {removed_logged} removed at \
          start, final state {last_state}; {:.1?}",
         started.elapsed()

@@ -72,6 +72,9 @@ enum Kind {
     File {
         data: Vec<u8>,
         durable: Vec<u8>,
+        /// The shortest the file was made (truncate) since its last fsync: a journal commits
+        /// a truncation as metadata, before the data written after it.
+        shortest: usize,
     },
     Dir {
         entries: BTreeMap<OsString, u64>,
@@ -244,7 +247,14 @@ impl State {
     /// Makes what `ino` holds durable: a file's data, or a directory's entries.
     fn make_durable(&mut self, ino: u64) {
         match self.inodes.get_mut(&ino).map(|i| &mut i.kind) {
-            Some(Kind::File { data, durable }) => durable.clone_from(data),
+            Some(Kind::File {
+                data,
+                durable,
+                shortest,
+            }) => {
+                durable.clone_from(data);
+                *shortest = data.len();
+            }
             Some(Kind::Dir { entries, durable }) => durable.clone_from(entries),
             None => {}
         }
@@ -253,7 +263,18 @@ impl State {
     fn cut(&mut self, keep_entries: bool) {
         for i in self.inodes.values_mut() {
             match &mut i.kind {
-                Kind::File { data, durable } => data.clone_from(durable),
+                Kind::File {
+                    data,
+                    durable,
+                    shortest,
+                } => {
+                    if keep_entries {
+                        // The truncations reached the disk, the data written since did not.
+                        durable.truncate(*shortest);
+                    }
+                    data.clone_from(durable);
+                    *shortest = data.len();
+                }
                 Kind::Dir { entries, durable } if keep_entries => durable.clone_from(entries),
                 Kind::Dir { entries, durable } => entries.clone_from(durable),
             }
@@ -365,10 +386,11 @@ impl FaultFs {
         lock(&self.state).cut(false);
     }
 
-    /// Cuts the power as LazyFS does: file data not fsynced is lost, but every directory
-    /// entry stays as it is (as when a journal committed the metadata but not the data). What
-    /// a strict cut ([`FaultFs::cut_power`]) cannot show: the temporary files an interrupted
-    /// write leaves, empty or complete.
+    /// Cuts the power as when a journal committed the metadata but not the data: file data
+    /// not fsynced is lost (as with LazyFS), but every directory entry stays as it is, and a
+    /// file truncated since its last fsync keeps only what the truncation left of its durable
+    /// data. What a strict cut ([`FaultFs::cut_power`]) cannot show: the temporary files an
+    /// interrupted write leaves, and files rewritten in place found empty.
     pub fn cut_power_keeping_entries(&self) {
         lock(&self.state).cut(true);
     }
@@ -502,7 +524,10 @@ impl Filesystem for Server {
         }
         if let Some(size) = size {
             match &mut i.kind {
-                Kind::File { data, .. } => data.resize(size as usize, 0),
+                Kind::File { data, shortest, .. } => {
+                    data.resize(size as usize, 0);
+                    *shortest = (*shortest).min(data.len());
+                }
                 Kind::Dir { .. } => return reply.error(libc::EISDIR),
             }
             i.mtime = SystemTime::now();
@@ -550,6 +575,7 @@ impl Filesystem for Server {
         let kind = Kind::File {
             data: Vec::new(),
             durable: Vec::new(),
+            shortest: 0,
         };
         match s
             .make(parent, name, kind, mode & !umask, req)
@@ -652,6 +678,17 @@ impl Filesystem for Server {
         if writing {
             if let Err(e) = s.change() {
                 return reply.error(e);
+            }
+        }
+        // With FUSE_ATOMIC_O_TRUNC the kernel passes O_TRUNC here instead of a setattr.
+        if flags & libc::O_TRUNC != 0 {
+            if let Some(Inode {
+                kind: Kind::File { data, shortest, .. },
+                ..
+            }) = s.inodes.get_mut(&ino)
+            {
+                data.clear();
+                *shortest = 0;
             }
         }
         reply.opened(s.generation, fuser::consts::FOPEN_DIRECT_IO);

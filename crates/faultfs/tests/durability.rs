@@ -182,9 +182,19 @@ fn a_cut_keeping_entries_loses_only_data() {
     let root = fs.path().to_owned();
     write(&root.join("synced"), b"s\n", true);
     write(&root.join(".tmp.new"), b"t\n", false);
+    // Rewritten in place (truncate, write) without an fsync: found empty.
+    write(&root.join("in-place"), b"old\n", true);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(root.join("in-place"))
+        .unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(b"new\n").unwrap();
+    drop(f);
     fs.cut_power_keeping_entries();
     assert_eq!(fs::read(root.join("synced")).unwrap(), b"s\n");
     assert_eq!(fs::read(root.join(".tmp.new")).unwrap(), b"");
+    assert_eq!(fs::read(root.join("in-place")).unwrap(), b"");
     // The entries are durable now: a strict cut keeps them.
     fs.cut_power();
     assert!(root.join(".tmp.new").exists());
