@@ -1210,6 +1210,86 @@ mod tests {
         }
     }
 
+    /// Bumps only once the test lets it, after saying it was entered.
+    #[derive(Debug)]
+    struct GatedBump {
+        dir: Arc<StateDir>,
+        entered: std::sync::mpsc::SyncSender<()>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl StateAuthority for GatedBump {
+        fn bump(&self) -> Result<i32, String> {
+            let _ = self.entered.send(());
+            let _ = lock(&self.go).recv();
+            self.dir.state(true).map_err(|e| e.to_string())
+        }
+        fn publish(&self, _state: i32) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn lockd_mon(name: &'static [u8]) -> Mon<'static> {
+        Mon {
+            mon_id: MonId {
+                mon_name: nsm_xdr::Opaque::new(name).unwrap(),
+                my_id: MyId {
+                    my_name: nsm_xdr::Opaque::new(b"srv").unwrap(),
+                    my_prog: NLM_PROG,
+                    my_vers: 3,
+                    my_proc: 16,
+                },
+            },
+            priv_: [9; 16],
+        }
+    }
+
+    /// An SM_MON that arrives while SM_SIMU_CRASH moves `sm/` to `sm.bak/` is recorded after
+    /// the crash: monitored and in `sm/`. (Before, it could be written to `sm/` after the move
+    /// and then forgotten in memory by the crash: on disk, not monitored.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_sm_mon_during_sm_simu_crash_is_recorded_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(1);
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let mut cfg = InstanceConfig::new("node", d.path().to_owned());
+        cfg.authority = Some(Arc::new(GatedBump {
+            dir: Arc::new(StateDir::open(d.path()).unwrap()),
+            entered: entered_tx,
+            go: Mutex::new(go_rx),
+        }));
+        let (inst, _) = Instance::open(cfg).unwrap();
+        let local: SocketAddr = "127.0.0.1:700".parse().unwrap();
+        let ok = |r: SmStatRes| assert_eq!(r.res_stat, Res::StatSucc);
+        ok(inst.mon(local, &lockd_mon(b"before")).await);
+
+        let crash = tokio::spawn({
+            let i = inst.clone();
+            async move { i.simu_crash(local).await }
+        });
+        tokio::task::spawn_blocking(move || entered_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let during = tokio::spawn({
+            let i = inst.clone();
+            async move { i.mon(local, &lockd_mon(b"during")).await }
+        });
+        // Give the SM_MON every chance to run before the crash goes on (not an assertion).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        go_tx.send(()).unwrap();
+        crash.await.unwrap();
+        ok(during.await.unwrap());
+
+        assert_eq!(inst.peers(), [("during".to_owned(), "srv".to_owned())]);
+        let names = |dir| -> Vec<String> {
+            let (r, _) = inst.state_dir().load(dir).unwrap();
+            r.into_iter().map(|(f, _)| f).collect()
+        };
+        assert_eq!(names(Dir::Sm), ["during"]);
+        assert_eq!(names(Dir::Bak), ["before"]);
+    }
+
     #[test]
     fn a_mon_name_loaded_from_a_file_named_otherwise_stays_in_that_file() {
         let mut r = Records::default();
