@@ -864,9 +864,10 @@ fn snapshot(p: &Path) -> Entry {
 }
 
 /// A garbage file, a symlink to /etc/passwd, a subdirectory, and the temporary files of an
-/// interrupted write (`X.new` of nfs-utils 2.6, `.X.new` of 2.8 and nsmd) in `sm/`: nsmd
-/// starts, logs each with its path, loads none of them (SM_NOTIFY for their names calls
-/// nobody back), serves the one valid record, and leaves every file exactly as it was.
+/// interrupted write (`X.new` of nfs-utils 2.6, `.X.new` of 2.8 and nsmd, and a `.X.new`
+/// symlink to /etc/passwd) in `sm/`: nsmd starts, logs each with its path, loads none of them
+/// (SM_NOTIFY for their names calls nobody back), serves the one valid record, removes its own
+/// scheme's temp (a regular file; logged once) and leaves every other file exactly as it was.
 #[test]
 fn corrupt_and_foreign_files_in_sm_are_reported_skipped_and_kept() {
     if !require(
@@ -915,7 +916,16 @@ fn corrupt_and_foreign_files_in_sm_are_reported_skipped_and_kept() {
         line("left.example.test", [5; 16]),
     )
     .unwrap();
-    let before = snapshot(&sm);
+    // A temp name that is a symlink: reported, never followed, never removed.
+    symlink("/etc/passwd", sm.join(".passwd.new")).unwrap();
+    // What sm/ must hold afterwards: everything but nsmd's own temp, which is removed.
+    let before = match snapshot(&sm) {
+        Entry::Dir(mut v) => {
+            v.retain(|(name, _)| name != ".left.example.test.new");
+            Entry::Dir(v)
+        }
+        other => panic!("sm/ is not a directory: {other:?}"),
+    };
     let passwd = std::fs::read("/etc/passwd").unwrap();
 
     let (nsmd, port) = start_nsmd(&srv, "nsmd", dir);
@@ -927,7 +937,7 @@ fn corrupt_and_foreign_files_in_sm_are_reported_skipped_and_kept() {
         "passwd-link",
         "subdir",
         "left.example.test.new",
-        ".left.example.test.new",
+        ".passwd.new",
     ] {
         let path = format!("{dir}/sm/{f}");
         let hits: Vec<&&str> = warnings
@@ -940,6 +950,15 @@ fn corrupt_and_foreign_files_in_sm_are_reported_skipped_and_kept() {
         warnings.iter().all(|l| !l.contains("valid.example.test")),
         "the valid record is not reported: {log}"
     );
+    // nsmd's own temp of an interrupted write is removed, and that is logged once.
+    let removed = format!("{dir}/sm/.left.example.test.new");
+    let hits = log
+        .lines()
+        .filter(|l| l.contains("temporary file of an interrupted write removed"))
+        .filter(|l| l.split([' ', '"', '=']).any(|w| w == removed))
+        .count();
+    assert_eq!(hits, 1, "one line for the removal of {removed}:\n{log}");
+    assert!(!sm.join(".left.example.test.new").exists());
     nsmd.wait_for_log_line("registered program 100024", T)
         .unwrap();
 
@@ -971,7 +990,11 @@ fn corrupt_and_foreign_files_in_sm_are_reported_skipped_and_kept() {
     );
     assert!(nsmd.is_running());
     stop_clean(&nsmd);
-    assert_eq!(snapshot(&sm), before, "sm/ unchanged");
+    assert_eq!(
+        snapshot(&sm),
+        before,
+        "sm/ unchanged but for the removed temp"
+    );
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
     eprintln!("hostile sm/: {:.1?}", started.elapsed());
 }
