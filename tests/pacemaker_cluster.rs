@@ -959,6 +959,10 @@ fn pacemaker_failover_drills() {
         .unwrap()
         .signal(Signal::Kill)
         .unwrap();
+    // The cleanup only once the failed start's transition is over: on a loaded machine a
+    // cleanup issued while Pacemaker was still stopping the group was once followed by no
+    // new transition at all.
+    n2.run(&["/usr/sbin/crm_resource", "--wait", "--timeout", "60s"]);
     let lost = c.drill(
         "d': holder gone, --cleanup",
         0,
