@@ -3,8 +3,8 @@
 # smoke runs. As root it first installs the Debian packages the black-box tests need
 # (rpcbind, nfs-common, iproute2, tshark, python3 for the conformance suite's broken statds,
 # mmdebstrap, systemd-container, lintian and mandoc for the package test, fuse3 for the
-# power-loss and disk-fault tests' FUSE file system, ...) and cargo-deb, and makes missing
-# prerequisites a failure.
+# power-loss and disk-fault tests' FUSE file system, qemu for the kernel scenarios, ...) and
+# cargo-deb, and makes missing prerequisites a failure.
 # Not as root, the network-namespace tests print SKIPPED and the rest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 packages=(rpcbind nfs-common iproute2 util-linux mount procps tshark python3 python3-prometheus-client
           resource-agents libxml2-utils shellcheck pacemaker pacemaker-cli-utils corosync crmsh
           nfs-ganesha nfs-ganesha-vfs dbus-daemon dbus-bin
-          mmdebstrap lintian mandoc man-db ctdb jq iptables ethtool fuse3)
+          mmdebstrap lintian mandoc man-db ctdb jq iptables ethtool fuse3
+          qemu-system-x86 cpio bc e2fsprogs)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()
@@ -66,5 +67,11 @@ fi
 if [ -x fuzz/smoke.sh ]; then
     echo "==> fuzz smoke runs (${FUZZ_SECONDS:-15} s per target)"
     fuzz/smoke.sh
+fi
+if [ "$(id -u)" -eq 0 ]; then
+    echo "==> kernel scenarios: Debian 12's kernel in qemu guests (tests/vm/run.sh)"
+    tests/vm/run.sh
+else
+    echo "*** SKIPPED kernel scenarios (tests/vm/run.sh): they need root"
 fi
 echo "==> all tests passed"

@@ -1,0 +1,105 @@
+# Scenario b (sourced by run.sh): a server "reboots" (statd killed, nfsd stopped, which drops
+# every lock, then both started again as at boot) while a client guest holds fcntl locks on an
+# NFSv3 mount. Both start orders, with Debian's rpc.statd and with nsmd on both guests. Every
+# lock must be reclaimed in grace and held by the server again, and the client monitored again.
+# The captures of these rounds are what scenario a reads.
+
+if [ -z "${VM_PID[server1]:-}" ]; then
+    vm_boot server1 198.51.100.1 52:54:00:00:00:01
+    vm_boot client 198.51.100.10 52:54:00:00:00:10
+    vm_ready server1 client
+    for g in server1 client; do
+        vm_must "$g" "start tcpdump and rpcbind" <<'EOF'
+start_rpcbind
+EOF
+    done
+    vm_must server1 "start nfsd with an export" <<'EOF'
+mkdir -p /export
+echo "/export 198.51.100.0/24(rw,sync,no_root_squash,no_subtree_check,fsid=1)" >/etc/exports
+start_nfsd
+end_grace
+EOF
+fi
+
+FILES="f1 f2"
+B_TIMES="$VM_RUN/times-b.txt"
+for kind in rpc.statd nsmd; do
+    # lockd asks statd to monitor a peer once per peer (its nsm_handle): switching statds under a
+    # running lockd would leave the new one without records. nfsd stops (the server's lockd
+    # forgets its hosts) while the statd changes; the client's mount is gone between rounds.
+    vm_must server1 "stop nfsd before switching to $kind" <<<'stop_nfsd'
+    for g in server1 client; do
+        vm_must "$g" "start $kind on a fresh state directory" <<EOF
+stop_capture
+start_capture $kind
+kill_statd TERM
+reset_statd_dir
+start_statd $kind
+wait_statd
+cat /proc/sys/fs/nfs/nsm_local_state >\$R/nsm_local_state.$kind
+cat /var/lib/nfs/state 2>/dev/null | od -An -tu4 | tr -d ' ' >\$R/state.$kind
+EOF
+    done
+    vm_must server1 "start nfsd for $kind" <<<'start_nfsd; end_grace'
+    for order in statd-first nfsd-first; do
+        round="b $kind $order"
+        vm_log "round: $round"
+        vm_must client "mount server1:/export and lock $FILES ($round)" <<EOF
+dmesg -c >>\$R/dmesg.txt
+mkdir -p /mnt/b
+mount -t nfs -o vers=3,proto=tcp,hard server1:/export /mnt/b
+hold_locks app $(for f in $FILES; do echo -n "/mnt/b/$f "; done)
+EOF
+        vm_run -t 200 server1 "the server's reboot and the client's reclaim ($round)" \
+            >"$VM_RUN/b-$kind-$order.out" <<EOF || true
+files="$(for f in $FILES; do echo -n "/export/$f "; done)"
+wait_for 30 "the client's locks on the server" all_locked \$files
+ls /var/lib/nfs/sm >\$R/sm-before.$kind.$order
+t0=\$(now)
+kill_statd KILL
+stop_nfsd
+wait_for 30 "nfsd's stop to drop the locks" none_locked \$files
+new_boot
+case $order in
+statd-first) start_statd $kind; start_nfsd ;;
+nfsd-first) start_nfsd; start_statd $kind ;;
+esac
+t_up=\$(now)
+deadline=\$((\$(date +%s) + 120))
+until all_locked \$files || [ \$(date +%s) -ge \$deadline ]; do sleep 0.1; done
+if all_locked \$files; then
+    echo "RECLAIMED \$(since \$t0) s after the kill (\$(awk "BEGIN{print \$t_up - \$t0}") s to restart)"
+else
+    echo "NOT RECLAIMED within 120 s of the restart"
+fi
+for f in \$files; do conflicts \$f && echo "CONFLICT \$f" || echo "NO CONFLICT \$f"; done
+ls /var/lib/nfs/sm >\$R/sm-after.$kind.$order
+echo "SM: \$(ls /var/lib/nfs/sm | tr '\n' ' ')"
+grep -c . /proc/locks >/dev/null || true
+cp /proc/locks \$R/locks.$kind.$order
+dmesg >\$R/dmesg.$kind.$order
+end_grace
+EOF
+        cat "$VM_RUN/b-$kind-$order.out" >&2
+        vm_must client "collect the client's view and release ($round)" >"$VM_RUN/b-$kind-$order.client" <<'EOF'
+dmesg -c | tee -a $R/dmesg.txt | grep -E 'lockd|NFS|nfs|statd' || true
+kill -0 $(cat $R/app.locked) && echo "APP ALIVE"
+release_locks app
+umount /mnt/b
+sleep 0.5
+dmesg -c >>$R/dmesg.txt
+EOF
+        cat "$VM_RUN/b-$kind-$order.client" >&2
+        out="$VM_RUN/b-$kind-$order.out"
+        check "$round: every lock held by the server again" grep -q '^RECLAIMED' "$out"
+        check "$round: a second process on the server conflicts with each lock" \
+            test "$(grep -c '^CONFLICT' "$out")" -eq "$(echo $FILES | wc -w)"
+        check "$round: the client's kernel reclaimed without error" \
+            sh -c "! grep -q 'failed to reclaim' '$VM_RUN/b-$kind-$order.client'"
+        check "$round: the server's statd monitors the client again" \
+            grep -Eq '^SM: .*(client|198\.51\.100\.10)' "$out"
+        t=$(sed -n 's/^RECLAIMED \([0-9.]*\) s after the kill.*/\1/p' "$out")
+        echo "$kind $order ${t:-none}" >>"$B_TIMES"
+        result "time $round: kill -> locks held again: ${t:-never} s"
+    done
+done
