@@ -410,7 +410,9 @@ impl Services {
     }
 
     /// Writes `text` to `<proc_root>/fs/nfsd/<file>` when it is one of the instance's
-    /// configured addresses (`unlock_ip`) or exports (`unlock_filesystem`).
+    /// configured addresses (`unlock_ip`) or exports (`unlock_filesystem`). The kernel takes
+    /// one newline-terminated word (`write_unlock_ip`, `write_unlock_fs` in
+    /// `fs/nfsd/nfsctl.c`) and answers EINVAL to anything else, so the newline is added here.
     fn unlock(&self, name: &str, file: &str, text: &str) -> std::result::Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         let spec = self.find(name)?;
@@ -430,7 +432,7 @@ impl Services {
             .truncate(true)
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()))
             .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
@@ -497,11 +499,11 @@ mod tests {
         s.unlock("svc", "unlock_filesystem", "/export/a").unwrap();
         assert_eq!(
             std::fs::read_to_string(nfsd.join("unlock_ip")).unwrap(),
-            "127.0.0.9"
+            "127.0.0.9\n"
         );
         assert_eq!(
             std::fs::read_to_string(nfsd.join("unlock_filesystem")).unwrap(),
-            "/export/a"
+            "/export/a\n"
         );
         // Never created: only kernel files that exist are written.
         std::fs::remove_file(nfsd.join("unlock_ip")).unwrap();

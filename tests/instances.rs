@@ -687,12 +687,13 @@ fn service_instance_with_dropped_privileges() {
     assert_eq!(owner(&state_dir.join("state")), 0, "state stays root's");
     assert_eq!(owner(&state_dir.join(".nsmd-owner")), 0);
 
-    // Release: unlock_ip (root's, as on a real system) written.
+    // Release: unlock_ip (root's, as on a real system) written by the root helper, with the
+    // newline the kernel requires.
     let (ok, out, err) = a.ctl(&["release", "svc"]);
     assert!(ok, "{out}{err}\n{}", a.nsmd().log_tail(30));
     assert_eq!(
         a.host.read_file("/run/proc/fs/nfsd/unlock_ip").unwrap(),
-        SVC_ADDR.as_bytes(),
+        format!("{SVC_ADDR}\n").as_bytes(),
         "{}",
         a.nsmd().log_tail(30)
     );
@@ -700,7 +701,7 @@ fn service_instance_with_dropped_privileges() {
         a.host
             .read_file("/run/proc/fs/nfsd/unlock_filesystem")
             .unwrap(),
-        b"/export/svc"
+        b"/export/svc\n"
     );
 
     // Taken over again: the client's rpc.statd hears the new state from the service

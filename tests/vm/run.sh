@@ -16,7 +16,7 @@ scenarios=("$@")
 [ "${#scenarios[@]}" -gt 0 ] || scenarios=(a b c d)
 
 [ "$(id -u)" -eq 0 ] || vm_fail "the kernel scenarios need root (qemu's 9p share, mmdebstrap)"
-for tool in qemu-system-x86_64 mmdebstrap cpio tshark bc; do
+for tool in qemu-system-x86_64 mmdebstrap cpio tshark bc mkfs.ext4; do
     command -v "$tool" >/dev/null \
         || vm_fail "$tool is missing: install the packages listed in scripts/test.sh (as root it installs them)"
 done
@@ -41,6 +41,45 @@ result() { echo "$*" | tee -a "$SUMMARY" >&2; }
 FAILURES=0
 check() { # check WHAT COMMAND...: records a failed check, goes on
     if "${@:2}"; then result "ok   $1"; else result "FAIL $1"; FAILURES=$((FAILURES + 1)); fi
+}
+
+# Two shared disks (one file system per service, for c and d), attached to both servers.
+for d in svc1 svc2; do
+    truncate -s 64M "$VM_RUN/$d.img"
+    mkfs.ext4 -q -F -L "$d" "$VM_RUN/$d.img"
+done
+disks=()
+for d in svc1 svc2; do
+    disks+=(-drive "file=$VM_RUN/$d.img,format=raw,if=none,id=$d,cache=none,file.locking=off"
+        -device "virtio-blk-pci,drive=$d,share-rw=on")
+done
+
+# boot_guests NAME...: boots those not running yet; each gets rpcbind, a server nfsd too.
+boot_guests() {
+    local g booted=()
+    for g in "$@"; do
+        [ -z "${VM_PID[$g]:-}" ] || continue
+        case $g in
+            server1) vm_boot server1 198.51.100.1 52:54:00:00:00:01 "${disks[@]}" ;;
+            server2) vm_boot server2 198.51.100.2 52:54:00:00:00:02 "${disks[@]}" ;;
+            client) vm_boot client 198.51.100.10 52:54:00:00:00:10 ;;
+        esac
+        booted+=("$g")
+    done
+    [ "${#booted[@]}" -gt 0 ] || return 0
+    vm_ready "${booted[@]}"
+    for g in "${booted[@]}"; do
+        vm_must "$g" "start rpcbind" <<<'start_rpcbind'
+        case $g in
+            server*) vm_must "$g" "start nfsd with an export" <<'EOF'
+mkdir -p /export
+echo "/export 198.51.100.0/24(rw,sync,no_root_squash,no_subtree_check,fsid=1)" >/etc/exports
+start_nfsd
+end_grace
+EOF
+                ;;
+        esac
+    done
 }
 
 for s in "${scenarios[@]}"; do

@@ -4,22 +4,7 @@
 # lock must be reclaimed in grace and held by the server again, and the client monitored again.
 # The captures of these rounds are what scenario a reads.
 
-if [ -z "${VM_PID[server1]:-}" ]; then
-    vm_boot server1 198.51.100.1 52:54:00:00:00:01
-    vm_boot client 198.51.100.10 52:54:00:00:00:10
-    vm_ready server1 client
-    for g in server1 client; do
-        vm_must "$g" "start tcpdump and rpcbind" <<'EOF'
-start_rpcbind
-EOF
-    done
-    vm_must server1 "start nfsd with an export" <<'EOF'
-mkdir -p /export
-echo "/export 198.51.100.0/24(rw,sync,no_root_squash,no_subtree_check,fsid=1)" >/etc/exports
-start_nfsd
-end_grace
-EOF
-fi
+boot_guests server1 client
 
 FILES="f1 f2"
 B_TIMES="$VM_RUN/times-b.txt"

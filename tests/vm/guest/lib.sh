@@ -100,7 +100,7 @@ start_nfsd() {
     if ! [ -s /run/mountd.pid ] || ! kill -0 "$(cat /run/mountd.pid)" 2>/dev/null; then
         daemon mountd rpc.mountd -F -N 4
     fi
-    exportfs -ra
+    exportfs -a  # not -r: that would unexport what a service added with exportfs -o
     rpc.nfsd -N 4 -G "${GRACE:-90}" -L "${GRACE:-90}" 2
     wait_for 20 "lockd (100021) to be registered" rpcinfo -T udp 127.0.0.1 100021 4
 }
@@ -159,4 +159,50 @@ release_locks() {
     local name=$1
     if [ -s "/run/$name.pid" ]; then kill "$(cat "/run/$name.pid")" 2>/dev/null || true; fi
     rm -f "$R/$name.locked"
+}
+
+# Service instances (scenarios c and d): NAME's file system is on the shared disk DEV, its
+# export /srv/NAME/export, its NSM state /srv/NAME/statd; it is mounted only where it runs.
+write_instance() { # write_instance NAME ADDRESS
+    mkdir -p /etc/nsmd/instances.d
+    cat >"/etc/nsmd/instances.d/$1.toml" <<TOML
+hostname = "nfs-$1"
+addresses = ["$2"]
+state_dir = "/srv/$1/statd"
+
+[notify]
+retry_seconds = 120
+
+[readiness]
+rpcbind = [100021, 100003]
+timeout_seconds = 60
+
+[release]
+unlock_ip = true
+exports = ["/srv/$1/export"]
+TOML
+}
+
+# svc_up NAME DEV ADDRESS FSID: what the cluster does before `nsmctl takeover NAME`.
+svc_up() {
+    local name=$1 dev=$2 addr=$3 fsid=$4
+    mkdir -p "/srv/$name"
+    mount "/dev/$dev" "/srv/$name"
+    if [ ! -d "/srv/$name/statd" ]; then
+        mkdir -p "/srv/$name/export" "/srv/$name/statd/sm" "/srv/$name/statd/sm.bak"
+        chmod 777 "/srv/$name/export"
+        chown statd "/srv/$name/statd/sm" "/srv/$name/statd/sm.bak"
+    fi
+    exportfs -o "rw,sync,no_root_squash,no_subtree_check,fsid=$fsid" "198.51.100.0/24:/srv/$name/export"
+    ip addr add "$addr/24" dev eth0
+    arping -q -U -c 1 -I eth0 "$addr" || true
+}
+
+# svc_down NAME ADDRESS: what the cluster does after `nsmctl release NAME`.
+svc_down() {
+    local name=$1 addr=$2
+    exportfs -u "198.51.100.0/24:/srv/$name/export"
+    ip addr del "$addr/24" dev eth0
+    # nfsd's file cache lets go of the files a moment later.
+    wait_for 60 "/srv/$name to unmount" umount "/srv/$name"
 }
