@@ -82,6 +82,37 @@ EOF
     done
 }
 
+# setup_instances: nsmd with the service instances svc1 and svc2 on both servers, nsmd on the
+# client (once per run).
+INSTANCES_UP=""
+setup_instances() {
+    [ -z "$INSTANCES_UP" ] || return 0
+    INSTANCES_UP=1
+    boot_guests server1 server2 client
+    # nfsd stops meanwhile: a new statd under a running lockd would not hear of the peers
+    # lockd already monitors.
+    local g
+    for g in server1 server2; do
+        vm_must "$g" "start nsmd with the service instances svc1 and svc2" <<'EOF'
+stop_nfsd
+kill_statd TERM
+reset_statd_dir
+write_instance svc1 198.51.100.50
+write_instance svc2 198.51.100.51
+start_statd nsmd --instances /etc/nsmd/instances.d
+wait_statd
+start_nfsd
+end_grace
+EOF
+    done
+    vm_must client "start nsmd on the client" <<'EOF'
+kill_statd TERM
+reset_statd_dir
+start_statd nsmd
+wait_statd
+EOF
+}
+
 for s in "${scenarios[@]}"; do
     case "$s" in
         a | b | c | d) . "$here/scenario-$s.sh" ;;

@@ -9,27 +9,7 @@ boot_guests server1 server2 client
 for g in server1 server2 client; do
     vm_must "$g" "capture for scenario c" <<<'stop_capture; start_capture c'
 done
-# nsmd with both service instances on each server (nfsd stopped meanwhile: a new statd under a
-# running lockd would not hear of the peers lockd already monitors).
-for g in server1 server2; do
-    vm_must "$g" "start nsmd with the service instances svc1 and svc2" <<'EOF'
-stop_nfsd
-kill_statd TERM
-reset_statd_dir
-write_instance svc1 198.51.100.50
-write_instance svc2 198.51.100.51
-start_statd nsmd --instances /etc/nsmd/instances.d
-wait_statd
-start_nfsd
-end_grace
-EOF
-done
-vm_must client "start nsmd on the client" <<'EOF'
-kill_statd TERM
-reset_statd_dir
-start_statd nsmd
-wait_statd
-EOF
+setup_instances
 
 vm_must server1 "svc1 up on server1 and taken over" <<'EOF'
 svc_up svc1 vda 198.51.100.50 2
