@@ -9,6 +9,82 @@ boot_guests server1 server2 client
 for g in server1 server2 client; do
     vm_must "$g" "capture for scenario c" <<<'stop_capture; start_capture c'
 done
+# The reference first: Debian's rpc.statd as HA clusters run it today (resource-agents'
+# nfsserver and nfsnotify): statd's directory on the service's file system, nfsd restarted on
+# the new node, then `sm-notify -f -v ADDRESS` from that directory. Release is the same kernel
+# files written by hand. Both ends run rpc.statd; server1's nfsd restarts so that its lockd
+# monitors the client afresh (with the new statd).
+vm_must client "start rpc.statd on the client" <<'EOF'
+kill_statd TERM
+reset_statd_dir
+start_statd rpc.statd
+wait_statd
+EOF
+vm_must server2 "stop statd on server2 (the service's node-to-be)" <<<'kill_statd TERM'
+vm_must server1 "svc1 up on server1 with rpc.statd on its directory" <<'EOF'
+stop_nfsd
+kill_statd TERM
+svc_up svc1 vda 198.51.100.50 2
+rm -f /srv/svc1/statd/state /srv/svc1/statd/sm/* /srv/svc1/statd/sm.bak/*
+start_statd rpc.statd -L -P /srv/svc1/statd
+wait_statd
+start_nfsd
+end_grace
+EOF
+vm_must client "mount svc1 and lock f1 f2 through it (rpc.statd)" <<'EOF'
+dmesg -c >>$R/dmesg.txt
+mkdir -p /mnt/c
+mount -t nfs -o vers=3,proto=tcp,hard 198.51.100.50:/srv/svc1/export /mnt/c
+hold_locks appc /mnt/c/f1 /mnt/c/f2
+EOF
+vm_must server1 "server1 holds the client's locks (rpc.statd)" >"$VM_RUN/c-ref-before.out" <<'EOF'
+wait_for 30 "the client's locks on server1" all_locked /srv/svc1/export/f1 /srv/svc1/export/f2
+echo "SVC1 SM: $(ls /srv/svc1/statd/sm | tr '\n' ' ')"
+EOF
+t0=$(date +%s.%N)
+vm_must server1 "release svc1 by hand (rpc.statd)" <<'EOF'
+echo 198.51.100.50 >/proc/fs/nfsd/unlock_ip
+echo /srv/svc1/export >/proc/fs/nfsd/unlock_filesystem
+kill_statd TERM
+svc_down svc1 198.51.100.50
+EOF
+vm_run -t 200 server2 "svc1 up on server2 with rpc.statd, sm-notify -v, the client's reclaim" \
+    >"$VM_RUN/c-ref-takeover.out" <<'EOF' || true
+stop_nfsd
+svc_up svc1 vda 198.51.100.50 2
+start_statd rpc.statd -L -P /srv/svc1/statd
+wait_statd
+start_nfsd
+sm-notify -d -f -v 198.51.100.50 -P /srv/svc1/statd >>$R/sm-notify.log 2>&1
+files="/srv/svc1/export/f1 /srv/svc1/export/f2"
+deadline=$(($(date +%s) + 120))
+until all_locked $files || [ $(date +%s) -ge $deadline ]; do sleep 0.1; done
+all_locked $files && echo RECLAIMED || echo "NOT RECLAIMED within 120 s of the takeover"
+echo "SVC1 SM: $(ls /srv/svc1/statd/sm | tr '\n' ' ')"
+end_grace
+EOF
+t1=$(date +%s.%N)
+cat "$VM_RUN/c-ref-takeover.out" >&2
+vm_must client "collect the client's view, release, unmount (rpc.statd)" >"$VM_RUN/c-ref-client.out" <<'EOF'
+dmesg -c | tee -a $R/dmesg.txt | grep -E 'lockd|NFS|nfs|statd' || true
+release_locks appc
+umount /mnt/c
+EOF
+check "c rpc.statd: server2 holds every lock again after the failover" grep -q '^RECLAIMED' "$VM_RUN/c-ref-takeover.out"
+check "c rpc.statd: the client's kernel reclaimed without error" \
+    sh -c "! grep -q 'failed to reclaim' '$VM_RUN/c-ref-client.out'"
+t=$(echo "$t1 - $t0" | bc)
+echo "rpc.statd $t" >"$VM_RUN/times-c.txt"
+result "time c rpc.statd: release by hand on server1 -> locks held on server2: $t s (host clock, sm-notify included)"
+vm_must server2 "release svc1 on server2 (rpc.statd), its records cleared for nsmd's round" <<'EOF'
+echo 198.51.100.50 >/proc/fs/nfsd/unlock_ip
+echo /srv/svc1/export >/proc/fs/nfsd/unlock_filesystem
+kill_statd TERM
+rm -f /srv/svc1/statd/sm/* /srv/svc1/statd/sm.bak/*
+svc_down svc1 198.51.100.50
+EOF
+
+# Then nsmd with its service instances.
 setup_instances
 
 vm_must server1 "svc1 up on server1 and taken over" <<'EOF'
@@ -74,7 +150,7 @@ echo "$notifies" >"$VM_RUN/c-notifies.txt"
 check "c nsmd: the takeover notified the client as nfs-svc1 from 198.51.100.50, and only so" \
     awk -F'|' '{n++; if ($0 != "198.51.100.50|nfs-svc1") bad=1} END{exit bad || !n}' <<<"$notifies"
 t=$(echo "$t1 - $t0" | bc)
-echo "nsmd $t" >"$VM_RUN/times-c.txt"
+echo "nsmd $t" >>"$VM_RUN/times-c.txt"
 result "time c nsmd: nsmctl release on server1 -> locks held on server2: $t s (host clock, takeover included)"
 
 # Does this kernel's unlock_ip match anything (a fix of 2026 for an argument swap, see README)?
