@@ -42,6 +42,9 @@ FAILURES=0
 check() { # check WHAT COMMAND...: records a failed check, goes on
     if "${@:2}"; then result "ok   $1"; else result "FAIL $1"; FAILURES=$((FAILURES + 1)); fi
 }
+note() { # note WHAT COMMAND...: as check, for the reference's known failures: never fails the run
+    if "${@:2}"; then result "ok   $1 (reference)"; else result "note $1: NO (reference, known race)"; fi
+}
 
 # Two shared disks (one file system per service, for c and d), attached to both servers.
 for d in svc1 svc2; do
@@ -89,18 +92,19 @@ setup_instances() {
     [ -z "$INSTANCES_UP" ] || return 0
     INSTANCES_UP=1
     boot_guests server1 server2 client
-    # nfsd stops meanwhile: a new statd under a running lockd would not hear of the peers
-    # lockd already monitors.
+    # nfsd restarts after the switch: a new statd under a running lockd would not hear of the
+    # peers lockd already monitors. Not before: with no statd registered, the SM_UNMONs lockd
+    # sends when nfsd stops block `rpc.nfsd 0` for a minute.
     local g
     for g in server1 server2; do
         vm_must "$g" "start nsmd with the service instances svc1 and svc2" <<'EOF'
-stop_nfsd
 kill_statd TERM
 reset_statd_dir
 write_instance svc1 198.51.100.50
 write_instance svc2 198.51.100.51
 start_statd nsmd --instances /etc/nsmd/instances.d
 wait_statd
+stop_nfsd
 start_nfsd
 end_grace
 EOF
