@@ -127,4 +127,5 @@ done
 vm_cleanup
 result "kernel $KERNEL; VM part took $((SECONDS - t_start)) s"
 [ "$FAILURES" -eq 0 ] || vm_fail "$FAILURES check(s) failed (summary: $SUMMARY)"
+rm -f "$VM_RUN"/svc*.img
 vm_log "all scenarios passed"

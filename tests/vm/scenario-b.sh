@@ -48,6 +48,7 @@ EOF
 files="$(for f in $FILES; do echo -n "/export/$f "; done)"
 wait_for 30 "the client's locks on the server" all_locked \$files
 ls /var/lib/nfs/sm >\$R/sm-before.$kind.$order.$rep
+dmesg_before=\$(dmesg | wc -l)
 t0=\$(now)
 kill_statd KILL
 stop_nfsd
@@ -58,10 +59,21 @@ statd-first) start_statd $kind; start_nfsd ;;
 nfsd-first) start_nfsd; start_statd $kind ;;
 esac
 t_up=\$(now)
+# Up to 120 s; once lockd logged that it cannot monitor the client, the reclaims it refused
+# are lost for good (the client does not retry them): 10 s more for the others, then stop.
 deadline=\$((\$(date +%s) + 120))
-until all_locked \$files || [ \$(date +%s) -ge \$deadline ]; do sleep 0.1; done
+refused=""
+until all_locked \$files || [ \$(date +%s) -ge \$deadline ]; do
+    if [ -z "\$refused" ] && dmesg | tail -n +\$((dmesg_before + 1)) | grep -q 'lockd: cannot monitor'; then
+        refused=\$(date +%s)
+        deadline=\$((refused + 10))
+    fi
+    sleep 0.1
+done
 if all_locked \$files; then
     echo "RECLAIMED \$(since \$t0) s after the kill (\$(awk "BEGIN{print \$t_up - \$t0}") s to restart)"
+elif [ -n "\$refused" ]; then
+    echo "NOT RECLAIMED: the server's lockd could not monitor the client (dmesg: cannot monitor)"
 else
     echo "NOT RECLAIMED within 120 s of the restart"
 fi
