@@ -759,8 +759,8 @@ fn service_instance_with_dropped_privileges() {
     assert!(ok, "{out}{err}");
     assert_eq!(
         a.host.read_file("/run/proc/fs/nfsd/unlock_ip").unwrap(),
-        b"198.51.100.104",
-        "written by the root helper"
+        b"198.51.100.104\n",
+        "written by the root helper, with the newline the kernel requires"
     );
 }
 
