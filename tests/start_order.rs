@@ -198,7 +198,34 @@ fn a_dead_statds_registration_is_gone_before_any_peer_is_notified() {
     ) {
         return;
     }
-    let (_lab, server, client) = lab("startorder");
+    dead_registration_case("startorder", false);
+}
+
+/// The same with Debian's layout (`sm/` belongs to the statd user): nsmd and nsm-notify drop
+/// root, and nsm-notify still waits for nsmd's registration, then notifies.
+#[test]
+fn a_dead_statds_registration_is_gone_first_also_after_dropping_root() {
+    if !require(
+        "a_dead_statds_registration_is_gone_first_also_after_dropping_root",
+        &["rpcbind"],
+    ) {
+        return;
+    }
+    dead_registration_case("startorderu", true);
+}
+
+fn dead_registration_case(tag: &str, debian_layout: bool) {
+    let (_lab, server, client) = lab(tag);
+    if debian_layout {
+        server
+            .sh(
+                &format!(
+                    "mkdir -p {STATE_DIR}/sm.bak && chown statd {STATE_DIR}/sm {STATE_DIR}/sm.bak"
+                ),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+    }
     let _rpcbind_s = server.start_rpcbind().unwrap();
     let _rpcbind_c = client.start_rpcbind().unwrap();
     // A statd that died: registered on a port nobody listens on.
@@ -211,6 +238,10 @@ fn a_dead_statds_registration_is_gone_before_any_peer_is_notified() {
         .unwrap();
     let peer = Client::start(&client, rpcbind_addr());
     let nsmd = start_nsmd(&server);
+    if debian_layout {
+        nsmd.wait_for_log_line("dropped privileges", Duration::from_secs(10))
+            .unwrap();
+    }
     let seen = peer.wait_for_notification("nsmd started over a dead statd's registration");
     assert_eq!(seen.mon_name, b"server");
     assert!(

@@ -191,13 +191,17 @@ fn write_proc(path: &Path, text: &str) {
     }
 }
 
-/// `--wait-fd`: blocks until a byte arrives on `fd` (`true`) or its end of file (`false`).
-/// The descriptor is opened again through /proc, so no descriptor number is trusted blindly.
-fn wait_for_go(fd: u32) -> Result<bool> {
-    use std::io::Read;
+/// `--wait-fd`: the descriptor, opened again through /proc, so no descriptor number is
+/// trusted blindly. Called before privileges are dropped: a process that changed its uid is
+/// not dumpable, and its /proc/self/fd then belongs to root.
+fn open_wait_fd(fd: u32) -> Result<std::fs::File> {
     let path = format!("/proc/self/fd/{fd}");
-    let mut f = std::fs::File::open(&path)
-        .with_context(|| format!("--wait-fd {fd}: cannot open {path}"))?;
+    std::fs::File::open(&path).with_context(|| format!("--wait-fd {fd}: cannot open {path}"))
+}
+
+/// `--wait-fd`: blocks until a byte arrives on `f` (`true`) or its end of file (`false`).
+fn wait_for_go(fd: u32, mut f: std::fs::File) -> Result<bool> {
+    use std::io::Read;
     info!("waiting until statd is registered with rpcbind before notifying");
     let mut b = [0u8; 1];
     loop {
@@ -266,9 +270,13 @@ fn run(args: &NotifyArgs, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitC
         port: cfg.outgoing_port,
         device: args.bind_device.clone(),
     })?;
+    let go = args
+        .wait_fd
+        .map(|fd| open_wait_fd(fd).map(|f| (fd, f)))
+        .transpose()?;
     drop_to_owner_of_sm(dir.path())?;
-    if let Some(fd) = args.wait_fd
-        && !wait_for_go(fd)?
+    if let Some((fd, f)) = go
+        && !wait_for_go(fd, f)?
     {
         info!(
             "statd stopped before it was registered with rpcbind: {} peer(s) not notified, \
