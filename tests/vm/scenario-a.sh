@@ -30,9 +30,9 @@ for kind in rpc.statd nsmd; do
                 && $4=="0,0" && $5==peer && $6==me && $7==100021 && $8==3 && $9==16 && length($10)==32) {bad=1; print "unexpected SM_MON: " $0 >"/dev/stderr"} END{exit bad}' \
             <<<"$mons"
         getports=$(fields "$pcap" 'rpc.program==100000 && rpc.procedure==3 && rpc.msgtyp==0 && portmap.prog==100024 && ip.dst==127.0.0.1' \
-            tcp.srcport portmap.version portmap.proto)
-        check "$what: lockd looked statd up with PMAP v2 GETPORT(100024, 1, TCP) over TCP" \
-            grep -Eq '^[0-9]+\|1\|6$' <<<"$getports"
+            tcp.srcport portmap.version portmap.proto rpc.auth.flavor rpc.auth.machinename)
+        check "$what: lockd looked statd up with PMAP v2 GETPORT(100024, 1, TCP) over TCP, AUTH_SYS as $g" \
+            grep -Eq "^[0-9]+\\|1\\|6\\|1,0\\|$g\$" <<<"$getports"
         replies=$(fields "$pcap" 'rpc.program==100024 && rpc.procedure==2 && rpc.msgtyp==1' stat.stat_res.res stat.stat_res.state)
         check "$what: every SM_MON answered stat_succ with an odd state" \
             awk -F'|' 'NF && !($1==0 && $2%2==1) {bad=1} END{exit bad}' <<<"$replies"
