@@ -93,7 +93,7 @@ cp -a "$mods/lib/modules/$kver/kernel" "$root/lib/modules/$kver/kernel"
 chroot "$root" depmod "$kver"
 
 # Trim what a guest never uses, then the guest's files.
-rm -rf "$root"/boot/* "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
+rm -rf "${root:?}"/boot/* "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/locale "$root"/usr/lib/firmware
 install -m 0755 "$here/guest/init" "$root/init"
 mkdir -p "$root/host" "$root/results"

@@ -16,7 +16,6 @@ vm_log() { echo "vm: $(date -u +%T) $*" >&2; }
 
 vm_fail() {
     echo "vm: FAIL: $*" >&2
-    VM_FAILED=1
     exit 1
 }
 
