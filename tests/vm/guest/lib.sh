@@ -114,11 +114,12 @@ end_grace() {
     [ ! -e /proc/fs/nfsd/v4_end_grace ] || echo Y >/proc/fs/nfsd/v4_end_grace 2>/dev/null || true
 }
 
-# Number of POSIX locks the kernel holds on FILE (by inode, from /proc/locks).
+# Number of POSIX locks the kernel holds on FILE, from /proc/locks, which names a file by its
+# device (major:minor in hex) and inode: two services' file systems have the same inodes.
 locks_on() {
-    local ino
-    ino=$(stat -c %i "$1")
-    grep -c "POSIX.*:$ino " /proc/locks || true
+    local id
+    id=$(printf '%02x:%02x:%d' "0x$(stat -c %t "$1")" "0x$(stat -c %T "$1")" "$(stat -c %i "$1")")
+    grep -c "POSIX .* $id " /proc/locks || true
 }
 
 # all_locked FILE...: every FILE has a lock in /proc/locks.
