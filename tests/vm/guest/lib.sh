@@ -117,8 +117,10 @@ end_grace() {
 # Number of POSIX locks the kernel holds on FILE, from /proc/locks, which names a file by its
 # device (major:minor in hex) and inode: two services' file systems have the same inodes.
 locks_on() {
-    local id
-    id=$(printf '%02x:%02x:%d' "0x$(stat -c %t "$1")" "0x$(stat -c %T "$1")" "$(stat -c %i "$1")")
+    local dev id
+    dev=$((16#$(stat -c %D "$1")))
+    id=$(printf '%02x:%02x:%d' $(((dev >> 8) & 0xfff)) $(((dev & 0xff) | ((dev >> 12) & 0xfff00))) \
+        "$(stat -c %i "$1")")
     grep -c "POSIX .* $id " /proc/locks || true
 }
 
