@@ -147,8 +147,9 @@ vm_must server2 "stop the capture" <<<'stop_capture'
 notifies=$(tshark -r "$VM_RUN/results/server2/c.pcap" -Y 'rpc.program==100024 && rpc.procedure==6 && rpc.msgtyp==0 && ip.dst==198.51.100.10' \
     -T fields -E separator='|' -e ip.src -e stat.mon_id.name 2>/dev/null)
 echo "$notifies" >"$VM_RUN/c-notifies.txt"
-check "c nsmd: the takeover notified the client as nfs-svc1 from 198.51.100.50, and only so" \
-    awk -F'|' '{n++; if ($0 != "198.51.100.50|nfs-svc1") bad=1} END{exit bad || !n}' <<<"$notifies"
+# First the service's name, then (as CTDB does) its address; retries repeat them.
+check "c nsmd: the takeover notified the client from 198.51.100.50, first as nfs-svc1, only with the service's names" \
+    awk -F'|' 'NR==1 && $2 != "nfs-svc1" {bad=1} {n++; if ($1 != "198.51.100.50" || ($2 != "nfs-svc1" && $2 != "198.51.100.50")) bad=1} END{exit bad || !n}' <<<"$notifies"
 t=$(echo "$t1 - $t0" | bc)
 echo "nsmd $t" >>"$VM_RUN/times-c.txt"
 result "time c nsmd: nsmctl release on server1 -> locks held on server2: $t s (host clock, takeover included)"
