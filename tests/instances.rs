@@ -302,15 +302,16 @@ fn active_passive_failover_drill() {
     b.mon("cli");
     let (ok, out, err) = b.ctl(&["release", "svc"]);
     assert!(ok, "{out}{err}");
+    // One newline-terminated word each: the kernel refuses anything else.
     assert_eq!(
         b.host.read_file("/run/proc/fs/nfsd/unlock_ip").unwrap(),
-        SVC_ADDR.as_bytes()
+        format!("{SVC_ADDR}\n").as_bytes()
     );
     assert_eq!(
         b.host
             .read_file("/run/proc/fs/nfsd/unlock_filesystem")
             .unwrap(),
-        b"/export/svc"
+        b"/export/svc\n"
     );
     let log = b.nsmd().log();
     let unlock = log.find("written to /run/proc/fs/nfsd/unlock_ip").unwrap();

@@ -250,7 +250,7 @@ fn agent_against_a_real_nsmd() {
         "ocf-tester:\n{text}\n{}",
         nsmd.log_tail(40)
     );
-    assert_eq!(s.kernel("unlock_ip"), "198.51.100.10", "stop released");
+    assert_eq!(s.kernel("unlock_ip"), "198.51.100.10\n", "stop released");
 
     // kill -9 while serving: the monitor fails (never "stopped": Pacemaker would not stop
     // it), stop releases the kernel's locks without nsmd, then the node holds nothing.
@@ -270,8 +270,8 @@ fn agent_against_a_real_nsmd() {
     assert_eq!(s.kernel("unlock_ip"), "");
     let (rc, err) = s.rc("stop");
     assert_eq!(rc, 0, "{err}");
-    assert_eq!(s.kernel("unlock_ip"), "198.51.100.10");
-    assert_eq!(s.kernel("unlock_filesystem"), "/export/svc1");
+    assert_eq!(s.kernel("unlock_ip"), "198.51.100.10\n");
+    assert_eq!(s.kernel("unlock_filesystem"), "/export/svc1\n");
     assert_eq!(s.state(), 7);
     assert_eq!(s.rc("monitor").0, 7);
     assert_eq!(s.rc("stop").0, 0, "stopping a stopped resource");
@@ -294,7 +294,7 @@ fn agent_against_a_real_nsmd() {
     assert!(!out.contains("notifying"), "{out}");
     assert!(err.contains("fenced"), "{err}");
     assert_eq!(s.rc("stop").0, 0);
-    assert_eq!(s.kernel("unlock_ip"), "198.51.100.10");
+    assert_eq!(s.kernel("unlock_ip"), "198.51.100.10\n");
     assert_eq!(s.state(), 3);
 
     // Held by a live process elsewhere (another node's nsmd that was lost without fencing):

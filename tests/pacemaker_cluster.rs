@@ -857,10 +857,10 @@ fn pacemaker_failover_drills() {
     c.wait_active_on(0, "n2");
     assert_eq!(
         n1.kernel("unlock_ip"),
-        SERVICES[0].2,
+        format!("{}\n", SERVICES[0].2),
         "released on the failed node"
     );
-    assert_eq!(n1.kernel("unlock_filesystem"), "/export/svc1");
+    assert_eq!(n1.kernel("unlock_filesystem"), "/export/svc1\n");
     assert_eq!(n1.state("svc1"), 7, "n1 holds nothing of svc1");
 
     // n1's nsmd back, its failure cleared: svc1 goes home (location preference).

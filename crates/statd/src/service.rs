@@ -169,10 +169,12 @@ pub fn release_kernel_locks(
         }
         let r = match privileged {
             Some(h) => h.unlock(&spec.name, file, &text),
+            // One newline-terminated word: the kernel refuses anything else with EINVAL
+            // (`fs/nfsd/nfsctl.c`), and the locks would stay.
             None => std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes()))
                 .map_err(|e| e.to_string()),
         };
         match r {
@@ -676,11 +678,15 @@ impl Services {
         if lock(&s.active).is_some() {
             return Err(format!("instance {name} is already active on this node"));
         }
-        if let Some(epoch) = lock(&s.leftover).take() {
+        let leftover = *lock(&s.leftover);
+        if let Some(epoch) = leftover {
             // Whatever the kernel still holds from then belongs to an older epoch: the clients
             // reclaim it after this takeover's notification.
             info!(instance = %name, epoch, "dropping the kernel locks held here since before nsmd restarted");
-            self.unlock_kernel(&s.spec);
+            self.unlock_kernel(&s.spec).map_err(|e| {
+                format!("instance {name} not taken over: its old kernel locks stay: {e}")
+            })?;
+            *lock(&s.leftover) = None;
             self.remove_marker(name);
         }
         let step = Step::set(&s, "claiming");
@@ -1024,8 +1030,10 @@ impl Services {
         let Some(active) = lock(&s.active).take() else {
             // Held here before nsmd restarted and not resumed: only the kernel's locks are
             // left to release.
-            if lock(&s.leftover).take().is_some() {
-                self.unlock_kernel(spec);
+            if lock(&s.leftover).is_some() {
+                self.unlock_kernel(spec)
+                    .map_err(|e| format!("instance {name} not released: {e}"))?;
+                *lock(&s.leftover) = None;
                 self.remove_marker(&spec.name);
                 info!(instance = %spec.name, "released (its kernel locks, held since before nsmd restarted)");
                 return Ok(());
@@ -1037,7 +1045,21 @@ impl Services {
         if let Some(t) = &active.notifying {
             t.abort();
         }
-        self.unlock_kernel(spec);
+        if let Err(e) = self.unlock_kernel(spec) {
+            // The kernel may still hold the service's locks: this node keeps the instance
+            // (silent, shown fenced) and its ownership, so no other node takes it over
+            // without --force, and a cluster manager sees the stop fail.
+            active
+                .fenced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            *lock(&s.active) = Some(active);
+            let e = format!(
+                "instance {name} not released: {e}; it stays held here, unanswered, with its \
+                 ownership: fix the cause and release it again"
+            );
+            tracing::error!(instance = %spec.name, "{e}");
+            return Err(e);
+        }
         // Flush: every acknowledged change is already durable; make the directories so too.
         for d in ["sm", "sm.bak", ""] {
             let p = spec.state_dir.join(d);
@@ -1053,9 +1075,13 @@ impl Services {
 
     /// Drops the kernel's NLM locks of `spec`: its addresses to `unlock_ip` (if set), its
     /// exports to `unlock_filesystem` ([`release_kernel_locks`]).
-    fn unlock_kernel(&self, spec: &ServiceSpec) {
-        for e in release_kernel_locks(&self.cfg.proc_root, spec, self.cfg.privileged.as_deref()) {
-            warn!(instance = %spec.name, "{e}");
+    fn unlock_kernel(&self, spec: &ServiceSpec) -> Result<(), String> {
+        let failed =
+            release_kernel_locks(&self.cfg.proc_root, spec, self.cfg.privileged.as_deref());
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
         }
     }
 }
@@ -1628,13 +1654,14 @@ mod tests {
         );
         s.release("a").await.unwrap();
         assert!(matches!(s.route(ip), Route::Silent));
+        // One newline-terminated word: the kernel refuses anything else (EINVAL).
         assert_eq!(
             std::fs::read_to_string(proc_root.join("fs/nfsd/unlock_ip")).unwrap(),
-            "127.0.0.9"
+            "127.0.0.9\n"
         );
         assert_eq!(
             std::fs::read_to_string(proc_root.join("fs/nfsd/unlock_filesystem")).unwrap(),
-            "/export/a"
+            "/export/a\n"
         );
         let other = Ownership::claim(&dir, "other").unwrap();
         assert_eq!(other.epoch(), 2);
@@ -1829,5 +1856,41 @@ mod tests {
             .unwrap();
         assert_eq!(state, 3, "the bump stays");
         drop(Ownership::claim(&dir, "other").expect("ownership is free again"));
+    }
+
+    /// A release the kernel refuses is not a release: the instance stays held here, silent
+    /// and shown fenced, with its ownership, until a release succeeds.
+    #[tokio::test]
+    async fn a_release_the_kernel_refuses_keeps_the_instance_held() {
+        let (d, dir) = monitoring_one_peer();
+        let proc_root = d.path().join("proc");
+        let nfsd = proc_root.join("fs/nfsd");
+        std::fs::create_dir_all(nfsd.join("unlock_ip")).unwrap(); // cannot be written
+        std::fs::write(nfsd.join("unlock_filesystem"), "").unwrap();
+        let s = Services::new(
+            config(d.path(), crate::registered::Registered::open()),
+            vec![spec("a", "127.0.0.9", &dir)],
+        );
+        s.takeover("a").await.unwrap();
+        let e = s.release("a").await.unwrap_err();
+        assert!(e.contains("not released") && e.contains("unlock_ip"), "{e}");
+        let st = &s.status()[0];
+        assert!(st.active && st.fenced, "held, shown fenced: {st:?}");
+        assert!(matches!(
+            s.route("127.0.0.9".parse().unwrap()),
+            Route::Silent
+        ));
+        assert!(
+            matches!(
+                Ownership::claim(&dir, "other"),
+                Err(crate::ownership::OwnershipError::Busy { .. })
+            ),
+            "the ownership is kept"
+        );
+        std::fs::remove_dir(nfsd.join("unlock_ip")).unwrap();
+        std::fs::write(nfsd.join("unlock_ip"), "").unwrap();
+        s.release("a").await.unwrap();
+        assert!(!s.status()[0].active);
+        drop(Ownership::claim(&dir, "other").expect("free once released"));
     }
 }
