@@ -14,15 +14,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::farm::Farm;
-use common::{
-    Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, spawn_nsmd, udp_exchange,
-};
+use common::{LockdStandIn, spawn_nsmd};
 use nsm_testhost::{Host, Lab, Proc, Signal, require};
 
 const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
@@ -236,18 +233,7 @@ impl Node {
 
     /// lockd's SM_MON of `client` (mon_name), on loopback.
     fn mon(&self, client: &str) {
-        let local: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let r = in_netns(&self.host, || {
-            let m = call(
-                7,
-                100_024,
-                1,
-                2,
-                &mon_args(client.as_bytes(), b"server", COOKIE),
-            );
-            answer(7, &udp_exchange(local, &m).unwrap())
-        });
-        assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+        common::sm_mon(&self.host, self.port, client, "server", COOKIE);
     }
 }
 
@@ -266,18 +252,7 @@ impl Client {
         let rpcbind = host.start_rpcbind().unwrap();
         let lockd = LockdStandIn::start(&host, true);
         let (statd, port) = common::debian_statd(&host, None);
-        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        in_netns(&host, || {
-            let m = call(
-                1,
-                100_024,
-                1,
-                2,
-                &mon_args(service.as_bytes(), name.as_bytes(), COOKIE),
-            );
-            let r = answer(1, &udp_exchange(local, &m).unwrap());
-            assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
-        });
+        common::sm_mon(&host, port, service, name, COOKIE);
         Self {
             host,
             lockd,
@@ -289,17 +264,7 @@ impl Client {
 
     /// (mon_name, state) of every callback so far.
     fn callbacks(&self) -> Vec<(String, i32)> {
-        self.lockd
-            .calls
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                let (name, state, cookie) = parse_status(&c.3);
-                assert_eq!(cookie, COOKIE);
-                (String::from_utf8(name).unwrap(), state)
-            })
-            .collect()
+        common::callback_states(&self.lockd.calls.lock().unwrap(), COOKIE)
     }
 
     /// The senders of the SM_NOTIFYs rpc.statd received with one of `names` as mon_name

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, spawn_nsmd, udp_exchange,
+    Answer, LockdStandIn, answer, call, in_netns, parse_status, spawn_nsmd, udp_exchange,
     xdr_string,
 };
 use nsm_testhost::{Host, Lab, Proc, Signal, require};
@@ -135,18 +135,7 @@ impl Node {
 
     /// lockd's SM_MON of `client` (mon_name), on loopback.
     fn mon(&self, client: &str) {
-        let local: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let r = in_netns(&self.host, || {
-            let m = call(
-                7,
-                100_024,
-                1,
-                2,
-                &mon_args(client.as_bytes(), b"server", COOKIE),
-            );
-            answer(7, &udp_exchange(local, &m).unwrap())
-        });
-        assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+        common::sm_mon(&self.host, self.port, client, "server", COOKIE);
     }
 }
 
@@ -168,18 +157,7 @@ impl Client {
         let rpcbind = host.start_rpcbind().unwrap();
         let lockd = LockdStandIn::start(&host, true);
         let (statd, port) = common::debian_statd(&host, None);
-        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        in_netns(&host, || {
-            let m = call(
-                1,
-                100_024,
-                1,
-                2,
-                &mon_args(service.as_bytes(), name.as_bytes(), COOKIE),
-            );
-            let r = answer(1, &udp_exchange(local, &m).unwrap());
-            assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
-        });
+        common::sm_mon(&host, port, service, name, COOKIE);
         Self {
             host,
             lockd,
@@ -191,25 +169,12 @@ impl Client {
     /// Waits for the `n`th callback; returns (mon_name, state) of each.
     fn callbacks(&self, n: usize) -> Vec<(String, i32)> {
         let got = self.lockd.wait_for(n, Duration::from_secs(30));
-        got.iter()
-            .map(|c| {
-                let (name, state, cookie) = parse_status(&c.3);
-                assert_eq!(cookie, COOKIE);
-                (String::from_utf8(name).unwrap(), state)
-            })
-            .collect()
+        common::callback_states(&got, COOKIE)
     }
 
     /// The non-loopback senders of the SM_NOTIFYs rpc.statd received.
     fn senders(&self) -> Vec<String> {
-        self.statd
-            .log()
-            .lines()
-            .filter_map(|l| l.split("access by ").nth(1))
-            .filter_map(|r| r.split_whitespace().next())
-            .map(str::to_owned)
-            .filter(|a| !a.starts_with("127.") && a != "::1")
-            .collect()
+        common::notify_senders(&self.statd.log())
     }
 }
 

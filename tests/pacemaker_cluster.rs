@@ -20,12 +20,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::LockdStandIn;
 use common::farm::Farm;
-use common::{Answer, LockdStandIn, answer, call, in_netns, mon_args, parse_status, udp_exchange};
 use nsm_testhost::{Host, Lab, Proc, Signal, require};
 
 const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
@@ -255,18 +254,7 @@ impl Node {
 
     /// lockd's SM_MON of `client` to this node's nsmd (recorded by every service active here).
     fn mon(&self, client: &str) {
-        let local: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let r = in_netns(&self.host, || {
-            let m = call(
-                9,
-                100_024,
-                1,
-                2,
-                &mon_args(client.as_bytes(), b"server", COOKIE),
-            );
-            answer(9, &udp_exchange(local, &m).unwrap())
-        });
-        assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+        common::sm_mon(&self.host, self.port, client, "server", COOKIE);
     }
 
     /// The node is lost to the cluster: SIGKILL to corosync and every Pacemaker daemon.
@@ -361,18 +349,7 @@ impl Client {
         let rpcbind = host.start_rpcbind().unwrap();
         let lockd = LockdStandIn::start(&host, true);
         let (statd, port) = common::debian_statd(&host, None);
-        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        in_netns(&host, || {
-            let m = call(
-                1,
-                100_024,
-                1,
-                2,
-                &mon_args(service.as_bytes(), name.as_bytes(), COOKIE),
-            );
-            let r = answer(1, &udp_exchange(local, &m).unwrap());
-            assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
-        });
+        common::sm_mon(&host, port, service, name, COOKIE);
         Self {
             _host: host,
             lockd,
@@ -383,29 +360,12 @@ impl Client {
 
     /// (mon_name, state) of every callback so far.
     fn callbacks(&self) -> Vec<(String, i32)> {
-        self.lockd
-            .calls
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                let (name, state, cookie) = parse_status(&c.3);
-                assert_eq!(cookie, COOKIE);
-                (String::from_utf8(name).unwrap(), state)
-            })
-            .collect()
+        common::callback_states(&self.lockd.calls.lock().unwrap(), COOKIE)
     }
 
     /// The non-loopback senders of the SM_NOTIFYs rpc.statd received.
     fn senders(&self) -> Vec<String> {
-        self.statd
-            .log()
-            .lines()
-            .filter_map(|l| l.split("access by ").nth(1))
-            .filter_map(|r| r.split_whitespace().next())
-            .map(str::to_owned)
-            .filter(|a| !a.starts_with("127.") && a != "::1")
-            .collect()
+        common::notify_senders(&self.statd.log())
     }
 }
 

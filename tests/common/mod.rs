@@ -301,3 +301,43 @@ pub fn debian_statd(host: &Host, port: Option<u16>) -> (Proc, u16) {
     let udp = regs.iter().find(|r| r.protocol == "udp").unwrap().port;
     (statd, udp)
 }
+
+/// lockd's SM_MON of `mon_name` as `my_name` with `cookie`, to the statd on loopback port
+/// `port` inside `host`; asserts it answered stat_succ.
+pub fn sm_mon(host: &Host, port: u16, mon_name: &str, my_name: &str, cookie: [u8; 16]) {
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = in_netns(host, || {
+        let m = call(
+            7,
+            100_024,
+            1,
+            2,
+            &mon_args(mon_name.as_bytes(), my_name.as_bytes(), cookie),
+        );
+        answer(7, &udp_exchange(local, &m).unwrap())
+    });
+    assert!(matches!(&r, Answer::Accepted(0, w) if w[0] == 0), "{r:?}");
+}
+
+/// (mon_name, state) of each lockd callback, each checked to carry `cookie`.
+pub fn callback_states(calls: &[Received], cookie: [u8; 16]) -> Vec<(String, i32)> {
+    calls
+        .iter()
+        .map(|c| {
+            let (name, state, got) = parse_status(&c.3);
+            assert_eq!(got, cookie);
+            (String::from_utf8(name).unwrap(), state)
+        })
+        .collect()
+}
+
+/// The non-loopback senders of the SM_NOTIFYs in Debian rpc.statd's log ("access by ADDR").
+pub fn notify_senders(statd_log: &str) -> Vec<String> {
+    statd_log
+        .lines()
+        .filter_map(|l| l.split("access by ").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .map(str::to_owned)
+        .filter(|a| !a.starts_with("127.") && a != "::1")
+        .collect()
+}
