@@ -180,7 +180,12 @@ impl StateHelper {
         })
     }
 
-    fn request(&self, line: &str) -> std::result::Result<i32, String> {
+    fn request(&self, line: &str) -> std::result::Result<i32, nsm_statd::Error> {
+        self.request_text(line)
+            .map_err(|message| nsm_statd::Error::Helper { message })
+    }
+
+    fn request_text(&self, line: &str) -> std::result::Result<i32, String> {
         let mut c = self
             .conn
             .lock()
@@ -200,27 +205,38 @@ impl StateHelper {
 }
 
 impl nsm_statd::ServicePrivileges for StateHelper {
-    fn create_owner(&self, name: &str) -> std::result::Result<(), String> {
+    fn create_owner(&self, name: &str) -> std::result::Result<(), nsm_statd::Error> {
         self.request(&format!("create-owner {name}")).map(drop)
     }
 
-    fn next_epoch(&self, name: &str, owner: &str) -> std::result::Result<u64, String> {
+    fn next_epoch(&self, name: &str, owner: &str) -> std::result::Result<u64, nsm_statd::Error> {
         let owner: String = owner
             .chars()
             .map(|c| if c.is_whitespace() { '_' } else { c })
             .collect();
         // The reply's number is an i32 on the wire of this protocol; epochs stay far below.
         self.request(&format!("next-epoch {name} {owner}"))
-            .and_then(|e| u64::try_from(e).map_err(|_| format!("bad epoch {e}")))
+            .and_then(|e| {
+                u64::try_from(e).map_err(|_| nsm_statd::Error::Helper {
+                    message: format!("the state helper answered a bad epoch {e}"),
+                })
+            })
     }
 
-    fn bump(&self, name: &str) -> std::result::Result<i32, String> {
+    fn bump(&self, name: &str) -> std::result::Result<i32, nsm_statd::Error> {
         self.request(&format!("bump-instance {name}"))
     }
 
-    fn unlock(&self, name: &str, file: &str, text: &str) -> std::result::Result<(), String> {
+    fn unlock(
+        &self,
+        name: &str,
+        file: &str,
+        text: &str,
+    ) -> std::result::Result<(), nsm_statd::Error> {
         if text.contains('\n') {
-            return Err("a line break cannot be sent to the kernel file".to_owned());
+            return Err(nsm_statd::Error::Helper {
+                message: "a line break cannot be sent to the kernel file".to_owned(),
+            });
         }
         self.request(&format!("unlock {name} {file} {text}"))
             .map(drop)
@@ -228,7 +244,7 @@ impl nsm_statd::ServicePrivileges for StateHelper {
 }
 
 impl nsm_statd::StateAuthority for StateHelper {
-    fn bump(&self) -> std::result::Result<i32, String> {
+    fn bump(&self) -> std::result::Result<i32, nsm_statd::Error> {
         match &self.direct {
             Some(d) => {
                 let state = d.bump()?;
@@ -239,7 +255,7 @@ impl nsm_statd::StateAuthority for StateHelper {
         }
     }
 
-    fn publish(&self, state: i32) -> std::result::Result<(), String> {
+    fn publish(&self, state: i32) -> std::result::Result<(), nsm_statd::Error> {
         self.request(&format!("publish {state}")).map(drop)
     }
 }
@@ -291,9 +307,10 @@ pub fn helper_main() -> std::process::ExitCode {
             services.specs = specs;
         }
         let r = match line.split_once(' ') {
-            None if line == "bump" => root_owned(Path::new(&dir)).and_then(|()| authority.bump()),
+            None if line == "bump" => root_owned(Path::new(&dir))
+                .and_then(|()| authority.bump().map_err(|e| e.to_string())),
             Some(("publish", n)) => match n.parse::<i32>() {
-                Ok(n) => authority.publish(n).map(|()| n),
+                Ok(n) => authority.publish(n).map(|()| n).map_err(|e| e.to_string()),
                 Err(_) => Err("bad state number".to_owned()),
             },
             Some(("bump-instance", name)) => services.bump(name),

@@ -355,7 +355,8 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
     let cmd = words.next().unwrap_or_default();
     let name = words.next().unwrap_or_default().to_owned();
     info!(command = %line, "nsmctl");
-    let r: Result<serde_json::Value, String> = match cmd {
+    let failed = |e: nsm_statd::Error| (e.to_string(), e.kind());
+    let r: Result<serde_json::Value, (String, &str)> = match cmd {
         "status" => {
             let mut v = vec![json!({
                 "name": "node",
@@ -394,31 +395,36 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
         "takeover" => match services.active_state(&name) {
             Ok(Some(state)) => Ok(json!({ "instance": name, "state": state, "already": true })),
             Ok(None) => match words.next() {
-                None => services.takeover(&name).await,
-                Some("force") => services.takeover_forced(&name).await,
-                Some(w) => Err(format!("takeover {name}: unknown option {w:?} (force)")),
+                None => services.takeover(&name).await.map_err(failed),
+                Some("force") => services.takeover_forced(&name).await.map_err(failed),
+                Some(w) => Err((
+                    format!("takeover {name}: unknown option {w:?} (force)"),
+                    "request",
+                )),
             }
             .map(|state| json!({ "instance": name, "state": state })),
-            Err(e) => Err(e),
+            Err(e) => Err(failed(e)),
         },
         "release" => match services.holds(&name) {
             Ok(false) => Ok(json!({ "instance": name, "already": true })),
             Ok(true) => services
                 .release(&name)
                 .await
-                .map(|()| json!({ "instance": name })),
-            Err(e) => Err(e),
+                .map(|()| json!({ "instance": name }))
+                .map_err(failed),
+            Err(e) => Err(failed(e)),
         },
         "metrics" => Ok(json!({ "metrics": services.metrics(node) })),
         "notify" => services
             .notify(&name)
             .await
-            .map(|peers| json!({ "instance": name, "peers": peers })),
+            .map(|peers| json!({ "instance": name, "peers": peers }))
+            .map_err(failed),
         "peers" => {
             let list = if name == "node" {
                 Ok(node.peers())
             } else {
-                services.peers(&name)
+                services.peers(&name).map_err(failed)
             };
             list.map(|p| {
                 json!({
@@ -427,8 +433,9 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
                 })
             })
         }
-        _ => Err(format!(
-            "unknown command {cmd:?} (status, takeover, release, notify, peers, metrics)"
+        _ => Err((
+            format!("unknown command {cmd:?} (status, takeover, release, notify, peers, metrics)"),
+            "request",
         )),
     };
     match r {
@@ -436,9 +443,9 @@ async fn control_request(line: &str, node: &Instance, services: &Services) -> se
             v["ok"] = json!(true);
             v
         }
-        Err(e) => {
+        Err((e, kind)) => {
             warn!(command = %line, "nsmctl: {e}");
-            json!({ "ok": false, "error": e })
+            json!({ "ok": false, "error": e, "kind": kind })
         }
     }
 }

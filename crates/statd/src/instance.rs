@@ -27,9 +27,9 @@ use crate::ownership::Fence;
 /// binary then passes a privileged helper here.
 pub trait StateAuthority: Send + Sync + std::fmt::Debug {
     /// Bumps the state by two (nfs-utils' rules), durably, tells the kernel, returns it.
-    fn bump(&self) -> Result<i32, String>;
+    fn bump(&self) -> Result<i32, crate::Error>;
     /// Tells the kernel the state (skipped when its file does not exist).
-    fn publish(&self, state: i32) -> Result<(), String>;
+    fn publish(&self, state: i32) -> Result<(), crate::Error>;
 }
 
 /// The state directory and the kernel file written directly, by this process.
@@ -42,16 +42,20 @@ pub struct DirectAuthority {
 }
 
 impl StateAuthority for DirectAuthority {
-    fn bump(&self) -> Result<i32, String> {
-        let state = self.dir.state(true).map_err(|e| e.to_string())?;
+    fn bump(&self) -> Result<i32, crate::Error> {
+        let state = self.dir.state(true)?;
         self.publish(state)?;
         Ok(state)
     }
 
-    fn publish(&self, state: i32) -> Result<(), String> {
+    fn publish(&self, state: i32) -> Result<(), crate::Error> {
         match &self.nsm_local_state {
-            Some(path) if path.exists() => std::fs::write(path, state.to_string())
-                .map_err(|e| format!("cannot write {}: {e}", path.display())),
+            Some(path) if path.exists() => {
+                std::fs::write(path, state.to_string()).map_err(|source| crate::Error::Write {
+                    path: path.clone(),
+                    source,
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -822,7 +826,7 @@ impl Instance {
         let _crash = self.crash.write().await;
         let (dir, authority) = (self.dir.clone(), self.authority.clone());
         let done = tokio::task::spawn_blocking(move || -> Result<(i32, usize), String> {
-            let state = authority.bump()?;
+            let state = authority.bump().map_err(|e| e.to_string())?;
             let moved = dir.retire().map_err(|e| e.to_string())?;
             Ok((state, moved))
         })
@@ -1219,12 +1223,12 @@ mod tests {
     }
 
     impl StateAuthority for GatedBump {
-        fn bump(&self) -> Result<i32, String> {
+        fn bump(&self) -> Result<i32, crate::Error> {
             let _ = self.entered.send(());
             let _ = lock(&self.go).recv();
-            self.dir.state(true).map_err(|e| e.to_string())
+            Ok(self.dir.state(true)?)
         }
-        fn publish(&self, _state: i32) -> Result<(), String> {
+        fn publish(&self, _state: i32) -> Result<(), crate::Error> {
             Ok(())
         }
     }

@@ -8,6 +8,7 @@
 pub mod bak;
 pub mod callback;
 pub mod callout;
+pub mod error;
 pub mod instance;
 pub mod metrics;
 pub mod names;
@@ -28,6 +29,7 @@ use tracing::debug;
 
 use crate::metrics::CallOutcome;
 
+pub use error::Error;
 pub use instance::{CrashNotify, DirectAuthority, Instance, InstanceConfig, StateAuthority};
 pub use registered::{OpenRegistered, Registered};
 pub use service::{Route, ServicePrivileges, ServiceSpec, Services, ServicesConfig};

@@ -19,6 +19,7 @@ use nsm_rpc::client::CallOptions;
 use tracing::{info, warn};
 
 use crate::callback::CallbackPolicy;
+use crate::error::{CommandFailure, Error, LayoutError};
 use crate::instance::{DirectAuthority, Instance, InstanceConfig};
 use crate::names::canonical;
 use crate::ownership::{Fence, Ownership};
@@ -168,7 +169,7 @@ pub fn release_kernel_locks(
             continue;
         }
         let r = match privileged {
-            Some(h) => h.unlock(&spec.name, file, &text),
+            Some(h) => h.unlock(&spec.name, file, &text).map_err(|e| e.to_string()),
             // One newline-terminated word: the kernel refuses anything else with EINVAL
             // (`fs/nfsd/nfsctl.c`), and the locks would stay.
             None => std::fs::OpenOptions::new()
@@ -194,16 +195,16 @@ pub fn release_kernel_locks(
 pub trait ServicePrivileges: Send + Sync + std::fmt::Debug {
     /// Creates instance `name`'s (empty) ownership file `<state_dir>/.nsmd-owner` when it
     /// is missing.
-    fn create_owner(&self, name: &str) -> Result<(), String>;
+    fn create_owner(&self, name: &str) -> Result<(), Error>;
     /// Writes the next epoch to instance `name`'s ownership file, durably, with `owner` and
     /// nsmd's pid ([`crate::ownership::write_next_epoch`]); returns it. The caller holds the
     /// lock.
-    fn next_epoch(&self, name: &str, owner: &str) -> Result<u64, String>;
+    fn next_epoch(&self, name: &str, owner: &str) -> Result<u64, Error>;
     /// Bumps instance `name`'s state by two, durably (nfs-utils' rules); returns it.
-    fn bump(&self, name: &str) -> Result<i32, String>;
+    fn bump(&self, name: &str) -> Result<i32, Error>;
     /// Writes `text`, one of instance `name`'s addresses (`unlock_ip`) or exports
     /// (`unlock_filesystem`), to `<proc_root>/fs/nfsd/<file>`.
-    fn unlock(&self, name: &str, file: &str, text: &str) -> Result<(), String>;
+    fn unlock(&self, name: &str, file: &str, text: &str) -> Result<(), Error>;
 }
 
 /// A service instance's state bumps (SM_SIMU_CRASH) through the root helper; never the
@@ -215,11 +216,11 @@ struct HelperAuthority {
 }
 
 impl crate::StateAuthority for HelperAuthority {
-    fn bump(&self) -> Result<i32, String> {
+    fn bump(&self) -> Result<i32, Error> {
         self.helper.bump(&self.name)
     }
 
-    fn publish(&self, _state: i32) -> Result<(), String> {
+    fn publish(&self, _state: i32) -> Result<(), Error> {
         Ok(())
     }
 }
@@ -227,7 +228,7 @@ impl crate::StateAuthority for HelperAuthority {
 /// Whether the state directory of `spec` needs the root helper (`Ok(true)`: Debian's layout
 /// while nsmd runs unprivileged), can be used directly (`Ok(false)`), or cannot work: then
 /// the error says what the operator must change.
-fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
+fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, LayoutError> {
     use nix::unistd::{AccessFlags, access, geteuid};
     use std::os::unix::fs::MetadataExt;
     let uid = geteuid();
@@ -241,31 +242,26 @@ fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
         .map_or_else(|| uid.to_string(), |u| u.name);
     let dir = &spec.state_dir;
     let rw = AccessFlags::W_OK | AccessFlags::X_OK;
-    let meta = std::fs::metadata(dir).map_err(|e| {
-        format!(
-            "{}: {e} (create it on the service's shared storage: owned by root, mode 0755, \
-             with sm/ and sm.bak/ owned by {me}, as which nsmd runs)",
-            dir.display()
-        )
+    let meta = std::fs::metadata(dir).map_err(|source| LayoutError::Missing {
+        dir: dir.clone(),
+        source,
+        user: me.clone(),
     })?;
     let via_helper = if access(dir, rw).is_ok() {
         false
     } else if meta.uid() == 0 && helper {
         true
     } else if !helper {
-        return Err(format!(
-            "{} is not writable by {me}, as which nsmd runs (started without root)",
-            dir.display()
-        ));
+        return Err(LayoutError::NotWritable {
+            dir: dir.clone(),
+            user: me,
+        });
     } else {
-        return Err(format!(
-            "{} belongs to uid {} and nsmd runs as {me}: make it root's (`chown root: {}`, \
-             mode 0755) with sm/ and sm.bak/ owned by {me}, as nfs-utils lays out \
-             /var/lib/nfs",
-            dir.display(),
-            meta.uid(),
-            dir.display()
-        ));
+        return Err(LayoutError::WrongOwner {
+            dir: dir.clone(),
+            uid: meta.uid(),
+            user: me,
+        });
     };
     for d in ["sm", "sm.bak"] {
         let p = dir.join(d);
@@ -273,14 +269,11 @@ fn check_layout(spec: &ServiceSpec, helper: bool) -> Result<bool, String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !via_helper => {}
             Ok(m) if m.is_dir() && access(&p, rw).is_ok() => {}
             _ => {
-                return Err(format!(
-                    "{} must be a directory nsmd ({me}) can write: `mkdir -p {} {}; chown {me} {} {}`",
-                    p.display(),
-                    dir.join("sm").display(),
-                    dir.join("sm.bak").display(),
-                    dir.join("sm").display(),
-                    dir.join("sm.bak").display(),
-                ));
+                return Err(LayoutError::Subdirectory {
+                    path: p,
+                    dir: dir.clone(),
+                    user: me,
+                });
             }
         }
     }
@@ -538,12 +531,14 @@ impl Services {
             .collect()
     }
 
-    fn find(&self, name: &str) -> Result<Arc<Service>, String> {
+    fn find(&self, name: &str) -> Result<Arc<Service>, Error> {
         self.list()
             .iter()
             .find(|s| s.spec.name == name)
             .cloned()
-            .ok_or_else(|| format!("no instance named {name:?}"))
+            .ok_or_else(|| Error::NoSuchInstance {
+                name: name.to_owned(),
+            })
     }
 
     fn set_routes(&self, addrs: &[IpAddr], to: Option<Arc<Instance>>) {
@@ -630,7 +625,7 @@ impl Services {
 
     /// The state of `name` when it is active here and not fenced (`None`: not active, or
     /// fenced).
-    pub fn active_state(&self, name: &str) -> Result<Option<i32>, String> {
+    pub fn active_state(&self, name: &str) -> Result<Option<i32>, Error> {
         let s = self.find(name)?;
         let a = lock(&s.active);
         Ok(a.as_ref()
@@ -640,25 +635,27 @@ impl Services {
 
     /// Whether this node holds anything of `name`: active (fenced or not), or held before
     /// nsmd restarted and not released since.
-    pub fn holds(&self, name: &str) -> Result<bool, String> {
+    pub fn holds(&self, name: &str) -> Result<bool, Error> {
         let s = self.find(name)?;
         let active = lock(&s.active).is_some();
         Ok(active || lock(&s.leftover).is_some())
     }
 
     /// The monitored peers (mon_name, my_name) of an active instance.
-    pub fn peers(&self, name: &str) -> Result<Vec<(String, String)>, String> {
+    pub fn peers(&self, name: &str) -> Result<Vec<(String, String)>, Error> {
         let s = self.find(name)?;
         let a = lock(&s.active);
         a.as_ref()
             .map(|a| a.instance.peers())
-            .ok_or_else(|| format!("instance {name} is not active on this node"))
+            .ok_or_else(|| Error::NotActive {
+                name: name.to_owned(),
+            })
     }
 
     /// Takes `name` over (see the module documentation); returns once the readiness gate
     /// passed (or timed out) and the notifier started. Returns the new state number. Refused
     /// while another process (this node's or another's nsmd) holds the ownership lock.
-    pub async fn takeover(&self, name: &str) -> Result<i32, String> {
+    pub async fn takeover(&self, name: &str) -> Result<i32, Error> {
         self.takeover_as(name, false).await
     }
 
@@ -668,24 +665,28 @@ impl Services {
     /// lock. The old holder's fence watch sees the epoch move on within [`FENCE_CHECK`] and
     /// stops answering on the addresses and notifying; its kernel locks stay until it is
     /// released there. This node takes the lock once the old holder lets it go.
-    pub async fn takeover_forced(&self, name: &str) -> Result<i32, String> {
+    pub async fn takeover_forced(&self, name: &str) -> Result<i32, Error> {
         self.takeover_as(name, true).await
     }
 
-    async fn takeover_as(&self, name: &str, force: bool) -> Result<i32, String> {
+    async fn takeover_as(&self, name: &str, force: bool) -> Result<i32, Error> {
         let _busy = self.busy.lock().await;
         let s = self.find(name)?;
         if lock(&s.active).is_some() {
-            return Err(format!("instance {name} is already active on this node"));
+            return Err(Error::AlreadyActive {
+                name: name.to_owned(),
+            });
         }
         let leftover = *lock(&s.leftover);
         if let Some(epoch) = leftover {
             // Whatever the kernel still holds from then belongs to an older epoch: the clients
             // reclaim it after this takeover's notification.
             info!(instance = %name, epoch, "dropping the kernel locks held here since before nsmd restarted");
-            self.unlock_kernel(&s.spec).map_err(|e| {
-                format!("instance {name} not taken over: its old kernel locks stay: {e}")
-            })?;
+            self.unlock_kernel(&s.spec)
+                .map_err(|failed| Error::OldLocksKept {
+                    name: name.to_owned(),
+                    failed,
+                })?;
             *lock(&s.leftover) = None;
             self.remove_marker(name);
         }
@@ -709,15 +710,14 @@ impl Services {
                         h.create_owner(&spec.name)?;
                     }
                     let file = std::fs::File::open(&path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                        .map_err(|source| Error::Open { path, source })?;
                     Ownership::claim_with(&dir_path, file, force, || {
-                        h.next_epoch(&spec.name, &owner)
+                        h.next_epoch(&spec.name, &owner).map_err(|e| e.to_string())
                     })
                 }
                 None if force => Ownership::claim_over(&dir_path, &owner),
                 None => Ownership::claim(&dir_path, &owner),
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             if !own.locked() {
                 warn!(
                     instance = %spec.name,
@@ -728,19 +728,18 @@ impl Services {
                     dir_path.join(crate::ownership::OWNER_FILE).display()
                 );
             }
-            let dir = nsm_store::StateDir::open(&dir_path).map_err(|e| e.to_string())?;
-            own.check().map_err(|e| e.to_string())?;
+            let dir = nsm_store::StateDir::open(&dir_path)?;
+            own.check()?;
             let state = match &helper {
                 Some(h) => h.bump(&spec.name)?,
-                None => dir.state(true).map_err(|e| e.to_string())?,
+                None => dir.state(true)?,
             };
-            own.check().map_err(|e| e.to_string())?;
-            let moved = dir.retire().map_err(|e| e.to_string())?;
+            own.check()?;
+            let moved = dir.retire()?;
             info!(instance = %dir_path.display(), epoch = own.epoch(), state, moved, "ownership claimed, state bumped, sm/ moved to sm.bak/");
-            Ok::<_, String>((Arc::new(own), state, helper))
+            Ok::<_, Error>((Arc::new(own), state, helper))
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         // A takeover's own step (not a resume's: no new state, clients already told).
         if !s.spec.takeover_command.is_empty() {
             step.next("running the takeover command");
@@ -788,7 +787,7 @@ impl Services {
         resumed
     }
 
-    async fn resume(&self, s: &Arc<Service>, epoch: u64) -> Result<i32, String> {
+    async fn resume(&self, s: &Arc<Service>, epoch: u64) -> Result<i32, Error> {
         let _busy = self.busy.lock().await;
         if let Some(a) = lock(&s.active).as_ref() {
             // Taken over by a command that came first.
@@ -797,21 +796,18 @@ impl Services {
         let step = Step::set(s, "resuming");
         let spec = s.spec.clone();
         if let Some(a) = spec.addresses.iter().find(|a| !is_local_address(**a)) {
-            return Err(format!("service address {a} is no longer on this node"));
+            return Err(Error::AddressGone { address: *a });
         }
         let privileged = self.cfg.privileged.clone();
         let (ownership, state, helper) = tokio::task::spawn_blocking(move || {
             let helper = check_layout(&spec, privileged.is_some())?
                 .then_some(privileged)
                 .flatten();
-            let own = Ownership::resume(&spec.state_dir, epoch).map_err(|e| e.to_string())?;
-            let state = nsm_store::StateDir::open(&spec.state_dir)
-                .and_then(|d| d.state(false))
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((Arc::new(own), state, helper))
+            let own = Ownership::resume(&spec.state_dir, epoch)?;
+            let state = nsm_store::StateDir::open(&spec.state_dir).and_then(|d| d.state(false))?;
+            Ok::<_, Error>((Arc::new(own), state, helper))
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         self.activate(s, ownership, state, helper, Activation::Resume, &step)
             .await
     }
@@ -827,7 +823,7 @@ impl Services {
         helper: Option<Arc<dyn ServicePrivileges>>,
         how: Activation,
         step: &Step<'_>,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, Error> {
         let spec = s.spec.clone();
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
         icfg.ha_callout = self.cfg.ha_callout.clone();
@@ -851,9 +847,7 @@ impl Services {
                 name: spec.name.clone(),
             }),
             None => Arc::new(DirectAuthority {
-                dir: Arc::new(
-                    nsm_store::StateDir::open(&spec.state_dir).map_err(|e| e.to_string())?,
-                ),
+                dir: Arc::new(nsm_store::StateDir::open(&spec.state_dir)?),
                 nsm_local_state: None,
             }),
         });
@@ -862,7 +856,7 @@ impl Services {
             Err(e) => {
                 ownership.release();
                 self.remove_marker(&spec.name);
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         if instance.state() != state {
@@ -899,13 +893,12 @@ impl Services {
                 self.set_routes(&spec.addresses, None);
                 ownership.release();
                 self.remove_marker(&spec.name);
-                let e = format!(
-                    "instance {} not taken over: the readiness gate did not open ({e}). Nothing \
-                     was notified: the peers stay in sm.bak/, state {state} stays. Start the lock \
-                     manager (or correct [readiness] in the instance file) and take it over again",
-                    spec.name
-                );
-                lock(&s.progress).error = Some(e.clone());
+                let e = Error::NotReady {
+                    name: spec.name.clone(),
+                    why: e,
+                    state,
+                };
+                lock(&s.progress).error = Some(e.to_string());
                 tracing::error!(instance = %spec.name, "{e}");
                 return Err(e);
             }
@@ -991,26 +984,25 @@ impl Services {
     }
 
     /// Sends the notifications of `name` again from its `sm.bak/` (after a failed run).
-    pub async fn notify(&self, name: &str) -> Result<usize, String> {
+    pub async fn notify(&self, name: &str) -> Result<usize, Error> {
         let _busy = self.busy.lock().await;
         let s = self.find(name)?;
         let mut a = lock(&s.active);
         let Some(active) = a.as_mut() else {
-            return Err(format!("instance {name} is not active on this node"));
+            return Err(Error::NotActive {
+                name: name.to_owned(),
+            });
         };
         if active.fenced.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(format!(
-                "instance {name} is fenced: another node took it over, so this node sends \
-                 nothing for it; release it here (nsmctl release {name})"
-            ));
+            return Err(Error::Fenced {
+                name: name.to_owned(),
+            });
         }
         if let Some(t) = active.notifying.take() {
             t.abort();
         }
         let state = active.instance.state();
-        let peers = crate::bak::load_bak(active.instance.state_dir())
-            .map(|f| f.len())
-            .map_err(|e| e.to_string())?;
+        let peers = crate::bak::load_bak(active.instance.state_dir()).map(|f| f.len())?;
         active.notifying = Some(tokio::spawn(notify_task(
             s.spec.clone(),
             active.ownership.clone(),
@@ -1022,7 +1014,7 @@ impl Services {
     }
 
     /// Releases `name` (see the module documentation).
-    pub async fn release(&self, name: &str) -> Result<(), String> {
+    pub async fn release(&self, name: &str) -> Result<(), Error> {
         let _busy = self.busy.lock().await;
         let s = self.find(name)?;
         let spec = &s.spec;
@@ -1032,20 +1024,26 @@ impl Services {
             // left to release.
             if lock(&s.leftover).is_some() {
                 self.unlock_kernel(spec)
-                    .map_err(|e| format!("instance {name} not released: {e}"))?;
+                    .map_err(|failed| Error::KernelRelease {
+                        name: name.to_owned(),
+                        failed,
+                        held: false,
+                    })?;
                 *lock(&s.leftover) = None;
                 self.remove_marker(&spec.name);
                 info!(instance = %spec.name, "released (its kernel locks, held since before nsmd restarted)");
                 return Ok(());
             }
-            return Err(format!("instance {name} is not active on this node"));
+            return Err(Error::NotActive {
+                name: name.to_owned(),
+            });
         };
         self.set_routes(&spec.addresses, None);
         active.watch.abort();
         if let Some(t) = &active.notifying {
             t.abort();
         }
-        if let Err(e) = self.unlock_kernel(spec) {
+        if let Err(failed) = self.unlock_kernel(spec) {
             // The kernel may still hold the service's locks: this node keeps the instance
             // (silent, shown fenced) and its ownership, so no other node takes it over
             // without --force, and a cluster manager sees the stop fail.
@@ -1053,10 +1051,11 @@ impl Services {
                 .fenced
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             *lock(&s.active) = Some(active);
-            let e = format!(
-                "instance {name} not released: {e}; it stays held here, unanswered, with its \
-                 ownership: fix the cause and release it again"
-            );
+            let e = Error::KernelRelease {
+                name: name.to_owned(),
+                failed,
+                held: true,
+            };
             tracing::error!(instance = %spec.name, "{e}");
             return Err(e);
         }
@@ -1158,11 +1157,15 @@ fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
 /// /dev/null, `NSMD_INSTANCE` and `NSMD_STATE` in its environment, killed after
 /// `takeover_timeout`. Its output is logged; an error names the command and says what
 /// happened (exit status and the end of its stderr, or the timeout).
-async fn takeover_command(spec: &ServiceSpec, state: i32) -> Result<(), String> {
+async fn takeover_command(spec: &ServiceSpec, state: i32) -> Result<(), Error> {
     let Some((prog, args)) = spec.takeover_command.split_first() else {
         return Ok(());
     };
     let shown = spec.takeover_command.join(" ");
+    let failed = |failure| Error::TakeoverCommand {
+        name: spec.name.clone(),
+        failure,
+    };
     let child = tokio::process::Command::new(prog)
         .args(args)
         .env("NSMD_INSTANCE", &spec.name)
@@ -1172,26 +1175,25 @@ async fn takeover_command(spec: &ServiceSpec, state: i32) -> Result<(), String> 
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "instance {}: cannot run the takeover command `{shown}`: {e}",
-                spec.name
-            )
+        .map_err(|source| {
+            failed(CommandFailure::Spawn {
+                command: shown.clone(),
+                source,
+            })
         })?;
     let out = match tokio::time::timeout(spec.takeover_timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
-            return Err(format!(
-                "instance {}: the takeover command `{shown}` failed: {e}",
-                spec.name
-            ));
+        Ok(Err(source)) => {
+            return Err(failed(CommandFailure::Wait {
+                command: shown,
+                source,
+            }));
         }
         Err(_) => {
-            return Err(format!(
-                "instance {}: the takeover command `{shown}` did not finish within {:?} (killed); \
-                 the takeover is abandoned: fix the command or raise [takeover] timeout_seconds",
-                spec.name, spec.takeover_timeout
-            ));
+            return Err(failed(CommandFailure::Timeout {
+                command: shown,
+                timeout: spec.takeover_timeout,
+            }));
         }
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1209,11 +1211,11 @@ async fn takeover_command(spec: &ServiceSpec, state: i32) -> Result<(), String> 
         .into_iter()
         .rev()
         .collect();
-    Err(format!(
-        "instance {}: the takeover command `{shown}` failed ({}): {tail}; the takeover is \
-         abandoned (ownership released, nothing notified)",
-        spec.name, out.status
-    ))
+    Err(failed(CommandFailure::Exit {
+        command: shown,
+        status: out.status,
+        stderr: tail,
+    }))
 }
 
 /// Waits until every program is registered on the service address and the command succeeds.
@@ -1382,13 +1384,13 @@ async fn notify_task(
     let r = if registered.wait().await {
         notify_run(&spec, &ownership, state, &progress).await
     } else {
-        Err("nsmd stopped before it was registered with rpcbind: the peers stay in sm.bak/".into())
+        Err(Error::Unregistered)
     };
     let mut p = lock(&progress);
     p.finished = true;
     if let Err(e) = r {
         warn!(instance = %spec.name, "notification: {e}");
-        p.error = Some(e);
+        p.error = Some(e.to_string());
     }
 }
 
@@ -1397,10 +1399,10 @@ async fn notify_run(
     ownership: &Arc<Ownership>,
     state: i32,
     progress: &Mutex<NotifyProgress>,
-) -> Result<(), String> {
-    ownership.check().map_err(|e| e.to_string())?;
-    let dir = Arc::new(nsm_store::StateDir::open(&spec.state_dir).map_err(|e| e.to_string())?);
-    let files = crate::bak::load_bak(&dir).map_err(|e| e.to_string())?;
+) -> Result<(), Error> {
+    ownership.check()?;
+    let dir = Arc::new(nsm_store::StateDir::open(&spec.state_dir)?);
+    let files = crate::bak::load_bak(&dir)?;
     lock(progress).peers = files.len();
     if files.is_empty() {
         info!(instance = %spec.name, "no one to notify");
@@ -1410,8 +1412,7 @@ async fn notify_run(
         addrs: spec.addresses.clone(),
         port: spec.notify_port,
         device: spec.interface.clone(),
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let names = spec.names();
     let ncfg = NotifierConfig {
         state,
@@ -1432,14 +1433,14 @@ async fn notify_run(
     };
     tokio::select! {
         r = run => {
-            let summary = r.map_err(|e| e.to_string())?;
+            let summary = r?;
             let mut p = lock(progress);
             p.acked = summary.acked();
             p.gave_up = summary.gave_up();
             info!(instance = %spec.name, "notification done: {} of {} acknowledged", p.acked, p.peers);
             Ok(())
         }
-        e = watch => Err(format!("notification stopped: {e}")),
+        e = watch => Err(Error::NotificationStopped(e)),
     }
 }
 
@@ -1576,6 +1577,8 @@ mod tests {
         ));
         let s = Services::new(cfg(), vec![failing]);
         let e = s.takeover("a").await.unwrap_err();
+        assert_eq!(e.kind(), "takeover-command", "{e}");
+        let e = e.to_string();
         assert!(
             e.contains("takeover command") && e.contains("no grace for you") && e.contains('3'),
             "{e}"
@@ -1600,6 +1603,8 @@ mod tests {
         slow.takeover_timeout = Duration::from_millis(200);
         let s = Services::new(cfg(), vec![slow]);
         let e = s.takeover("a").await.unwrap_err();
+        assert_eq!(e.kind(), "takeover-command", "{e}");
+        let e = e.to_string();
         assert!(e.contains("did not finish within"), "{e}");
 
         // Succeeds: the takeover goes on; the command saw the instance and its new state.
@@ -1693,6 +1698,8 @@ mod tests {
         let new = Services::new(cfg("new"), vec![spec("a", "127.0.0.9", &dir)]);
         let s1 = old.takeover("a").await.unwrap();
         let e = new.takeover("a").await.unwrap_err();
+        assert_eq!(e.kind(), "busy", "{e}");
+        let e = e.to_string();
         assert!(e.contains("held by another owner"), "{e}");
         assert!(!new.status()[0].active, "a refused takeover leaves nothing");
         let s2 = new.takeover_forced("a").await.unwrap();
@@ -1831,6 +1838,8 @@ mod tests {
         }
         assert!(!s.status()[0].active);
         let e = t.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), "readiness", "{e}");
+        let e = e.to_string();
         assert_eq!(s.status()[0].step, None);
         assert!(e.contains("readiness gate did not open"), "{e}");
         assert!(matches!(
@@ -1873,6 +1882,8 @@ mod tests {
         );
         s.takeover("a").await.unwrap();
         let e = s.release("a").await.unwrap_err();
+        assert_eq!(e.kind(), "kernel-release", "{e}");
+        let e = e.to_string();
         assert!(e.contains("not released") && e.contains("unlock_ip"), "{e}");
         let st = &s.status()[0];
         assert!(st.active && st.fenced, "held, shown fenced: {st:?}");
