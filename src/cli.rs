@@ -150,7 +150,9 @@ pub struct CtlArgs {
         global = true
     )]
     pub control_socket: PathBuf,
-    /// Print nsmd's JSON reply instead of a table; errors too, as {"ok":false,"error":...}.
+    /// Print nsmd's JSON reply instead of a table; errors too, as
+    /// {"ok":false,"error":...,"kind":...} (kind: a word for scripts, e.g. fenced, busy,
+    /// not-active, no-such-instance, readiness, kernel-release, nsmctl).
     #[arg(long, global = true)]
     pub json: bool,
     /// How long to wait for nsmd, in seconds (a takeover waits for the readiness gate). When

@@ -547,6 +547,55 @@ fn the_control_socket_shows_the_node_and_goes_at_exit() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["instances"][0]["name"], "node", "{out}");
     assert_eq!(v["instances"][0]["state_dir"], "/var/lib/nfs/s", "{out}");
+    // What is not a request of this protocol gets an error reply with its kind, and nsmd
+    // goes on serving.
+    let sock = h.outside_path("/run/nsmd/nsmctl.sock").unwrap();
+    let ask = |line: &[u8]| -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(line).unwrap();
+        let mut reply = String::new();
+        std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+    };
+    let hostile: [(&[u8], &str, &str); 7] = [
+        (b"garbage\n", "request", "not a control request"),
+        // An nsmctl from before the JSON protocol.
+        (
+            b"takeover svc1\n",
+            "version",
+            "use the nsmctl installed with this nsmd",
+        ),
+        (
+            b"{\"version\":1,\"request\":\"reboot\"}\n",
+            "request",
+            "unknown variant",
+        ),
+        (
+            b"{\"version\":2,\"request\":\"status\"}\n",
+            "version",
+            "restart nsmd",
+        ),
+        (
+            b"{\"version\":1,\"request\":{\"peers\":{\"name\":\"svc9\"}}}\n",
+            "no-such-instance",
+            "svc9",
+        ),
+        (b"\xff\xfe\n", "request", "not UTF-8"),
+        (&[b'x'; 10_000], "request", "longer than 4096 bytes"),
+    ];
+    for (line, kind, says) in hostile {
+        let v = ask(line);
+        assert!(
+            v["ok"] == false && v["kind"] == kind && v["error"].as_str().unwrap().contains(says),
+            "{:?}: {v}",
+            String::from_utf8_lossy(&line[..line.len().min(40)])
+        );
+    }
+    let out = h.run_ok(&[ctl, "--json", "status"], T).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["instances"][0]["name"], "node", "still serving: {out}");
     p.signal(Signal::Term).unwrap();
     p.wait(T).unwrap();
     assert!(

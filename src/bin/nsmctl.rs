@@ -13,6 +13,8 @@
 //!
 //! Tables for people; `--json` prints nsmd's reply as it is, for scripts. The exit status is
 //! 0 when nsmd did what was asked, 1 otherwise; `state` has the statuses of nsmd::cli::STATE_HELP.
+//! The protocol, and what happens when nsmctl and nsmd are of different versions:
+//! [`nsmd::control`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use clap::Parser;
 use nsm_statd::ServiceSpec;
 use nsmd::cli::{CtlArgs, CtlCmd, CtlFiles};
-use serde_json::Value;
+use nsmd::control::{ErrorReply, InstanceStatus, Request, Response, ServiceStatus, StatusReply};
 
 /// What `nsmctl state` found; the discriminant is the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,16 +50,25 @@ impl State {
     }
 }
 
-fn request(args: &CtlArgs) -> Result<Value, String> {
-    let line = match &args.cmd {
-        CtlCmd::Status | CtlCmd::State { .. } => "status".to_owned(),
-        CtlCmd::Metrics => "metrics".to_owned(),
-        CtlCmd::Takeover { name, force: false } => format!("takeover {name}"),
-        CtlCmd::Takeover { name, force: true } => format!("takeover {name} force"),
-        CtlCmd::Release { name, .. } => format!("release {name}"),
-        CtlCmd::Notify { name } => format!("notify {name}"),
-        CtlCmd::Peers { name } => format!("peers {name}"),
-    };
+/// What `cmd` asks nsmd (`state` and `release --offline` ask for the status).
+fn request_of(cmd: &CtlCmd) -> Request {
+    match cmd {
+        CtlCmd::Status | CtlCmd::State { .. } | CtlCmd::Release { offline: true, .. } => {
+            Request::Status
+        }
+        CtlCmd::Metrics => Request::Metrics,
+        CtlCmd::Takeover { name, force } => Request::Takeover {
+            name: name.clone(),
+            force: *force,
+        },
+        CtlCmd::Release { name, .. } => Request::Release { name: name.clone() },
+        CtlCmd::Notify { name } => Request::Notify { name: name.clone() },
+        CtlCmd::Peers { name } => Request::Peers { name: name.clone() },
+    }
+}
+
+/// One line to nsmd and its reply line.
+fn exchange(args: &CtlArgs, request: &Request, line: &str) -> Result<String, String> {
     let path = &args.control_socket;
     let mut s = UnixStream::connect(path).map_err(|e| {
         let why = match e.kind() {
@@ -71,7 +82,8 @@ fn request(args: &CtlArgs) -> Result<Value, String> {
         format!("cannot connect to nsmd at {}: {e}: {why}", path.display())
     })?;
     let t = Some(Duration::from_secs(args.timeout.max(1)));
-    s.set_read_timeout(t).map_err(|e| e.to_string())?;
+    s.set_read_timeout(t)
+        .map_err(|e| format!("cannot use the connection to nsmd: {e}"))?;
     s.write_all(format!("{line}\n").as_bytes())
         .map_err(|e| format!("cannot send to nsmd: {e}"))?;
     let mut reply = String::new();
@@ -81,24 +93,72 @@ fn request(args: &CtlArgs) -> Result<Value, String> {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ) {
             format!(
-                "no reply from nsmd within {} s (--timeout): nsmd goes on with `{line}`; \
+                "no reply from nsmd within {} s (--timeout): nsmd goes on with `{}`; \
                  `nsmctl status` shows where it is",
-                args.timeout.max(1)
+                args.timeout.max(1),
+                request.shown()
             )
         } else {
             format!("no reply from nsmd: {e}")
         }
     })?;
-    serde_json::from_str(&reply).map_err(|e| format!("unreadable reply from nsmd: {e}"))
+    Ok(reply.trim_end().to_owned())
 }
 
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
+/// Asks nsmd; returns its reply, typed and as the line it sent. An nsmd from before the
+/// JSON protocol (still running after a package upgrade installed this nsmctl) is asked
+/// again in its text form (see [`nsmd::control`]).
+fn request(args: &CtlArgs) -> Result<(Response, String), String> {
+    let request = request_of(&args.cmd);
+    let decode = |line: &str| {
+        Response::decode(&request, line).map_err(|e| {
+            format!(
+                "unreadable reply from nsmd at {}: {e}: {line:?} (nsmctl speaks control \
+                 protocol version {}; is the nsmd running the one installed with it? restart \
+                 nsmd)",
+                args.control_socket.display(),
+                nsmd::control::VERSION
+            )
+        })
+    };
+    let line = exchange(args, &request, &request.line())?;
+    match decode(&line)? {
+        Response::Error(e) if e.is_from_text_protocol_nsmd() => {
+            if !args.json {
+                eprintln!(
+                    "nsmctl: nsmd at {} is older than this nsmctl (it speaks the text control \
+                     protocol, not version {}): asked in its form; restart nsmd (systemctl \
+                     restart nsmd) to run the installed version",
+                    args.control_socket.display(),
+                    nsmd::control::VERSION
+                );
+            }
+            let line = exchange(args, &request, &request.text_line())?;
+            Ok((decode(&line)?, line))
+        }
+        r => Ok((r, line)),
     }
+}
+
+/// The status of every instance, or why nsmd could not say.
+fn status(args: &CtlArgs) -> Result<StatusReply, String> {
+    match request(args)? {
+        (Response::Status(s), _) => Ok(s),
+        (Response::Error(e), _) => Err(e.error),
+        (other, _) => Err(format!("nsmd answered {other:?} to a status request")),
+    }
+}
+
+/// The service instance `name` in `status`.
+fn service<'a>(status: &'a StatusReply, name: &str) -> Option<&'a ServiceStatus> {
+    status.instances.iter().find_map(|i| match i {
+        InstanceStatus::Service(s) if s.name == name => Some(s),
+        _ => None,
+    })
+}
+
+fn cell<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 fn table(head: &[&str], rows: &[Vec<String>]) {
@@ -122,52 +182,67 @@ fn table(head: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn show(cmd: &CtlCmd, v: &Value) {
-    match cmd {
-        CtlCmd::Status => {
-            let rows: Vec<Vec<String>> = v["instances"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|i| {
-                            let n = &i["notify"];
-                            let notify = if n.is_object() && n["peers"].as_u64().unwrap_or(0) > 0 {
-                                format!(
-                                    "{}/{} acked{}",
-                                    cell(&n["acked"]),
-                                    cell(&n["peers"]),
-                                    if n["finished"] == Value::Bool(true) {
-                                        ""
-                                    } else {
-                                        " (running)"
-                                    }
-                                )
+fn addresses(a: &[std::net::IpAddr]) -> String {
+    if a.is_empty() {
+        return String::new();
+    }
+    a.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn show(cmd: &CtlCmd, r: &Response) {
+    match (cmd, r) {
+        (CtlCmd::Status, Response::Status(s)) => {
+            let rows: Vec<Vec<String>> = s
+                .instances
+                .iter()
+                .map(|i| match i {
+                    InstanceStatus::Node(n) => vec![
+                        n.name.clone(),
+                        "node".to_owned(),
+                        if n.active { "yes" } else { "no" }.to_owned(),
+                        n.state.to_string(),
+                        "-".to_owned(),
+                        n.peers.to_string(),
+                        addresses(&n.addresses),
+                        "-".to_owned(),
+                    ],
+                    InstanceStatus::Service(s) => {
+                        let n = &s.notify;
+                        let notify = if n.peers > 0 {
+                            format!(
+                                "{}/{} acked{}",
+                                n.acked,
+                                n.peers,
+                                if n.finished { "" } else { " (running)" }
+                            )
+                        } else {
+                            "-".to_owned()
+                        };
+                        vec![
+                            s.name.clone(),
+                            "service".to_owned(),
+                            if let Some(step) = &s.step {
+                                step.as_str()
+                            } else if s.fenced {
+                                "fenced"
+                            } else if s.active {
+                                "yes"
                             } else {
-                                "-".to_owned()
-                            };
-                            vec![
-                                cell(&i["name"]),
-                                cell(&i["role"]),
-                                if let Some(step) = i["step"].as_str() {
-                                    step
-                                } else if i["fenced"] == Value::Bool(true) {
-                                    "fenced"
-                                } else if i["active"] == Value::Bool(true) {
-                                    "yes"
-                                } else {
-                                    "no"
-                                }
-                                .to_owned(),
-                                cell(&i["state"]),
-                                cell(&i["epoch"]),
-                                cell(&i["peers"]),
-                                cell(&i["addresses"]),
-                                notify,
-                            ]
-                        })
-                        .collect()
+                                "no"
+                            }
+                            .to_owned(),
+                            cell(s.state),
+                            cell(s.epoch),
+                            s.peers.to_string(),
+                            addresses(&s.addresses),
+                            notify,
+                        ]
+                    }
                 })
-                .unwrap_or_default();
+                .collect();
             table(
                 &[
                     "NAME",
@@ -182,31 +257,30 @@ fn show(cmd: &CtlCmd, v: &Value) {
                 &rows,
             );
         }
-        CtlCmd::Peers { .. } => {
-            let rows: Vec<Vec<String>> = v["peers"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|p| vec![cell(&p["mon_name"]), cell(&p["my_name"])])
-                        .collect()
-                })
-                .unwrap_or_default();
+        (CtlCmd::Peers { .. }, Response::Peers(p)) => {
+            let rows: Vec<Vec<String>> = p
+                .peers
+                .iter()
+                .map(|p| vec![p.mon_name.clone(), p.my_name.clone()])
+                .collect();
             table(&["MON_NAME", "MY_NAME"], &rows);
         }
-        CtlCmd::Takeover { name, .. } if v["already"] == Value::Bool(true) => println!(
+        (CtlCmd::Takeover { name, .. }, Response::Takeover(t)) if t.already => println!(
             "{name}: already active here, state {} (nothing done)",
-            cell(&v["state"])
+            t.state
         ),
-        CtlCmd::Takeover { name, .. } => {
-            println!("{name}: taken over, state {}", cell(&v["state"]))
+        (CtlCmd::Takeover { name, .. }, Response::Takeover(t)) => {
+            println!("{name}: taken over, state {}", t.state)
         }
-        CtlCmd::Release { name, .. } if v["already"] == Value::Bool(true) => {
+        (CtlCmd::Release { name, .. }, Response::Release(r)) if r.already => {
             println!("{name}: not held here (nothing done)");
         }
-        CtlCmd::Release { name, .. } => println!("{name}: released"),
-        CtlCmd::State { .. } => {}
-        CtlCmd::Metrics => print!("{}", v["metrics"].as_str().unwrap_or_default()),
-        CtlCmd::Notify { name } => println!("{name}: notifying {} peer(s)", cell(&v["peers"])),
+        (CtlCmd::Release { name, .. }, Response::Release(_)) => println!("{name}: released"),
+        (CtlCmd::Metrics, Response::Metrics(m)) => print!("{}", m.metrics),
+        (CtlCmd::Notify { name }, Response::Notify(n)) => {
+            println!("{name}: notifying {} peer(s)", n.peers)
+        }
+        _ => {}
     }
 }
 
@@ -235,7 +309,7 @@ fn held(args: &CtlArgs, name: &str) -> Result<bool, String> {
 
 /// `nsmctl state NAME`.
 fn state(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<State, String> {
-    let s = match request(args) {
+    let status = match request(args) {
         Err(e) => {
             // Unreachable: only the files can say whether NAME was left held here.
             spec(files, name)?;
@@ -246,18 +320,15 @@ fn state(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<State, String> 
                 State::Unreachable
             });
         }
-        Ok(v) => v["instances"]
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .find(|i| i["name"] == name && i["role"] == "service")
-            })
-            .cloned()
-            .ok_or_else(|| format!("nsmd has no service instance named {name:?}"))?,
+        Ok((Response::Status(s), _)) => s,
+        Ok((Response::Error(e), _)) => return Err(e.error),
+        Ok((other, _)) => return Err(format!("nsmd answered {other:?} to a status request")),
     };
-    Ok(if s["fenced"] == Value::Bool(true) {
+    let s = service(&status, name)
+        .ok_or_else(|| format!("nsmd has no service instance named {name:?}"))?;
+    Ok(if s.fenced {
         State::Fenced
-    } else if s["active"] == Value::Bool(true) {
+    } else if s.active {
         State::Active
     } else if held(args, name)? {
         State::Half
@@ -276,13 +347,9 @@ fn node_name() -> String {
 /// `nsmctl release --offline NAME`: what nsmd's release does, without nsmd.
 fn release_offline(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<(), String> {
     let spec = spec(files, name)?;
-    let serving = request(args).ok().and_then(|v| {
-        v["instances"].as_array().and_then(|a| {
-            a.iter()
-                .find(|i| i["name"] == name && i["role"] == "service")
-                .map(|i| i["active"] == Value::Bool(true) || i["fenced"] == Value::Bool(true))
-        })
-    });
+    let serving = status(args)
+        .ok()
+        .and_then(|s| service(&s, name).map(|i| i.active || i.fenced));
     if serving == Some(true) {
         return Err(format!(
             "nsmd holds {name} on this node (active or fenced): release it with \
@@ -325,10 +392,11 @@ fn release_offline(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<(), S
     Ok(())
 }
 
-/// An error: on stderr for people, as nsmd's own error replies with `--json`; exit 1.
+/// An error of nsmctl itself: on stderr for people, as nsmd's own error replies with
+/// `--json` (kind `nsmctl`); exit 1.
 fn fail(args: &CtlArgs, e: &str) -> ExitCode {
     if args.json {
-        println!("{}", serde_json::json!({ "ok": false, "error": e }));
+        println!("{}", Response::Error(ErrorReply::new(e, "nsmctl")).line());
     } else {
         eprintln!("nsmctl: {e}");
     }
@@ -373,17 +441,17 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let v = match request(&args) {
-        Ok(v) => v,
+    let (r, line) = match request(&args) {
+        Ok(r) => r,
         Err(e) => return fail(&args, &e),
     };
-    let ok = v["ok"] == Value::Bool(true);
+    let ok = !matches!(r, Response::Error(_));
     if args.json {
-        println!("{v}");
-    } else if ok {
-        show(&args.cmd, &v);
+        println!("{line}");
+    } else if let Response::Error(e) = &r {
+        eprintln!("nsmctl: {}", e.error);
     } else {
-        eprintln!("nsmctl: {}", cell(&v["error"]));
+        show(&args.cmd, &r);
     }
     if ok {
         ExitCode::SUCCESS

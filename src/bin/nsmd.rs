@@ -10,6 +10,7 @@ use nsm_rpc::rpcbind::Rpcbind;
 use nsm_rpc::server::{Limits, Server};
 use nsm_statd::{Instance, InstanceConfig, NsmService, ServiceSpec, Services, ServicesConfig};
 use nsmd::config::{StatdArgs, StatdConfig};
+use nsmd::control::{ErrorReply, Request, Response};
 use nsmd::listen::{Listeners, bind_listeners};
 use nsmd::logging::LogLevel;
 use nsmd::privileges::drop_to_owner_of_sm;
@@ -311,7 +312,8 @@ fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     Ok(l)
 }
 
-/// Serves nsmctl: one request line, one JSON reply line, per connection.
+/// Serves nsmctl: one request line, one JSON reply line, per connection (the protocol:
+/// [`nsmd::control`]). A line that is not a request of this version gets an error reply.
 async fn serve_control(
     listener: tokio::net::UnixListener,
     node: Arc<Instance>,
@@ -338,116 +340,139 @@ async fn serve_control(
         tokio::spawn(async move {
             use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
             let (rd, mut wr) = stream.into_split();
-            let mut line = String::new();
-            let mut rd = BufReader::new(rd.take(4096));
-            if rd.read_line(&mut line).await.is_err() {
+            let mut line = Vec::new();
+            let limit = nsmd::control::MAX_REQUEST;
+            let mut rd = BufReader::new(rd.take(limit as u64));
+            if rd.read_until(b'\n', &mut line).await.is_err() {
                 return;
             }
-            let reply = control_request(line.trim(), &node, &services).await;
-            let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
+            let reply = if line.last() != Some(&b'\n') && line.len() >= limit {
+                let e = format!(
+                    "control request longer than {limit} bytes: not read (nsmctl sends one \
+                     JSON object per line)"
+                );
+                warn!("nsmctl: {e}");
+                Response::Error(ErrorReply::new(e, nsmd::control::KIND_REQUEST))
+            } else {
+                match nsmd::control::decode_request(&line) {
+                    Ok(request) => control_request(request, &node, &services).await,
+                    Err(e) => {
+                        warn!("nsmctl: {}", e.error);
+                        Response::Error(e)
+                    }
+                }
+            };
+            let _ = wr.write_all(format!("{}\n", reply.line()).as_bytes()).await;
         });
     }
 }
 
-async fn control_request(line: &str, node: &Instance, services: &Services) -> serde_json::Value {
-    use serde_json::json;
-    let mut words = line.split_whitespace();
-    let cmd = words.next().unwrap_or_default();
-    let name = words.next().unwrap_or_default().to_owned();
-    info!(command = %line, "nsmctl");
-    let failed = |e: nsm_statd::Error| (e.to_string(), e.kind());
-    let r: Result<serde_json::Value, (String, &str)> = match cmd {
-        "status" => {
-            let mut v = vec![json!({
-                "name": "node",
-                "role": "node",
-                "active": true,
-                "state": node.state(),
-                "peers": node.len(),
-                "state_dir": node.state_dir().path().display().to_string(),
-                "addresses": [],
+/// Carries out one nsmctl request.
+async fn control_request(request: Request, node: &Instance, services: &Services) -> Response {
+    use nsmd::control::{
+        InstanceStatus, NodeStatus, NotifyReply, NotifyStatus, Peer, PeersReply, ReleaseReply,
+        ServiceStatus, StatusReply, TakeoverReply,
+    };
+    let shown = request.shown();
+    info!(command = %shown, "nsmctl");
+    let r: Result<Response, nsm_statd::Error> = match request {
+        Request::Status => {
+            let mut v = vec![InstanceStatus::Node(NodeStatus {
+                name: "node".to_owned(),
+                active: true,
+                state: node.state(),
+                peers: node.len(),
+                state_dir: node.state_dir().path().display().to_string(),
+                addresses: Vec::new(),
             })];
             for s in services.status() {
-                v.push(json!({
-                    "name": s.name,
-                    "role": "service",
-                    "hostname": s.hostname,
-                    "active": s.active,
-                    "state": s.state,
-                    "epoch": s.epoch,
-                    "fenced": s.fenced,
-                    "step": s.step,
-                    "peers": s.peers,
-                    "state_dir": s.state_dir.display().to_string(),
-                    "addresses": s.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "notify": {
-                        "peers": s.notify.peers,
-                        "acked": s.notify.acked,
-                        "gave_up": s.notify.gave_up,
-                        "finished": s.notify.finished,
-                        "error": s.notify.error,
+                v.push(InstanceStatus::Service(ServiceStatus {
+                    name: s.name,
+                    hostname: s.hostname,
+                    active: s.active,
+                    state: s.state,
+                    epoch: s.epoch,
+                    fenced: s.fenced,
+                    step: s.step.map(str::to_owned),
+                    peers: s.peers,
+                    state_dir: s.state_dir.display().to_string(),
+                    addresses: s.addresses,
+                    notify: NotifyStatus {
+                        peers: s.notify.peers,
+                        acked: s.notify.acked,
+                        gave_up: s.notify.gave_up,
+                        finished: s.notify.finished,
+                        error: s.notify.error,
                     },
                 }));
             }
-            Ok(json!({ "instances": v }))
+            Ok(Response::Status(StatusReply { instances: v }))
         }
         // Already in the state asked for: success, nothing done, said as `already`.
-        "takeover" => match services.active_state(&name) {
-            Ok(Some(state)) => Ok(json!({ "instance": name, "state": state, "already": true })),
-            Ok(None) => match words.next() {
-                None => services.takeover(&name).await.map_err(failed),
-                Some("force") => services.takeover_forced(&name).await.map_err(failed),
-                Some(w) => Err((
-                    format!("takeover {name}: unknown option {w:?} (force)"),
-                    "request",
-                )),
-            }
-            .map(|state| json!({ "instance": name, "state": state })),
-            Err(e) => Err(failed(e)),
-        },
-        "release" => match services.holds(&name) {
-            Ok(false) => Ok(json!({ "instance": name, "already": true })),
-            Ok(true) => services
-                .release(&name)
+        Request::Takeover { name, force } => match services.active_state(&name) {
+            Ok(Some(state)) => Ok(TakeoverReply {
+                instance: name,
+                state,
+                already: true,
+            }),
+            Ok(None) if force => services
+                .takeover_forced(&name)
                 .await
-                .map(|()| json!({ "instance": name }))
-                .map_err(failed),
-            Err(e) => Err(failed(e)),
-        },
-        "metrics" => Ok(json!({ "metrics": services.metrics(node) })),
-        "notify" => services
-            .notify(&name)
-            .await
-            .map(|peers| json!({ "instance": name, "peers": peers }))
-            .map_err(failed),
-        "peers" => {
+                .map(|state| TakeoverReply {
+                    instance: name,
+                    state,
+                    already: false,
+                }),
+            Ok(None) => services.takeover(&name).await.map(|state| TakeoverReply {
+                instance: name,
+                state,
+                already: false,
+            }),
+            Err(e) => Err(e),
+        }
+        .map(Response::Takeover),
+        Request::Release { name } => match services.holds(&name) {
+            Ok(false) => Ok(ReleaseReply {
+                instance: name,
+                already: true,
+            }),
+            Ok(true) => services.release(&name).await.map(|()| ReleaseReply {
+                instance: name,
+                already: false,
+            }),
+            Err(e) => Err(e),
+        }
+        .map(Response::Release),
+        Request::Metrics => Ok(Response::Metrics(nsmd::control::MetricsReply {
+            metrics: services.metrics(node),
+        })),
+        Request::Notify { name } => services.notify(&name).await.map(|peers| {
+            Response::Notify(NotifyReply {
+                instance: name,
+                peers,
+            })
+        }),
+        Request::Peers { name } => {
             let list = if name == "node" {
                 Ok(node.peers())
             } else {
-                services.peers(&name).map_err(failed)
+                services.peers(&name)
             };
             list.map(|p| {
-                json!({
-                    "instance": name,
-                    "peers": p.iter().map(|(m, my)| json!({"mon_name": m, "my_name": my})).collect::<Vec<_>>(),
+                Response::Peers(PeersReply {
+                    instance: name,
+                    peers: p
+                        .into_iter()
+                        .map(|(mon_name, my_name)| Peer { mon_name, my_name })
+                        .collect(),
                 })
             })
         }
-        _ => Err((
-            format!("unknown command {cmd:?} (status, takeover, release, notify, peers, metrics)"),
-            "request",
-        )),
     };
-    match r {
-        Ok(mut v) => {
-            v["ok"] = json!(true);
-            v
-        }
-        Err((e, kind)) => {
-            warn!(command = %line, "nsmctl: {e}");
-            json!({ "ok": false, "error": e, "kind": kind })
-        }
-    }
+    r.unwrap_or_else(|e| {
+        warn!(command = %shown, "nsmctl: {e}");
+        Response::Error(ErrorReply::from(&e))
+    })
 }
 
 /// Notifies the peers of the previous boot, as rpc.statd runs sm-notify: `nsm-notify` (next to
