@@ -111,7 +111,7 @@ const HELPER_PROC_ENV: &str = "NSMD_STATE_HELPER_PROC";
 /// holds the lock), and writing a service's configured addresses and exports to the
 /// kernel's root-owned `unlock_ip` and `unlock_filesystem`. It is nsmd itself, re-executed before the drop with every
 /// capability removed (uid 0 alone may write root's own files), and it answers one line per
-/// request on a socket pair until nsmd exits.
+/// request ([`HelperRequest`], [`HelperReply`]: JSON) on a socket pair until nsmd exits.
 ///
 /// nsmd names a service instance, never a path: the helper reads the instance files itself
 /// (from the directory root gave nsmd) and writes only in a state directory that root owns
@@ -129,7 +129,7 @@ pub struct StateHelper {
     direct: Option<nsm_statd::DirectAuthority>,
 }
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
@@ -180,51 +180,78 @@ impl StateHelper {
         })
     }
 
-    fn request(&self, line: &str) -> std::result::Result<i32, nsm_statd::Error> {
-        self.request_text(line)
-            .map_err(|message| nsm_statd::Error::Helper { message })
-    }
-
-    fn request_text(&self, line: &str) -> std::result::Result<i32, String> {
+    /// Asks the helper; its refusal (or its absence) as [`nsm_statd::Error::Helper`].
+    fn ask(&self, request: &HelperRequest) -> std::result::Result<HelperReply, nsm_statd::Error> {
+        let gone = |e: std::io::Error| nsm_statd::Error::Helper {
+            message: format!("state helper gone: {e}"),
+        };
         let mut c = self
             .conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        writeln!(c.1, "{line}").map_err(|e| format!("state helper gone: {e}"))?;
+        writeln!(c.1, "{}", request.line()).map_err(gone)?;
         let mut reply = String::new();
-        c.0.read_line(&mut reply)
-            .map_err(|e| format!("state helper gone: {e}"))?;
-        match reply.trim_end().split_once(' ') {
-            Some(("ok", n)) => n
-                .parse()
-                .map_err(|_| format!("state helper said {reply:?}")),
-            Some(("err", msg)) => Err(msg.to_owned()),
-            _ => Err(format!("state helper exited or said {reply:?}")),
+        c.0.by_ref()
+            .take(MAX_HELPER_LINE as u64)
+            .read_line(&mut reply)
+            .map_err(gone)?;
+        match serde_json::from_str::<HelperReply>(&reply) {
+            Ok(HelperReply::Refused(message)) => Err(nsm_statd::Error::Helper { message }),
+            Ok(r) => Ok(r),
+            Err(_) => Err(nsm_statd::Error::Helper {
+                message: format!("state helper exited or said {reply:?}"),
+            }),
         }
+    }
+
+    fn state(&self, request: &HelperRequest) -> std::result::Result<i32, nsm_statd::Error> {
+        match self.ask(request)? {
+            HelperReply::State(n) => Ok(n),
+            other => Err(unexpected(request, &other)),
+        }
+    }
+
+    fn done(&self, request: &HelperRequest) -> std::result::Result<(), nsm_statd::Error> {
+        match self.ask(request)? {
+            HelperReply::Done => Ok(()),
+            other => Err(unexpected(request, &other)),
+        }
+    }
+}
+
+fn unexpected(request: &HelperRequest, reply: &HelperReply) -> nsm_statd::Error {
+    nsm_statd::Error::Helper {
+        message: format!("the state helper answered {reply:?} to {request:?}"),
     }
 }
 
 impl nsm_statd::ServicePrivileges for StateHelper {
     fn create_owner(&self, name: &str) -> std::result::Result<(), nsm_statd::Error> {
-        self.request(&format!("create-owner {name}")).map(drop)
+        self.done(&HelperRequest::CreateOwner {
+            name: name.to_owned(),
+        })
     }
 
     fn next_epoch(&self, name: &str, owner: &str) -> std::result::Result<u64, nsm_statd::Error> {
+        // One word in the ownership file's line (`epoch N owner NODE pid PID`).
         let owner: String = owner
             .chars()
             .map(|c| if c.is_whitespace() { '_' } else { c })
             .collect();
-        // The reply's number is an i32 on the wire of this protocol; epochs stay far below.
-        self.request(&format!("next-epoch {name} {owner}"))
-            .and_then(|e| {
-                u64::try_from(e).map_err(|_| nsm_statd::Error::Helper {
-                    message: format!("the state helper answered a bad epoch {e}"),
-                })
-            })
+        let request = HelperRequest::NextEpoch {
+            name: name.to_owned(),
+            owner,
+        };
+        match self.ask(&request)? {
+            HelperReply::Epoch(e) => Ok(e),
+            other => Err(unexpected(&request, &other)),
+        }
     }
 
     fn bump(&self, name: &str) -> std::result::Result<i32, nsm_statd::Error> {
-        self.request(&format!("bump-instance {name}"))
+        self.state(&HelperRequest::BumpInstance {
+            name: name.to_owned(),
+        })
     }
 
     fn unlock(
@@ -233,13 +260,20 @@ impl nsm_statd::ServicePrivileges for StateHelper {
         file: &str,
         text: &str,
     ) -> std::result::Result<(), nsm_statd::Error> {
-        if text.contains('\n') {
-            return Err(nsm_statd::Error::Helper {
-                message: "a line break cannot be sent to the kernel file".to_owned(),
-            });
-        }
-        self.request(&format!("unlock {name} {file} {text}"))
-            .map(drop)
+        let file = match file {
+            "unlock_ip" => KernelFile::UnlockIp,
+            "unlock_filesystem" => KernelFile::UnlockFilesystem,
+            _ => {
+                return Err(nsm_statd::Error::Helper {
+                    message: format!("{file:?} is not a kernel file the helper writes"),
+                });
+            }
+        };
+        self.done(&HelperRequest::Unlock {
+            name: name.to_owned(),
+            file,
+            text: text.to_owned(),
+        })
     }
 }
 
@@ -251,12 +285,214 @@ impl nsm_statd::StateAuthority for StateHelper {
                 self.publish(state)?;
                 Ok(state)
             }
-            None => self.request("bump"),
+            None => self.state(&HelperRequest::Bump),
         }
     }
 
     fn publish(&self, state: i32) -> std::result::Result<(), nsm_statd::Error> {
-        self.request(&format!("publish {state}")).map(drop)
+        self.done(&HelperRequest::Publish { state })
+    }
+}
+
+/// The longest line nsmd and its root helper exchange (with its newline): an export path
+/// (up to PATH_MAX, 4096 bytes, escaped) and room around it. The helper refuses a longer
+/// request without keeping it.
+pub const MAX_HELPER_LINE: usize = 16 * 1024;
+
+/// What nsmd, unprivileged, asks its root helper: one JSON object per line
+/// (`{"bump-instance":{"name":"svc1"}}`, `"bump"`). The helper is nsmd's own executable,
+/// started by it: both sides are always of the same version. It trusts nothing in a
+/// request: it names an instance, never a path, and every field is checked
+/// ([`HelperRequest::check`], then the instance files the helper reads itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum HelperRequest {
+    /// Bump the node's state (its directory is root's) and tell the kernel.
+    Bump,
+    /// Tell the kernel the node's state (`nsm_local_state`).
+    Publish {
+        /// The state number.
+        state: i32,
+    },
+    /// Bump service instance `name`'s state by two, durably.
+    BumpInstance {
+        /// The instance.
+        name: String,
+    },
+    /// Create instance `name`'s (empty) ownership file when it is missing.
+    CreateOwner {
+        /// The instance.
+        name: String,
+    },
+    /// Write the next epoch to instance `name`'s ownership file, with `owner` (this node)
+    /// and nsmd's pid; nsmd holds the lock.
+    NextEpoch {
+        /// The instance.
+        name: String,
+        /// This node's name: one word.
+        owner: String,
+    },
+    /// Write `text`, one of instance `name`'s configured addresses or exports, to the
+    /// kernel's `file`.
+    Unlock {
+        /// The instance.
+        name: String,
+        /// Which kernel file.
+        file: KernelFile,
+        /// The address or export.
+        text: String,
+    },
+}
+
+/// The kernel files the helper writes for a release (`<proc_root>/fs/nfsd/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelFile {
+    /// `unlock_ip`: the NLM locks held through an address.
+    UnlockIp,
+    /// `unlock_filesystem`: the NLM locks on an export.
+    UnlockFilesystem,
+}
+
+impl KernelFile {
+    /// The file's name under `fs/nfsd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UnlockIp => "unlock_ip",
+            Self::UnlockFilesystem => "unlock_filesystem",
+        }
+    }
+}
+
+/// The helper's answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum HelperReply {
+    /// The state number written (`bump`, `bump-instance`).
+    State(i32),
+    /// The epoch written (`next-epoch`).
+    Epoch(u64),
+    /// Done (`publish`, `create-owner`, `unlock`).
+    Done,
+    /// Not done: why, for nsmd's log and nsmctl.
+    Refused(String),
+}
+
+impl HelperRequest {
+    /// The request's line (without the newline).
+    pub fn line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The instance the request names, if any.
+    fn instance(&self) -> Option<&str> {
+        match self {
+            Self::Bump | Self::Publish { .. } => None,
+            Self::BumpInstance { name }
+            | Self::CreateOwner { name }
+            | Self::NextEpoch { name, .. }
+            | Self::Unlock { name, .. } => Some(name),
+        }
+    }
+
+    /// Refuses fields no honest nsmd sends: an instance name that could not be a file
+    /// name in the instances directory, an owner that is not one printable word.
+    fn check(&self) -> std::result::Result<(), String> {
+        if let Some(name) = self.instance()
+            && (name.is_empty()
+                || name.len() > 255
+                || name == "."
+                || name == ".."
+                || name == "node"
+                || name
+                    .chars()
+                    .any(|c| c == '/' || c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!("{name:?} cannot be an instance name"));
+        }
+        if let Self::NextEpoch { owner, .. } = self
+            && (owner.is_empty()
+                || owner.len() > 255
+                || owner.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "{owner:?} cannot be an owner (one word of at most 255 bytes)"
+            ));
+        }
+        if let Self::Unlock { text, .. } = self
+            && (text.is_empty() || text.contains(['\n', '\0']))
+        {
+            return Err(format!(
+                "{text:?} cannot be written to the kernel file (one word, no line break)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HelperReply {
+    /// The reply's line (without the newline).
+    pub fn line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Reads one request line of at most [`MAX_HELPER_LINE`] bytes from `input`: `None` at end
+/// of input, `Some(Err)` with the reply when it is not a request (too long: the rest of it
+/// is read and dropped, so the next line is read whole).
+fn read_request(input: &mut impl BufRead) -> Option<std::result::Result<HelperRequest, String>> {
+    let mut line = Vec::new();
+    match Read::take(&mut *input, MAX_HELPER_LINE as u64).read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {}
+    }
+    if line.last() != Some(&b'\n') {
+        if line.len() < MAX_HELPER_LINE {
+            // End of input within the line: nsmd is gone.
+            return None;
+        }
+        // Skip to the end of the line, a buffer at a time.
+        loop {
+            let (skip, end) = match input.fill_buf() {
+                Ok([]) | Err(_) => return None,
+                Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (buf.len(), false),
+                },
+            };
+            input.consume(skip);
+            if end {
+                break;
+            }
+        }
+        return Some(Err(format!(
+            "request longer than {MAX_HELPER_LINE} bytes refused"
+        )));
+    }
+    Some(
+        serde_json::from_slice::<HelperRequest>(&line)
+            .map_err(|e| format!("not a request: {e}"))
+            .and_then(|r| r.check().map(|()| r)),
+    )
+}
+
+/// Answers the requests on `input` with `handle`, one reply line each on `out`, until end of
+/// input or a write fails.
+fn serve(
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+    mut handle: impl FnMut(HelperRequest) -> std::result::Result<HelperReply, String>,
+) {
+    while let Some(request) = read_request(input) {
+        let reply = request
+            .and_then(&mut handle)
+            .unwrap_or_else(HelperReply::Refused);
+        if writeln!(out, "{}", reply.line())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            break;
+        }
     }
 }
 
@@ -294,54 +530,40 @@ pub fn helper_main() -> std::process::ExitCode {
         proc_root: std::env::var_os(HELPER_PROC_ENV)
             .map_or_else(|| "/proc".into(), std::path::PathBuf::from),
     };
-    let mut out = std::io::stdout().lock();
-    for line in std::io::stdin().lines() {
-        let Ok(line) = line else { break };
-        // The instance files as they are now (nsmd re-reads them on SIGHUP); a file that does
-        // not parse keeps what was read before.
-        if let Some(d) = &instances
-            && line != "bump"
-            && !line.starts_with("publish ")
+    let handle = |request: HelperRequest| {
+        // The instance files as they are now (nsmd re-reads them on SIGHUP); a file that
+        // does not parse keeps what was read before.
+        if request.instance().is_some()
+            && let Some(d) = &instances
             && let Some(specs) = nsmd_instances(d)
         {
             services.specs = specs;
         }
-        let r = match line.split_once(' ') {
-            None if line == "bump" => root_owned(Path::new(&dir))
-                .and_then(|()| authority.bump().map_err(|e| e.to_string())),
-            Some(("publish", n)) => match n.parse::<i32>() {
-                Ok(n) => authority.publish(n).map(|()| n).map_err(|e| e.to_string()),
-                Err(_) => Err("bad state number".to_owned()),
-            },
-            Some(("bump-instance", name)) => services.bump(name),
-            Some(("create-owner", name)) => services.open_owner(name).map(|_| 0),
-            Some(("next-epoch", rest)) => match rest.split_once(' ') {
-                Some((name, owner)) => services.next_epoch(name, owner),
-                None => Err("bad next-epoch request".to_owned()),
-            },
-            Some(("unlock", rest)) => {
-                let mut w = rest.splitn(3, ' ');
-                match (w.next(), w.next(), w.next()) {
-                    (Some(name), Some(file), Some(text)) => {
-                        services.unlock(name, file, text).map(|()| 0)
-                    }
-                    _ => Err("bad unlock request".to_owned()),
-                }
+        match request {
+            HelperRequest::Bump => root_owned(Path::new(&dir))
+                .and_then(|()| authority.bump().map_err(|e| e.to_string()))
+                .map(HelperReply::State),
+            HelperRequest::Publish { state } => authority
+                .publish(state)
+                .map(|()| HelperReply::Done)
+                .map_err(|e| e.to_string()),
+            HelperRequest::BumpInstance { name } => services.bump(&name).map(HelperReply::State),
+            HelperRequest::CreateOwner { name } => {
+                services.open_owner(&name).map(|_| HelperReply::Done)
             }
-            _ => Err("unknown request".to_owned()),
-        };
-        let reply = match r {
-            Ok(n) => format!("ok {n}\n"),
-            Err(e) => format!("err {}\n", e.replace('\n', " ")),
-        };
-        if out
-            .write_all(reply.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            break;
+            HelperRequest::NextEpoch { name, owner } => {
+                services.next_epoch(&name, &owner).map(HelperReply::Epoch)
+            }
+            HelperRequest::Unlock { name, file, text } => services
+                .unlock(&name, file, &text)
+                .map(|()| HelperReply::Done),
         }
-    }
+    };
+    serve(
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        handle,
+    );
     std::process::ExitCode::SUCCESS
 }
 
@@ -395,17 +617,16 @@ impl Services {
     }
 
     /// The next epoch in the instance's ownership file (nsmd holds its lock).
-    fn next_epoch(&self, name: &str, owner: &str) -> std::result::Result<i32, String> {
+    fn next_epoch(&self, name: &str, owner: &str) -> std::result::Result<u64, String> {
         let dir = self.dir(name)?;
         let mut file = self.open_owner(name)?;
-        let epoch = nsm_statd::ownership::write_next_epoch(
+        nsm_statd::ownership::write_next_epoch(
             &dir,
             &mut file,
             owner,
             std::os::unix::process::parent_id(),
         )
-        .map_err(|e| e.to_string())?;
-        i32::try_from(epoch).map_err(|_| format!("epoch {epoch} is too large"))
+        .map_err(|e| e.to_string())
     }
 
     fn open_owner(&self, name: &str) -> std::result::Result<std::fs::File, String> {
@@ -430,14 +651,16 @@ impl Services {
     /// configured addresses (`unlock_ip`) or exports (`unlock_filesystem`). The kernel takes
     /// one newline-terminated word (`write_unlock_ip`, `write_unlock_fs` in
     /// `fs/nfsd/nfsctl.c`) and answers EINVAL to anything else, so the newline is added here.
-    fn unlock(&self, name: &str, file: &str, text: &str) -> std::result::Result<(), String> {
+    fn unlock(&self, name: &str, file: KernelFile, text: &str) -> std::result::Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         let spec = self.find(name)?;
         let allowed = match file {
-            "unlock_ip" => spec.unlock_ip && spec.addresses.iter().any(|a| a.to_string() == text),
-            "unlock_filesystem" => spec.exports.iter().any(|e| e.as_os_str() == text),
-            _ => return Err(format!("{file:?} is not a kernel file the helper writes")),
+            KernelFile::UnlockIp => {
+                spec.unlock_ip && spec.addresses.iter().any(|a| a.to_string() == text)
+            }
+            KernelFile::UnlockFilesystem => spec.exports.iter().any(|e| e.as_os_str() == text),
         };
+        let file = file.name();
         if !allowed {
             return Err(format!(
                 "{text:?} is not in instance {name}'s [release] {file}"
@@ -500,6 +723,141 @@ mod tests {
     }
 
     #[test]
+    fn helper_lines_byte_for_byte_and_back() {
+        let vectors = [
+            (HelperRequest::Bump, r#""bump""#),
+            (
+                HelperRequest::Publish { state: 7 },
+                r#"{"publish":{"state":7}}"#,
+            ),
+            (
+                HelperRequest::BumpInstance { name: "svc".into() },
+                r#"{"bump-instance":{"name":"svc"}}"#,
+            ),
+            (
+                HelperRequest::CreateOwner { name: "svc".into() },
+                r#"{"create-owner":{"name":"svc"}}"#,
+            ),
+            (
+                HelperRequest::NextEpoch {
+                    name: "svc".into(),
+                    owner: "n1".into(),
+                },
+                r#"{"next-epoch":{"name":"svc","owner":"n1"}}"#,
+            ),
+            (
+                HelperRequest::Unlock {
+                    name: "svc".into(),
+                    file: KernelFile::UnlockFilesystem,
+                    text: "/export/a b".into(),
+                },
+                r#"{"unlock":{"name":"svc","file":"unlock_filesystem","text":"/export/a b"}}"#,
+            ),
+        ];
+        for (r, line) in vectors {
+            assert_eq!(r.line(), line);
+            let mut input = std::io::Cursor::new(format!("{line}\n"));
+            assert_eq!(read_request(&mut input), Some(Ok(r)));
+        }
+        for (r, line) in [
+            (HelperReply::State(5), r#"{"state":5}"#),
+            (HelperReply::Epoch(1 << 40), r#"{"epoch":1099511627776}"#),
+            (HelperReply::Done, r#""done""#),
+            (
+                HelperReply::Refused("no \"x\"".into()),
+                r#"{"refused":"no \"x\""}"#,
+            ),
+        ] {
+            assert_eq!(r.line(), line);
+            assert_eq!(serde_json::from_str::<HelperReply>(line).unwrap(), r);
+        }
+    }
+
+    /// The unprivileged daemon may be compromised: what it sends the root helper that is
+    /// not a well-formed request is refused with a reply, before anything is done, and the
+    /// helper goes on answering.
+    #[test]
+    fn the_helper_refuses_hostile_lines_and_goes_on() {
+        let long = format!(
+            "{{\"bump-instance\":{{\"name\":\"{}\"}}}}",
+            "a".repeat(3 * MAX_HELPER_LINE)
+        );
+        let hostile: [(&str, &str); 13] = [
+            ("bump-instance svc", "not a request"),
+            ("{\"bump-instance\":", "not a request"),
+            (
+                r#"{"chmod":{"path":"/etc/shadow"}}"#,
+                "unknown variant `chmod`",
+            ),
+            (
+                r#"{"bump-instance":{"name":"svc","path":"/etc"}}"#,
+                "unknown field `path`",
+            ),
+            (&long, "longer than 16384 bytes"),
+            (
+                r#"{"bump-instance":{"name":"../../etc"}}"#,
+                "cannot be an instance name",
+            ),
+            (
+                r#"{"create-owner":{"name":"a/b"}}"#,
+                "cannot be an instance name",
+            ),
+            (
+                r#"{"bump-instance":{"name":""}}"#,
+                "cannot be an instance name",
+            ),
+            (
+                r#"{"bump-instance":{"name":"node"}}"#,
+                "cannot be an instance name",
+            ),
+            (
+                r#"{"next-epoch":{"name":"svc","owner":"n1\nepoch 99"}}"#,
+                "cannot be an owner",
+            ),
+            (
+                r#"{"unlock":{"name":"svc","file":"../../etc/passwd","text":"x"}}"#,
+                "unknown variant `../../etc/passwd`",
+            ),
+            (r#"{"publish":{"state":"3; rm"}}"#, "not a request"),
+            (
+                r#"{"unlock":{"name":"svc","file":"unlock_ip","text":"10.0.0.1\n10.0.0.2"}}"#,
+                "no line break",
+            ),
+        ];
+        let mut input = String::new();
+        for (line, _) in &hostile {
+            input.push_str(line);
+            input.push('\n');
+        }
+        // Answered after all of them: nothing above threw the helper off its lines.
+        input.push_str("{\"bump-instance\":{\"name\":\"svc\"}}\n");
+        let mut out = Vec::new();
+        let mut handled = Vec::new();
+        serve(&mut std::io::Cursor::new(input), &mut out, |r| {
+            handled.push(r);
+            Ok(HelperReply::State(5))
+        });
+        assert_eq!(
+            handled,
+            [HelperRequest::BumpInstance { name: "svc".into() }],
+            "only the well-formed request reached the handler"
+        );
+        let out = String::from_utf8(out).unwrap();
+        let replies: Vec<HelperReply> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(replies.len(), hostile.len() + 1, "{out}");
+        for ((line, says), reply) in hostile.iter().zip(&replies) {
+            match reply {
+                HelperReply::Refused(why) => assert!(why.contains(says), "{line}: {why}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        assert_eq!(replies.last(), Some(&HelperReply::State(5)));
+    }
+
+    #[test]
     fn the_helper_writes_only_the_configured_addresses_and_exports() {
         let d = tempfile::tempdir().unwrap();
         let nfsd = d.path().join("fs/nfsd");
@@ -507,13 +865,14 @@ mod tests {
         std::fs::write(nfsd.join("unlock_ip"), "").unwrap();
         std::fs::write(nfsd.join("unlock_filesystem"), "").unwrap();
         let s = services(d.path(), &d.path().join("svc"));
-        assert!(s.unlock("svc", "unlock_ip", "127.0.0.8").is_err());
-        assert!(s.unlock("other", "unlock_ip", "127.0.0.9").is_err());
-        assert!(s.unlock("svc", "../../etc/passwd", "127.0.0.9").is_err());
-        assert!(s.unlock("svc", "unlock_filesystem", "/export/b").is_err());
+        let (ip, fs) = (KernelFile::UnlockIp, KernelFile::UnlockFilesystem);
+        assert!(s.unlock("svc", ip, "127.0.0.8").is_err());
+        assert!(s.unlock("other", ip, "127.0.0.9").is_err());
+        assert!(s.unlock("svc", fs, "127.0.0.9").is_err());
+        assert!(s.unlock("svc", fs, "/export/b").is_err());
         assert!(s.bump("other").is_err());
-        s.unlock("svc", "unlock_ip", "127.0.0.9").unwrap();
-        s.unlock("svc", "unlock_filesystem", "/export/a").unwrap();
+        s.unlock("svc", ip, "127.0.0.9").unwrap();
+        s.unlock("svc", fs, "/export/a").unwrap();
         assert_eq!(
             std::fs::read_to_string(nfsd.join("unlock_ip")).unwrap(),
             "127.0.0.9\n"
@@ -524,7 +883,7 @@ mod tests {
         );
         // Never created: only kernel files that exist are written.
         std::fs::remove_file(nfsd.join("unlock_ip")).unwrap();
-        assert!(s.unlock("svc", "unlock_ip", "127.0.0.9").is_err());
+        assert!(s.unlock("svc", ip, "127.0.0.9").is_err());
         assert!(!nfsd.join("unlock_ip").exists());
     }
 
