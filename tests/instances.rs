@@ -892,7 +892,9 @@ fn an_active_instance_survives_restarts_of_nsmd() {
     let (ok, out, err) = a.ctl(&["takeover", "nosuch", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
-        !ok && v["ok"] == false && v["error"].is_string(),
+        !ok && v["ok"] == false
+            && v["error"] == "no instance named \"nosuch\""
+            && v["kind"] == "no-such-instance",
         "{out}{err}"
     );
     assert_eq!(up.callbacks(1), [(SVC.to_owned(), s1)]);

@@ -293,6 +293,10 @@ fn agent_against_a_real_nsmd() {
     assert_eq!(rc, 1, "{out}{err}");
     assert!(!out.contains("notifying"), "{out}");
     assert!(err.contains("fenced"), "{err}");
+    // For scripts, the same as a word.
+    let (rc, out, err) = s.nsmctl(&["--json", "notify", "svc1"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(rc == 1 && v["kind"] == "fenced", "{out}{err}");
     assert_eq!(s.rc("stop").0, 0);
     assert_eq!(s.kernel("unlock_ip"), "198.51.100.10\n");
     assert_eq!(s.state(), 3);

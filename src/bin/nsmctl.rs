@@ -308,29 +308,32 @@ fn held(args: &CtlArgs, name: &str) -> Result<bool, String> {
 }
 
 /// `nsmctl state NAME`.
-fn state(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<State, String> {
+/// nsmd's errors keep their kind (`--json`).
+fn state(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<State, ErrorReply> {
     let status = match request(args) {
         Err(e) => {
             // Unreachable: only the files can say whether NAME was left held here.
-            spec(files, name)?;
+            spec(files, name).map_err(mine)?;
             eprintln!("nsmctl: {e}");
-            return Ok(if held(args, name)? {
+            return Ok(if held(args, name).map_err(mine)? {
                 State::UnreachableHeld
             } else {
                 State::Unreachable
             });
         }
         Ok((Response::Status(s), _)) => s,
-        Ok((Response::Error(e), _)) => return Err(e.error),
-        Ok((other, _)) => return Err(format!("nsmd answered {other:?} to a status request")),
+        Ok((Response::Error(e), _)) => return Err(e),
+        Ok((other, _)) => {
+            return Err(mine(format!("nsmd answered {other:?} to a status request")));
+        }
     };
     let s = service(&status, name)
-        .ok_or_else(|| format!("nsmd has no service instance named {name:?}"))?;
+        .ok_or_else(|| mine(format!("nsmd has no service instance named {name:?}")))?;
     Ok(if s.fenced {
         State::Fenced
     } else if s.active {
         State::Active
-    } else if held(args, name)? {
+    } else if held(args, name).map_err(mine)? {
         State::Half
     } else {
         State::Inactive
@@ -392,13 +395,17 @@ fn release_offline(args: &CtlArgs, files: &CtlFiles, name: &str) -> Result<(), S
     Ok(())
 }
 
-/// An error of nsmctl itself: on stderr for people, as nsmd's own error replies with
-/// `--json` (kind `nsmctl`); exit 1.
-fn fail(args: &CtlArgs, e: &str) -> ExitCode {
+/// An error of nsmctl itself (kind `nsmctl`).
+fn mine(e: String) -> ErrorReply {
+    ErrorReply::new(e, "nsmctl")
+}
+
+/// An error: on stderr for people, as nsmd's own error replies with `--json`; exit 1.
+fn fail(args: &CtlArgs, e: ErrorReply) -> ExitCode {
     if args.json {
-        println!("{}", Response::Error(ErrorReply::new(e, "nsmctl")).line());
+        println!("{}", Response::Error(e).line());
     } else {
-        eprintln!("nsmctl: {e}");
+        eprintln!("nsmctl: {}", e.error);
     }
     ExitCode::FAILURE
 }
@@ -419,7 +426,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::from(s as u8)
                 }
-                Err(e) => fail(&args, &e),
+                Err(e) => fail(&args, e),
             };
         }
         CtlCmd::Release {
@@ -436,14 +443,14 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(&args, &e),
+                Err(e) => fail(&args, mine(e)),
             };
         }
         _ => {}
     }
     let (r, line) = match request(&args) {
         Ok(r) => r,
-        Err(e) => return fail(&args, &e),
+        Err(e) => return fail(&args, mine(e)),
     };
     let ok = !matches!(r, Response::Error(_));
     if args.json {
