@@ -4,17 +4,47 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use nsm_testhost::require;
 
-const SUITE: &str = env!("CARGO_BIN_EXE_nsm-conformance");
 const NSMD: &str = env!("CARGO_BIN_EXE_nsmd");
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
 
+/// The suite's binary. It is another package's (`crates/conformance`, so that nsmd's own
+/// dependencies have no test hosts), and `cargo test` builds only this package's binaries:
+/// the first test to need it has cargo build it, with this test's profile and into the same
+/// target directory, so it lands beside `nsmd` and is never a stale copy.
+fn suite() -> &'static str {
+    static SUITE: OnceLock<String> = OnceLock::new();
+    SUITE.get_or_init(|| {
+        let profile_dir = Path::new(NSMD).parent().unwrap();
+        let target_dir = profile_dir.parent().unwrap();
+        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
+            "debug" => "dev",
+            p => p,
+        };
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--locked", "--quiet", "-p", "nsm-conformance"])
+            .args(["--bin", "nsm-conformance"])
+            .args(["--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let status = build.status().unwrap();
+        assert!(status.success(), "{build:?} failed: {status}");
+        let bin = profile_dir.join("nsm-conformance");
+        assert!(bin.is_file(), "{build:?} did not make {}", bin.display());
+        bin.into_os_string().into_string().unwrap()
+    })
+}
+
 /// Runs the suite; returns (exit code, TAP output, names of `not ok` cases, names of `ok` cases).
 fn run(args: &[&str]) -> (i32, String, BTreeSet<String>, BTreeSet<String>) {
-    let mut cmd = Command::new(SUITE);
+    let mut cmd = Command::new(suite());
     cmd.args(args);
     run_command(cmd)
 }
@@ -53,8 +83,8 @@ fn run_readme(line: &str) -> (i32, String, BTreeSet<String>, BTreeSet<String>) {
     let rel = top.path().join("target/release");
     std::fs::create_dir_all(&rel).unwrap();
     std::fs::create_dir_all(top.path().join("tests")).unwrap();
-    for bin in [SUITE, NSMD, env!("CARGO_BIN_EXE_nsm-notify")] {
-        let name = std::path::Path::new(bin).file_name().unwrap();
+    for bin in [suite(), NSMD, env!("CARGO_BIN_EXE_nsm-notify")] {
+        let name = Path::new(bin).file_name().unwrap();
         std::os::unix::fs::symlink(bin, rel.join(name)).unwrap();
     }
     std::os::unix::fs::symlink(DIR, top.path().join("tests/conformance")).unwrap();
@@ -109,7 +139,7 @@ fn fake(mode: &str) -> String {
 
 #[test]
 fn lists_at_least_40_cases_and_the_xfail_file_names_real_cases() {
-    let out = Command::new(SUITE).arg("--list").output().unwrap();
+    let out = Command::new(suite()).arg("--list").output().unwrap();
     assert!(out.status.success());
     let list = String::from_utf8(out.stdout).unwrap();
     let n: usize = list
@@ -217,7 +247,7 @@ fn a_closed_pipe_ends_the_listing_quietly() {
     // `| head`, deterministically: the reading end is closed before anything is written.
     let (rd, wr) = nix::unistd::pipe().unwrap();
     drop(rd);
-    let out = Command::new(SUITE)
+    let out = Command::new(suite())
         .arg("--list")
         .stdout(std::process::Stdio::from(wr))
         .output()
