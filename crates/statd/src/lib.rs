@@ -8,6 +8,7 @@
 pub mod bak;
 pub mod callback;
 pub mod callout;
+pub mod core;
 pub mod error;
 pub mod instance;
 pub mod metrics;
