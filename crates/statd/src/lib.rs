@@ -156,12 +156,13 @@ impl Service for NsmService {
                     }
                     let also = also();
                     if r.res_stat == nsm_xdr::nsm::Res::StatSucc && !also.is_empty() {
-                        for s in self
+                        // Each instance has its own state directory and commit thread: the
+                        // writes go to all of them at once, the reply waits for the slowest.
+                        let targets = self
                             .mon_targets(inst, m.mon_id.mon_name.as_bytes(), &also)
-                            .await
-                        {
-                            s.mon(req.peer, &m).await;
-                        }
+                            .await;
+                        futures_util::future::join_all(targets.iter().map(|s| s.mon(req.peer, &m)))
+                            .await;
                     }
                     results(&r)
                 }
@@ -200,5 +201,133 @@ impl Service for NsmService {
         };
         inst.metrics().call(req.proc_, outcome);
         r
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use nsm_rpc::{Auth, Transport};
+    use nsm_xdr::nsm::{NLM_PROG, Res, SmStat, SmStatRes};
+
+    use super::*;
+    use crate::callback::CallbackPolicy;
+
+    fn spec(name: &str, addr: &str, dir: &Path) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            hostname: format!("{name}.example.test"),
+            aliases: vec![],
+            addresses: vec![addr.parse().unwrap()],
+            interface: None,
+            state_dir: dir.to_owned(),
+            notify_names: vec![],
+            notify_port: Some(0),
+            retry: Some(Duration::from_secs(1)),
+            window: 4,
+            ready_programs: vec![],
+            ready_command: vec![],
+            ready_timeout: Duration::from_secs(1),
+            takeover_command: vec![],
+            takeover_timeout: Duration::from_secs(1),
+            unlock_ip: false,
+            exports: vec![],
+            takeover_at_start: false,
+        }
+    }
+
+    fn call(proc_: u32, args: Vec<u8>) -> Request {
+        Request {
+            xid: 1,
+            prog: SM_PROG,
+            vers: SM_VERS,
+            proc_,
+            auth: Auth::None,
+            peer: "127.0.0.1:700".parse().unwrap(),
+            local: "127.0.0.1:662".parse::<SocketAddr>().unwrap(),
+            transport: Transport::Tcp,
+            args: Bytes::from(args),
+        }
+    }
+
+    /// lockd's SM_MON to the node is recorded in the node and in every active service
+    /// instance (the client's connection is not known), durably, before the reply; its
+    /// SM_UNMON removes it from all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sm_mon_to_the_node_is_recorded_in_every_active_service_instance() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = |n: &str| -> PathBuf {
+            let p = d.path().join(n);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let (node_dir, a, b) = (dir("node"), dir("a"), dir("b"));
+        let cfg = ServicesConfig {
+            owner: "test".into(),
+            proc_root: dir("proc"),
+            ha_callout: None,
+            callback: CallbackPolicy::default(),
+            rpcbind_port: 111,
+            privileged: None,
+            registered: Registered::open(),
+            run_dir: None,
+        };
+        let services = Arc::new(Services::new(
+            cfg,
+            vec![spec("a", "127.0.0.9", &a), spec("b", "127.0.0.10", &b)],
+        ));
+        services.takeover("a").await.unwrap();
+        services.takeover("b").await.unwrap();
+        let (node, _) = Instance::open(InstanceConfig::new("node", node_dir)).unwrap();
+        let svc = NsmService::with_services(node.clone(), services.clone());
+
+        let mon = Mon {
+            mon_id: MonId {
+                mon_name: nsm_xdr::Opaque::new(b"198.51.100.20").unwrap(),
+                my_id: MyId {
+                    my_name: nsm_xdr::Opaque::new(b"srv").unwrap(),
+                    my_prog: NLM_PROG,
+                    my_vers: 3,
+                    my_proc: 16,
+                },
+            },
+            priv_: [3; 16],
+        };
+        let out = svc.call(call(SM_MON, mon.to_xdr())).await;
+        let ok = SmStatRes {
+            res_stat: Res::StatSucc,
+            state: node.state(),
+        };
+        assert_eq!(out, Outcome::Success(Bytes::from(ok.to_xdr())));
+        let on_disk = |p: &Path| -> Vec<String> {
+            let (r, _) = nsm_store::StateDir::open(p)
+                .unwrap()
+                .load(nsm_store::Dir::Sm)
+                .unwrap();
+            r.into_iter().map(|(f, _)| f).collect()
+        };
+        let peer = vec![("198.51.100.20".to_owned(), "srv".to_owned())];
+        for (name, p) in [("a", &a), ("b", &b)] {
+            assert_eq!(services.peers(name).unwrap(), peer, "{name}");
+            assert_eq!(on_disk(p), ["198.51.100.20"], "{name}");
+        }
+        assert_eq!(node.peers(), peer);
+
+        let out = svc.call(call(SM_UNMON, mon.mon_id.to_xdr())).await;
+        let state = SmStat {
+            state: node.state(),
+        };
+        assert_eq!(out, Outcome::Success(Bytes::from(state.to_xdr())));
+        for (name, p) in [("a", &a), ("b", &b)] {
+            assert!(services.peers(name).unwrap().is_empty(), "{name}");
+            assert!(on_disk(p).is_empty(), "{name}");
+        }
+        assert!(node.is_empty());
+        services.release("a").await.unwrap();
+        services.release("b").await.unwrap();
     }
 }
