@@ -245,11 +245,14 @@ impl Instance {
     /// Runs `f` on the core, then carries out what it decided.
     fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
         let mut core = lock(&self.core);
+        let due = core.poll_timeout();
         let r = f(&mut core);
         while let Some(effect) = core.poll_effect() {
             self.carry_out(effect);
         }
-        self.wake.notify_one();
+        if core.poll_timeout() != due {
+            self.wake.notify_one();
+        }
         r
     }
 
@@ -410,9 +413,13 @@ impl Instance {
                 c.handle_mon(id, peer, m);
             })
             .await;
-        self.metrics.mon_waited(waited.elapsed());
         match reply {
-            Some(Reply::Mon(r)) => r,
+            Some(Reply::Mon { result, written }) => {
+                if written {
+                    self.metrics.mon_waited(waited.elapsed());
+                }
+                result
+            }
             _ => SmStatRes {
                 res_stat: Res::StatFail,
                 state: -1,

@@ -81,7 +81,13 @@ pub struct CommitId(u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
     /// SM_MON's result.
-    Mon(SmStatRes),
+    Mon {
+        /// The result.
+        result: SmStatRes,
+        /// Whether the answer waited for a durable write (for the disk-wait histogram):
+        /// false for a refusal and a repeat of a registration already on disk.
+        written: bool,
+    },
     /// SM_UNMON's and SM_UNMON_ALL's result.
     Unmon(SmStat),
     /// SM_SIMU_CRASH is done (void result).
@@ -284,6 +290,17 @@ pub struct Core {
     effects: VecDeque<Effect>,
 }
 
+fn succ(state: i32) -> SmStatRes {
+    SmStatRes {
+        res_stat: Res::StatSucc,
+        state,
+    }
+}
+
+fn mon_reply(result: SmStatRes, written: bool) -> Reply {
+    Reply::Mon { result, written }
+}
+
 fn fail() -> SmStatRes {
     SmStatRes {
         res_stat: Res::StatFail,
@@ -460,30 +477,30 @@ impl Core {
         let id = &m.mon_id.my_id;
         if !is_local(peer) {
             warn!(%peer, "SM_MON from a non-loopback address refused");
-            return self.reply(request, Reply::Mon(fail()));
+            return self.reply(request, mon_reply(fail(), false));
         }
         if id.my_prog != NLM_PROG || !matches!(id.my_proc, 16 | 24) {
             warn!(%peer, prog = id.my_prog, proc = id.my_proc, "SM_MON with a callback other than lockd (100021, procedure 16 or 24) refused");
-            return self.reply(request, Reply::Mon(fail()));
+            return self.reply(request, mon_reply(fail(), false));
         }
         let file = match nsm_store::file_name(mon_name) {
             Ok(f) => f.to_owned(),
             Err(e) => {
                 warn!(%peer, mon_name = %m.mon_id.mon_name, "SM_MON refused: mon_name: {e}");
-                return self.reply(request, Reply::Mon(fail()));
+                return self.reply(request, mon_reply(fail(), false));
             }
         };
         let my_name = sanitize_my_name(id.my_name.as_bytes());
         if let Err(e) = check_my_name(&my_name) {
             warn!(%peer, "SM_MON refused: my_name: {e}");
-            return self.reply(request, Reply::Mon(fail()));
+            return self.reply(request, mon_reply(fail(), false));
         }
         if mon_name.len() + my_name.len() > 1024 {
             warn!(%peer, "SM_MON refused: mon_name and my_name together exceed 1024 bytes (nfs-utils could not read the record)");
-            return self.reply(request, Reply::Mon(fail()));
+            return self.reply(request, mon_reply(fail(), false));
         }
         if self.refused_when_fenced("SM_MON") {
-            return self.reply(request, Reply::Mon(fail()));
+            return self.reply(request, mon_reply(fail(), false));
         }
         let record = Record {
             mon_name: mon_name.to_vec(),
@@ -528,14 +545,8 @@ impl Core {
                         }
                     }
                     None => {
-                        let state = self.state;
-                        self.reply(
-                            request,
-                            Reply::Mon(SmStatRes {
-                                res_stat: Res::StatSucc,
-                                state,
-                            }),
-                        );
+                        let ok = succ(self.state);
+                        self.reply(request, mon_reply(ok, false));
                     }
                 }
                 return;
@@ -593,15 +604,12 @@ impl Core {
             self.file_commits.remove(&c.file);
         }
         let res = if result.is_ok() {
-            SmStatRes {
-                res_stat: Res::StatSucc,
-                state: self.state,
-            }
+            succ(self.state)
         } else {
             fail()
         };
         for f in c.followers {
-            self.reply(f, Reply::Mon(res));
+            self.reply(f, mon_reply(res, true));
         }
         if let Some(w) = self.waiting.get_mut(&c.request) {
             w.commits_left -= 1;
@@ -626,14 +634,8 @@ impl Core {
                     CalloutKind::AddClient,
                     vec![record.mon_name, record.my_name],
                 );
-                let state = self.state;
-                self.reply(
-                    request,
-                    Reply::Mon(SmStatRes {
-                        res_stat: Res::StatSucc,
-                        state,
-                    }),
-                );
+                let ok = succ(self.state);
+                self.reply(request, mon_reply(ok, true));
             }
             (
                 Then::Mon {
@@ -657,7 +659,7 @@ impl Core {
                     }
                     None => self.records.remove_one(&file, &record),
                 }
-                self.reply(request, Reply::Mon(fail()));
+                self.reply(request, mon_reply(fail(), true));
             }
             (Then::Unmon { what, del_clients }, error) => {
                 match error {

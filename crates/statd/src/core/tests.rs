@@ -83,15 +83,24 @@ fn loaded(names: &[&str]) -> Vec<(String, Record)> {
         .collect()
 }
 
-fn succ(state: i32) -> Reply {
-    Reply::Mon(SmStatRes {
-        res_stat: Res::StatSucc,
-        state,
-    })
+/// `stat_succ` after a durable write.
+fn written(state: i32) -> Reply {
+    mon_reply(succ(state), true)
 }
 
-fn failed() -> Reply {
-    Reply::Mon(fail())
+/// `stat_succ` at once (the registration was durable already).
+fn at_once(state: i32) -> Reply {
+    mon_reply(succ(state), false)
+}
+
+/// `stat_fail` after a write that failed.
+fn write_failed() -> Reply {
+    mon_reply(fail(), true)
+}
+
+/// `stat_fail` without a write.
+fn refused() -> Reply {
+    mon_reply(fail(), false)
 }
 
 fn reply(request: u64, reply: Reply) -> Effect {
@@ -160,7 +169,7 @@ fn monitored(c: &mut Core, request: u64, name: &'static str, cookie: u8) {
     c.handle_mon(RequestId(request), addr(LOCAL), &mon(name, "srv", cookie));
     let (id, _, _) = the_commit(&effects(c));
     c.handle_committed(id, Ok(()));
-    assert!(effects(c).contains(&reply(request, succ(c.state()))));
+    assert!(effects(c).contains(&reply(request, written(c.state()))));
 }
 
 #[test]
@@ -197,7 +206,7 @@ fn sm_mon_is_answered_only_once_its_record_is_durable() {
                 kind: CalloutKind::AddClient,
                 args: vec![b"client1".to_vec(), b"srv".to_vec()],
             },
-            reply(1, succ(STATE)),
+            reply(1, written(STATE)),
         ]
     );
 }
@@ -210,7 +219,7 @@ fn a_failed_commit_answers_stat_fail_and_keeps_nothing_in_memory() {
     c.handle_committed(id, Err(eio()));
     assert_eq!(
         effects(&mut c),
-        [reply(1, failed())],
+        [reply(1, write_failed())],
         "no add-client either"
     );
     assert!(c.is_empty() && c.peers().is_empty());
@@ -221,7 +230,7 @@ fn a_failed_commit_answers_stat_fail_and_keeps_nothing_in_memory() {
     let (id, _, records) = the_commit(&effects(&mut c));
     assert_eq!(records, [rec("client1", "srv", 8)], "replaced, not added");
     c.handle_committed(id, Err(eio()));
-    assert_eq!(effects(&mut c), [reply(3, failed())]);
+    assert_eq!(effects(&mut c), [reply(3, write_failed())]);
     // Matched by name: the callback carries the cookie memory kept (the old one).
     notify(&mut c, Instant::now(), "198.51.100.1", "client1", 5);
     assert_eq!(callbacks(&effects(&mut c)), [("client1".to_owned(), 5, 7)]);
@@ -261,7 +270,7 @@ fn sm_mon_refusals_write_nothing() {
     ];
     for (i, (why, m, peer)) in cases.into_iter().enumerate() {
         c.handle_mon(RequestId(i as u64), peer, &m);
-        assert_eq!(effects(&mut c), [reply(i as u64, failed())], "{why}");
+        assert_eq!(effects(&mut c), [reply(i as u64, refused())], "{why}");
     }
     assert!(c.is_empty());
     // Procedure 24 (NLM4 v4's SM_NOTIFY callback) and IPv4-mapped loopback are fine.
@@ -281,10 +290,10 @@ fn a_repeated_sm_mon_waits_for_the_write_in_flight() {
     assert_eq!(effects(&mut c), []);
     c.handle_committed(id, Ok(()));
     let effs = effects(&mut c);
-    assert!(effs.contains(&reply(1, succ(STATE))) && effs.contains(&reply(2, succ(STATE))));
+    assert!(effs.contains(&reply(1, written(STATE))) && effs.contains(&reply(2, written(STATE))));
     // Once durable, a repeat is answered at once, without a write.
     c.handle_mon(RequestId(3), addr(LOCAL), &mon("client1", "srv", 7));
-    assert_eq!(effects(&mut c), [reply(3, succ(STATE))]);
+    assert_eq!(effects(&mut c), [reply(3, at_once(STATE))]);
     assert_eq!(c.len(), 1);
 
     // A repeat of a registration whose write then fails fails too.
@@ -293,7 +302,7 @@ fn a_repeated_sm_mon_waits_for_the_write_in_flight() {
     c.handle_mon(RequestId(5), addr(LOCAL), &mon("client2", "srv", 7));
     c.handle_committed(id, Err(eio()));
     let effs = effects(&mut c);
-    assert!(effs.contains(&reply(4, failed())) && effs.contains(&reply(5, failed())));
+    assert!(effs.contains(&reply(4, write_failed())) && effs.contains(&reply(5, write_failed())));
 }
 
 #[test]
@@ -474,7 +483,7 @@ fn a_fenced_instance_writes_and_sends_nothing() {
     let r = |n| reply(n, Reply::Unmon(SmStat { state: STATE }));
     assert_eq!(
         effects(&mut c),
-        [reply(1, failed()), r(2), r(3), reply(4, Reply::Crash)]
+        [reply(1, refused()), r(2), r(3), reply(4, Reply::Crash)]
     );
     assert_eq!(c.peers(), [("a".to_owned(), "srv".to_owned())]);
     // Owned again: served again.
@@ -502,7 +511,7 @@ fn sm_simu_crash_waits_for_writes_in_flight_and_holds_later_requests_back() {
     assert_eq!(effects(&mut c), [], "no restart while a write is in flight");
     c.handle_committed(id, Ok(()));
     let effs = effects(&mut c);
-    assert!(effs.contains(&reply(1, succ(STATE))));
+    assert!(effs.contains(&reply(1, written(STATE))));
     assert_eq!(
         effs.last(),
         Some(&Effect::Restart {
@@ -530,7 +539,7 @@ fn sm_simu_crash_waits_for_writes_in_flight_and_holds_later_requests_back() {
     );
     assert!(effs.contains(&reply(4, Reply::Unmon(SmStat { state: STATE + 2 }))));
     c.handle_committed(id, Ok(()));
-    assert!(effects(&mut c).contains(&reply(3, succ(STATE + 2))));
+    assert!(effects(&mut c).contains(&reply(3, written(STATE + 2))));
     assert_eq!(c.peers(), [("during".to_owned(), "srv".to_owned())]);
 }
 
