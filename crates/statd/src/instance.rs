@@ -909,6 +909,25 @@ mod tests {
         if privileged {
             assert!(from.port() < 1024, "from {from}");
         }
+
+        // Under another name: matched by address once the record's name is looked up
+        // (`localhost`, from /etc/hosts: no DNS server involved).
+        inst.unmon(local(), &unmon_id(b"client1")).await;
+        ok(inst.mon(local(), &lockd_mon(b"localhost")).await);
+        let sc = StatChge {
+            mon_name: nsm_xdr::Opaque::new(b"renamed").unwrap(),
+            state: 9,
+        };
+        inst.notify("127.0.0.1:1021".parse().unwrap(), &sc);
+        let (name, state, _, _) = tokio::time::timeout(Duration::from_secs(60), heard.recv())
+            .await
+            .expect("lockd was not called back within 60 s after the lookup")
+            .unwrap();
+        assert_eq!((name.as_slice(), state), (&b"localhost"[..], 9));
+        assert_eq!(
+            inst.addresses_of(b"LOCALHOST"),
+            ["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         server.shutdown(Duration::from_secs(5)).await;
     }
 }
