@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::callback::{CallbackPolicy, Callbacks};
 use crate::callout::Callouts;
-use crate::core::{Core, CoreConfig, Effect, NotifyOutcome, Reply, RequestId};
+use crate::core::{Core, CoreConfig, Effect, NotifyOutcome, Reply, RequestId, Restarted};
 use crate::ownership::Fence;
 
 pub use crate::core::is_local;
@@ -301,14 +301,24 @@ impl Instance {
                 let (dir, authority, me) =
                     (self.dir.clone(), self.authority.clone(), self.me.clone());
                 tokio::spawn(async move {
-                    let done = tokio::task::spawn_blocking(move || -> Result<i32, String> {
-                        let state = authority.bump().map_err(|e| e.to_string())?;
-                        let moved = dir.retire().map_err(|e| e.to_string())?;
-                        debug!(state, moved, "SM_SIMU_CRASH: retired sm/");
-                        Ok(state)
+                    let done = tokio::task::spawn_blocking(move || {
+                        let state = match authority.bump() {
+                            Ok(s) => s,
+                            Err(e) => return Restarted::NotBumped(e.to_string()),
+                        };
+                        match dir.retire() {
+                            Ok(moved) => {
+                                debug!(state, moved, "SM_SIMU_CRASH: retired sm/");
+                                Restarted::Done(state)
+                            }
+                            Err(e) => Restarted::NotRetired {
+                                state,
+                                error: e.to_string(),
+                            },
+                        }
                     })
                     .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                    .unwrap_or_else(|e| Restarted::NotBumped(e.to_string()));
                     if let Some(this) = me.upgrade() {
                         this.with_core(|c| c.handle_restarted(request, done));
                     }

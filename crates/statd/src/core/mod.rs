@@ -163,6 +163,22 @@ pub enum Effect {
     PublishState(i32),
 }
 
+/// How the restart of an [`Effect::Restart`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restarted {
+    /// The state is bumped to this, and `sm/` moved to `sm.bak/`.
+    Done(i32),
+    /// The state could not be bumped (nothing changed); why.
+    NotBumped(String),
+    /// The state is bumped, but `sm/` could not be moved.
+    NotRetired {
+        /// The new state.
+        state: i32,
+        /// Why `sm/` stayed.
+        error: String,
+    },
+}
+
 /// What became of an SM_NOTIFY (for the counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotifyOutcome {
@@ -854,20 +870,27 @@ impl Core {
         }
     }
 
-    /// The restart asked by [`Effect::Restart`] finished: `Ok(state)` with the new state
-    /// (`sm/` moved to `sm.bak/`), or what failed. Then the requests held back run.
-    pub fn handle_restarted(&mut self, request: RequestId, result: Result<i32, String>) {
+    /// The restart asked by [`Effect::Restart`] finished (or stopped half-way). Then the
+    /// requests held back run.
+    pub fn handle_restarted(&mut self, request: RequestId, result: Restarted) {
         if self.crash != Some(Crash::Running(request)) {
             return;
         }
+        let name = &self.cfg.name;
         match result {
-            Ok(state) => {
+            Restarted::Done(state) => {
                 self.records.clear();
                 self.state = state;
-                info!(instance = %self.cfg.name, state, "SM_SIMU_CRASH: state bumped, records moved to sm.bak/");
+                info!(instance = %name, state, "SM_SIMU_CRASH: state bumped, records moved to sm.bak/");
                 self.effects.push_back(Effect::Announce { state });
             }
-            Err(e) => warn!(instance = %self.cfg.name, "SM_SIMU_CRASH failed: {e}"),
+            Restarted::NotBumped(e) => warn!(instance = %name, "SM_SIMU_CRASH failed: {e}"),
+            Restarted::NotRetired { state, error } => {
+                // The new state is on disk and told to the kernel: answers carry it. The
+                // records stay in sm/, monitored; nobody is notified.
+                self.state = state;
+                warn!(instance = %name, state, "SM_SIMU_CRASH: state bumped, but sm/ was not moved to sm.bak/ (its records stay monitored, no peer is notified): {error}");
+            }
         }
         self.crash = None;
         self.reply(request, Reply::Crash);

@@ -522,7 +522,7 @@ fn sm_simu_crash_waits_for_writes_in_flight_and_holds_later_requests_back() {
     c.handle_mon(RequestId(3), addr(LOCAL), &mon("during", "srv", 1));
     c.handle_unmon(RequestId(4), addr(LOCAL), &mon_id("before", "srv"));
     assert_eq!(effects(&mut c), []);
-    c.handle_restarted(RequestId(2), Ok(STATE + 2));
+    c.handle_restarted(RequestId(2), Restarted::Done(STATE + 2));
     let effs = effects(&mut c);
     assert_eq!(
         effs[..2],
@@ -544,7 +544,7 @@ fn sm_simu_crash_waits_for_writes_in_flight_and_holds_later_requests_back() {
 }
 
 #[test]
-fn a_failed_restart_keeps_state_and_records() {
+fn a_restart_that_fails_keeps_the_records_and_the_state_on_disk() {
     let mut c = core_with(loaded(&["a"]));
     c.handle_simu_crash(RequestId(1), addr(LOCAL));
     assert_eq!(
@@ -553,9 +553,23 @@ fn a_failed_restart_keeps_state_and_records() {
             request: RequestId(1)
         }]
     );
-    c.handle_restarted(RequestId(1), Err("cannot rename sm/: EIO".into()));
+    c.handle_restarted(RequestId(1), Restarted::NotBumped("helper: EIO".into()));
     assert_eq!(effects(&mut c), [reply(1, Reply::Crash)], "no announce");
     assert_eq!((c.state(), c.len()), (STATE, 1));
+
+    // Bumped but not retired: the new state is answered, the records stay, nobody is told.
+    c.handle_simu_crash(RequestId(2), addr(LOCAL));
+    effects(&mut c);
+    c.handle_restarted(
+        RequestId(2),
+        Restarted::NotRetired {
+            state: STATE + 2,
+            error: "rename sm/: EIO".into(),
+        },
+    );
+    assert_eq!(effects(&mut c), [reply(2, Reply::Crash)], "no announce");
+    assert_eq!((c.state(), c.len()), (STATE + 2, 1));
+    assert_eq!(c.handle_stat(b"a").state, STATE + 2);
 }
 
 #[test]
