@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources, default_names};
+use nsm_notify::{
+    Delivery, NotifierConfig, Policy, Retired, Source, SourceSpec, bind_sources, default_names,
+};
 use nsm_store::{Record, StateDir};
 use nsmd::cli::NotifyArgs;
 use nsmd::config::{
@@ -243,22 +245,22 @@ fn run(args: &NotifyArgs, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitC
             cfg.state_dir.display()
         )
     })?;
-    let moved = dir
-        .retire()
-        .with_context(|| format!("cannot move {}/sm to sm.bak", dir.path().display()))?;
-    info!("{moved} file(s) moved from sm/ to sm.bak/");
-    let files = nsm_statd::bak::load_bak(&dir)
-        .with_context(|| format!("cannot read {}/sm.bak", dir.path().display()))?;
-    if files.is_empty() {
+    let retired = Retired::new(&dir, || Ok::<(), anyhow::Error>(()))?;
+    info!("{} file(s) moved from sm/ to sm.bak/", retired.moved());
+    if retired.is_empty() {
         info!("no one to notify; the state number stays as it is");
         if cfg.lift_grace {
             write_proc(&cfg.proc_root.nlm_end_grace(), "Y");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let state = announce_state(&dir, cfg)?;
+    let announcement = retired.bump(|| announce_state(&dir, cfg), || Ok(()))?;
+    let state = announcement.state();
     write_proc(&cfg.proc_root.nsm_local_state(), &state.to_string());
-    info!("notifying {} peer(s) of state {state}", files.len());
+    info!(
+        "notifying {} peer(s) of state {state}",
+        announcement.peers()
+    );
 
     if !cfg.foreground {
         // Keep stdout and stderr when there is no syslog socket: nsm-notify logs there then.
@@ -281,7 +283,7 @@ fn run(args: &NotifyArgs, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitC
         info!(
             "statd stopped before it was registered with rpcbind: {} peer(s) not notified, \
              kept in sm.bak/ for its next start",
-            files.len()
+            announcement.peers()
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -292,7 +294,6 @@ fn run(args: &NotifyArgs, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitC
         None => cfg.retry_time,
     };
     let ncfg = NotifierConfig {
-        state,
         policy: Policy {
             budget,
             window: args.window,
@@ -305,13 +306,16 @@ fn run(args: &NotifyArgs, cfg: &SmNotifyConfig, to_syslog: bool) -> Result<ExitC
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = rt.block_on(nsm_statd::bak::notify_bak(
-        std::sync::Arc::new(dir),
-        files,
-        |r| record_names(args, cfg, r),
-        ncfg,
-        socks,
-        None,
+    let dir = std::sync::Arc::new(dir);
+    let summary = rt.block_on(announcement.send(
+        dir,
+        Delivery {
+            names: &|r| record_names(args, cfg, r),
+            source: Source::Bound(socks),
+            config: ncfg,
+            gate: None,
+            fence: None,
+        },
     ))?;
     if args.json {
         println!("{}", summary.to_json());

@@ -250,6 +250,8 @@ pub struct NotifierConfig {
     pub dns_timeout: Duration,
     /// Log a progress line this often (nsm-notify: with `-d`).
     pub progress_every: Option<Duration>,
+    /// The peers' rpcbind port (111; another only in tests without root).
+    pub rpcbind_port: u16,
 }
 
 impl Default for NotifierConfig {
@@ -260,6 +262,7 @@ impl Default for NotifierConfig {
             rpc_timeout: Duration::from_secs(5),
             dns_timeout: Duration::from_secs(10),
             progress_every: None,
+            rpcbind_port: RPCBIND_PORT,
         }
     }
 }
@@ -463,8 +466,9 @@ impl Notifier {
                         let t = &targets[id];
                         debug!(peer = %t.label, "looking up {}", t.host);
                         let (host, tx, timeout) = (t.host.clone(), tx.clone(), cfg.dns_timeout);
+                        let port = cfg.rpcbind_port;
                         tokio::spawn(async move {
-                            let r = resolve(&host, has4, has6, timeout).await;
+                            let r = resolve(&host, port, has4, has6, timeout).await;
                             let _ = tx.send(Event::Resolved(id, r));
                         });
                     }
@@ -751,6 +755,7 @@ fn encode_notify(xid: u32, name: &str, state: i32) -> BytesMut {
 /// Every address of `host` of a family there is a socket for, as rpcbind addresses.
 async fn resolve(
     host: &str,
+    rpcbind_port: u16,
     v4: bool,
     v6: bool,
     timeout: Duration,
@@ -758,7 +763,7 @@ async fn resolve(
     // The hosts table answers most names at once; others go to getaddrinfo.
     let found = tokio::time::timeout(
         timeout,
-        crate::resolve::Resolver::system().lookup_host(host, RPCBIND_PORT),
+        crate::resolve::Resolver::system().lookup_host(host, rpcbind_port),
     )
     .await
     .map_err(|_| format!("looking up {host} took longer than {timeout:?}"))?

@@ -14,6 +14,9 @@
 //!   peer's rpcbind (portmapper v2 GETPORT for IPv4, rpcbind v4 GETADDR for IPv6), SM_NOTIFY
 //!   calls matched to their replies by xid only (as sm-notify does), a [`Summary`] at the
 //!   end (also as JSON).
+//! - [`announce`]: announcing a restart on top of the store (`sm/` retired to `sm.bak/`,
+//!   the state bumped durably, the gate, the peers of `sm.bak/` notified, acknowledged ones
+//!   removed), the one path of nsm-notify, takeovers and SM_SIMU_CRASH.
 //! - [`resolve`]: getaddrinfo's answers without re-parsing the hosts file per lookup (a
 //!   table parsed once, re-read when the file changes), for the driver and for nsmd.
 //!
@@ -25,10 +28,12 @@
 //! wait up to the cap across port re-queries, and works on many peers at once.
 #![warn(missing_docs)]
 
+pub mod announce;
 pub mod driver;
 pub mod resolve;
 pub mod scheduler;
 
+pub use announce::{AnnounceError, Announcement, Delivery, Fence, Gate, Retired, Source};
 pub use driver::{
     Notifier, NotifierConfig, NotifyError, PeerSummary, SourceSpec, Sources, Summary, Target,
     bind_sources, raise_open_files_limit,

@@ -136,9 +136,10 @@ pub enum Error {
     /// The notifier could not bind its source addresses or send.
     #[error(transparent)]
     Notify(#[from] nsm_notify::NotifyError),
-    /// Another node took the instance over while it notified: the notification stopped.
-    #[error("notification stopped: {0}")]
-    NotificationStopped(OwnershipError),
+    /// The announcement of a new state failed or stopped (another node took the instance
+    /// over while it notified: [`nsm_notify::AnnounceError::Fenced`]).
+    #[error("notification: {0}")]
+    Announce(#[from] nsm_notify::AnnounceError),
     /// nsmd stopped before it was registered with rpcbind: nothing was notified.
     #[error("nsmd stopped before it was registered with rpcbind: the peers stay in sm.bak/")]
     Unregistered,
@@ -156,7 +157,12 @@ impl Error {
             Self::NoSuchInstance { .. } => "no-such-instance",
             Self::AlreadyActive { .. } => "already-active",
             Self::NotActive { .. } => "not-active",
-            Self::Fenced { .. } | Self::NotificationStopped(_) => "fenced",
+            Self::Fenced { .. } | Self::Announce(nsm_notify::AnnounceError::Fenced(_)) => "fenced",
+            Self::Announce(nsm_notify::AnnounceError::GateClosed) => "unregistered",
+            Self::Announce(
+                nsm_notify::AnnounceError::Retire { .. } | nsm_notify::AnnounceError::Load { .. },
+            ) => "store",
+            Self::Announce(_) => "notify",
             Self::Ownership(OwnershipError::Fenced { .. }) => "fenced",
             Self::Ownership(OwnershipError::Busy { .. }) => "busy",
             Self::Ownership(_) => "ownership",

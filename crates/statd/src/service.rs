@@ -9,13 +9,16 @@
 //! never writes the kernel's `nsm_local_state` and never lifts lockd's host-wide grace.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources};
+use nsm_notify::{Announcement, Delivery, NotifierConfig, Policy, Retired, Source, SourceSpec};
 use nsm_rpc::client::CallOptions;
+use nsm_store::StateDir;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::callback::CallbackPolicy;
@@ -92,6 +95,15 @@ impl ServiceSpec {
             }
         }
         v
+    }
+
+    /// Where this service's SM_NOTIFYs leave from: its addresses, its port, its interface.
+    pub fn sources(&self) -> SourceSpec {
+        SourceSpec {
+            addrs: self.addresses.clone(),
+            port: self.notify_port,
+            device: self.interface.clone(),
+        }
     }
 
     /// The notifier's policy for this service.
@@ -311,12 +323,68 @@ pub struct NotifyProgress {
 #[derive(Debug)]
 struct Active {
     instance: Arc<Instance>,
-    ownership: Arc<Ownership>,
+    /// The state directory, opened once at the claim.
+    dir: Arc<StateDir>,
+    /// The ownership, and the verdict of the instance's one fence watch.
+    fence: Watched,
     notifying: Option<tokio::task::JoinHandle<()>>,
-    /// Checks the ownership every [`FENCE_CHECK`]; silences the addresses when fenced.
+    /// The fence watch: checks the ownership every [`FENCE_CHECK`]; once fenced, silences the
+    /// addresses and publishes the verdict (the announce path stops on it).
     watch: tokio::task::JoinHandle<()>,
-    /// Set by the watch when another node took the instance over.
-    fenced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The fence verdict of an active instance: `None` while it owns its state directory; why
+/// not, once its fence watch (or a release the kernel refused) says so.
+type Verdict = Option<String>;
+
+/// An active instance's fence: its ownership (read before every write) and the verdict of
+/// its fence watch, which the announce path observes ([`nsm_notify::Fence`]) and
+/// [`Services::notify`] and the status read.
+#[derive(Debug, Clone)]
+struct Watched {
+    ownership: Arc<Ownership>,
+    verdict: Arc<watch::Sender<Verdict>>,
+}
+
+impl Watched {
+    fn new(ownership: Arc<Ownership>) -> Self {
+        Self {
+            ownership,
+            verdict: Arc::new(watch::Sender::new(None)),
+        }
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.verdict.borrow().is_some()
+    }
+
+    fn fence(&self, why: String) {
+        self.verdict.send_replace(Some(why));
+    }
+}
+
+impl nsm_notify::Fence for Watched {
+    fn check(&self) -> Result<(), String> {
+        if let Some(why) = self.verdict.borrow().clone() {
+            return Err(why);
+        }
+        self.ownership.check().map_err(|e| e.to_string())
+    }
+
+    fn fenced(&self) -> std::pin::Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        let mut rx = self.verdict.subscribe();
+        Box::pin(async move {
+            let verdict = rx
+                .wait_for(Option::is_some)
+                .await
+                .map(|why| why.clone().unwrap_or_default());
+            match verdict {
+                Ok(why) => why,
+                // The watch is gone (released): only a release stops the run then.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
 }
 
 /// Why an instance starts serving here.
@@ -344,28 +412,68 @@ pub struct Service {
     /// here until it is released.
     leftover: Mutex<Option<u64>>,
     /// The takeover, resume or release step under way (for `nsmctl status`).
-    step: Mutex<Option<&'static str>>,
+    step: Mutex<Option<Step>>,
     progress: Arc<Mutex<NotifyProgress>>,
 }
 
-/// Shows `step` in the status of `service` until dropped.
-struct Step<'a>(&'a Service);
+/// The steps of the takeover, resume and release state machines, each a function of
+/// [`Services`]: a takeover is [`Step::Claiming`] ([`claim`]), [`Step::TakeoverCommand`]
+/// ([`takeover_command`]), then [`Services::activate`] ([`Step::WaitingForReadiness`], then
+/// the announcement and the fence watch); a resume is [`Step::Resuming`] ([`reclaim`]) then
+/// the same activation; a release is [`Step::Releasing`] ([`Services::release`]). A step
+/// that fails undoes what the earlier ones did (the ownership released, the marker
+/// removed, the addresses silent) and returns the [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Claiming,
+    TakeoverCommand,
+    WaitingForReadiness,
+    Resuming,
+    Releasing,
+}
 
-impl<'a> Step<'a> {
-    fn set(service: &'a Service, step: &'static str) -> Self {
+impl Step {
+    /// As `nsmctl status` shows it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Claiming => "claiming",
+            Self::TakeoverCommand => "running the takeover command",
+            Self::WaitingForReadiness => "waiting for readiness",
+            Self::Resuming => "resuming",
+            Self::Releasing => "releasing",
+        }
+    }
+}
+
+/// Shows the step under way in the status of a service until dropped.
+struct Stepping<'a>(&'a Service);
+
+impl<'a> Stepping<'a> {
+    fn start(service: &'a Service, step: Step) -> Self {
         *lock(&service.step) = Some(step);
         Self(service)
     }
 
-    fn next(&self, step: &'static str) {
+    fn next(&self, step: Step) {
         *lock(&self.0.step) = Some(step);
     }
 }
 
-impl Drop for Step<'_> {
+impl Drop for Stepping<'_> {
     fn drop(&mut self) {
         *lock(&self.0.step) = None;
     }
+}
+
+/// What the claim (or, at start, the reclaim) of an instance gives the steps after it.
+struct Claimed {
+    ownership: Arc<Ownership>,
+    /// The state directory, opened once for the whole takeover.
+    dir: Arc<StateDir>,
+    /// The new state, durable, and the peers of `sm.bak/` to tell.
+    announcement: Announcement,
+    /// The root helper, when the layout needs it.
+    helper: Option<Arc<dyn ServicePrivileges>>,
 }
 
 impl Service {
@@ -582,14 +690,11 @@ impl Services {
                     state_dir: s.spec.state_dir.clone(),
                     active: a.is_some(),
                     state: a.as_ref().map(|a| a.instance.state()),
-                    epoch: a.as_ref().map(|a| a.ownership.epoch()).or(leftover),
+                    epoch: a.as_ref().map(|a| a.fence.ownership.epoch()).or(leftover),
                     peers: a.as_ref().map_or(0, |a| a.instance.len()),
-                    fenced: a
-                        .as_ref()
-                        .is_some_and(|a| a.fenced.load(std::sync::atomic::Ordering::Relaxed))
-                        || leftover.is_some(),
+                    fenced: a.as_ref().is_some_and(|a| a.fence.is_fenced()) || leftover.is_some(),
                     notify: lock(&s.progress).clone(),
-                    step: *lock(&s.step),
+                    step: lock(&s.step).map(Step::as_str),
                 }
             })
             .collect()
@@ -629,7 +734,7 @@ impl Services {
         let s = self.find(name)?;
         let a = lock(&s.active);
         Ok(a.as_ref()
-            .filter(|a| !a.fenced.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|a| !a.fence.is_fenced())
             .map(|a| a.instance.state()))
     }
 
@@ -690,66 +795,21 @@ impl Services {
             *lock(&s.leftover) = None;
             self.remove_marker(name);
         }
-        let step = Step::set(&s, "claiming");
-        let owner = self.cfg.owner.clone();
-        let dir_path = s.spec.state_dir.clone();
+        let step = Stepping::start(&s, Step::Claiming);
+        let (spec, owner) = (s.spec.clone(), self.cfg.owner.clone());
         let privileged = self.cfg.privileged.clone();
-        let spec = s.spec.clone();
-        let (ownership, state, helper) = tokio::task::spawn_blocking(move || {
-            // A root-owned directory while nsmd runs unprivileged: the root helper creates
-            // the ownership file, writes its epoch and bumps `state`; the lock is taken and
-            // sm/ and sm.bak/ are written here.
-            let helper = check_layout(&spec, privileged.is_some())?
-                .then_some(privileged)
-                .flatten();
-            let own = match &helper {
-                Some(h) => {
-                    // Locked here, written by the helper.
-                    let path = dir_path.join(crate::ownership::OWNER_FILE);
-                    if !path.exists() {
-                        h.create_owner(&spec.name)?;
-                    }
-                    let file = std::fs::File::open(&path)
-                        .map_err(|source| Error::Open { path, source })?;
-                    Ownership::claim_with(&dir_path, file, force, || {
-                        h.next_epoch(&spec.name, &owner).map_err(|e| e.to_string())
-                    })
-                }
-                None if force => Ownership::claim_over(&dir_path, &owner),
-                None => Ownership::claim(&dir_path, &owner),
-            }?;
-            if !own.locked() {
-                warn!(
-                    instance = %spec.name,
-                    epoch = own.epoch(),
-                    "taken over by force while another nsmd holds {}: that holder is fenced by \
-                     the epoch (it stops answering and notifying within {FENCE_CHECK:?}); its \
-                     kernel locks stay until the instance is released there",
-                    dir_path.join(crate::ownership::OWNER_FILE).display()
-                );
-            }
-            let dir = nsm_store::StateDir::open(&dir_path)?;
-            own.check()?;
-            let state = match &helper {
-                Some(h) => h.bump(&spec.name)?,
-                None => dir.state(true)?,
-            };
-            own.check()?;
-            let moved = dir.retire()?;
-            info!(instance = %dir_path.display(), epoch = own.epoch(), state, moved, "ownership claimed, state bumped, sm/ moved to sm.bak/");
-            Ok::<_, Error>((Arc::new(own), state, helper))
-        })
-        .await??;
+        let claimed =
+            tokio::task::spawn_blocking(move || claim(&spec, &owner, privileged, force)).await??;
         // A takeover's own step (not a resume's: no new state, clients already told).
         if !s.spec.takeover_command.is_empty() {
-            step.next("running the takeover command");
+            step.next(Step::TakeoverCommand);
         }
-        if let Err(e) = takeover_command(&s.spec, state).await {
-            ownership.release();
+        if let Err(e) = takeover_command(&s.spec, claimed.announcement.state()).await {
+            claimed.ownership.release();
             return Err(e);
         }
-        self.write_marker(&s.spec.name, ownership.epoch());
-        self.activate(&s, ownership, state, helper, Activation::Takeover, &step)
+        self.write_marker(&s.spec.name, claimed.ownership.epoch());
+        self.activate(&s, claimed, Activation::Takeover, &step)
             .await
     }
 
@@ -793,37 +853,34 @@ impl Services {
             // Taken over by a command that came first.
             return Ok(a.instance.state());
         }
-        let step = Step::set(s, "resuming");
+        let step = Stepping::start(s, Step::Resuming);
         let spec = s.spec.clone();
         if let Some(a) = spec.addresses.iter().find(|a| !is_local_address(**a)) {
             return Err(Error::AddressGone { address: *a });
         }
         let privileged = self.cfg.privileged.clone();
-        let (ownership, state, helper) = tokio::task::spawn_blocking(move || {
-            let helper = check_layout(&spec, privileged.is_some())?
-                .then_some(privileged)
-                .flatten();
-            let own = Ownership::resume(&spec.state_dir, epoch)?;
-            let state = nsm_store::StateDir::open(&spec.state_dir).and_then(|d| d.state(false))?;
-            Ok::<_, Error>((Arc::new(own), state, helper))
-        })
-        .await??;
-        self.activate(s, ownership, state, helper, Activation::Resume, &step)
-            .await
+        let claimed =
+            tokio::task::spawn_blocking(move || reclaim(&spec, privileged, epoch)).await??;
+        self.activate(s, claimed, Activation::Resume, &step).await
     }
 
     /// The second half of a takeover (and all of a resume): the instance opened on its state
-    /// directory, answering on its addresses, the readiness gate, the notifier for `sm.bak/`
-    /// and the fence watch.
+    /// directory, answering on its addresses, the readiness gate, then the fence watch and
+    /// the announcement of `sm.bak/`.
     async fn activate(
         &self,
         s: &Arc<Service>,
-        ownership: Arc<Ownership>,
-        state: i32,
-        helper: Option<Arc<dyn ServicePrivileges>>,
+        claimed: Claimed,
         how: Activation,
-        step: &Step<'_>,
+        step: &Stepping<'_>,
     ) -> Result<i32, Error> {
+        let Claimed {
+            ownership,
+            dir,
+            announcement,
+            helper,
+        } = claimed;
+        let state = announcement.state();
         let spec = s.spec.clone();
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
         icfg.ha_callout = self.cfg.ha_callout.clone();
@@ -831,11 +888,7 @@ impl Services {
         icfg.fence = Some(ownership.clone() as Arc<dyn Fence>);
         icfg.service_address = spec.addresses.first().map(ToString::to_string);
         icfg.crash_notify = Some(crate::instance::CrashNotify {
-            sources: SourceSpec {
-                addrs: spec.addresses.clone(),
-                port: spec.notify_port,
-                device: spec.interface.clone(),
-            },
+            sources: spec.sources(),
             names: spec.names(),
             policy: spec.policy(),
             registered: self.cfg.registered.clone(),
@@ -847,7 +900,7 @@ impl Services {
                 name: spec.name.clone(),
             }),
             None => Arc::new(DirectAuthority {
-                dir: Arc::new(nsm_store::StateDir::open(&spec.state_dir)?),
+                dir: dir.clone(),
                 nsm_local_state: None,
             }),
         });
@@ -879,19 +932,14 @@ impl Services {
         // locks: a gate that does not open fails a takeover, which is undone (nothing was
         // notified: the peers stay in sm.bak/ for the next takeover, the bumped state stays).
         // A resumed instance was serving before nsmd restarted: it stays, unnotified.
-        step.next("waiting for readiness");
+        step.next(Step::WaitingForReadiness);
         let ready = readiness(&spec, self.cfg.rpcbind_port).await;
-        let task = match ready {
-            Ok(()) => Some(tokio::spawn(notify_task(
-                spec.clone(),
-                ownership.clone(),
-                state,
-                s.progress.clone(),
-                self.cfg.registered.clone(),
-            ))),
+        let fence = Watched::new(ownership);
+        let announce = match ready {
+            Ok(()) => Some(announcement),
             Err(e) if how == Activation::Takeover => {
                 self.set_routes(&spec.addresses, None);
-                ownership.release();
+                fence.ownership.release();
                 self.remove_marker(&spec.name);
                 let e = Error::NotReady {
                     name: spec.name.clone(),
@@ -915,21 +963,39 @@ impl Services {
                 None
             }
         };
-        let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watch = tokio::spawn(fence_watch(
             spec.clone(),
-            ownership.clone(),
+            fence.clone(),
             self.routes.clone(),
-            fenced.clone(),
         ));
+        let notifying = announce.map(|a| self.announce(s, a, dir.clone(), fence.clone()));
         *lock(&s.active) = Some(Active {
             instance,
-            ownership,
-            notifying: task,
+            dir,
+            fence,
+            notifying,
             watch,
-            fenced,
         });
         Ok(state)
+    }
+
+    /// Announces `announcement` in the background, through the registration gate, stopped
+    /// by the fence's verdict; its progress in the status.
+    fn announce(
+        &self,
+        s: &Service,
+        announcement: Announcement,
+        dir: Arc<StateDir>,
+        fence: Watched,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(notify_task(
+            s.spec.clone(),
+            announcement,
+            dir,
+            fence,
+            s.progress.clone(),
+            self.cfg.registered.clone(),
+        ))
     }
 
     /// Where this node records that it holds `name` (see [`ServicesConfig::run_dir`]).
@@ -993,7 +1059,7 @@ impl Services {
                 name: name.to_owned(),
             });
         };
-        if active.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+        if active.fence.is_fenced() {
             return Err(Error::Fenced {
                 name: name.to_owned(),
             });
@@ -1001,15 +1067,10 @@ impl Services {
         if let Some(t) = active.notifying.take() {
             t.abort();
         }
-        let state = active.instance.state();
-        let peers = crate::bak::load_bak(active.instance.state_dir()).map(|f| f.len())?;
-        active.notifying = Some(tokio::spawn(notify_task(
-            s.spec.clone(),
-            active.ownership.clone(),
-            state,
-            s.progress.clone(),
-            self.cfg.registered.clone(),
-        )));
+        let announcement = Announcement::again(&active.dir, active.instance.state())?;
+        let peers = announcement.peers();
+        active.notifying =
+            Some(self.announce(&s, announcement, active.dir.clone(), active.fence.clone()));
         Ok(peers)
     }
 
@@ -1018,7 +1079,7 @@ impl Services {
         let _busy = self.busy.lock().await;
         let s = self.find(name)?;
         let spec = &s.spec;
-        let _step = Step::set(&s, "releasing");
+        let _step = Stepping::start(&s, Step::Releasing);
         let Some(active) = lock(&s.active).take() else {
             // Held here before nsmd restarted and not resumed: only the kernel's locks are
             // left to release.
@@ -1048,8 +1109,8 @@ impl Services {
             // (silent, shown fenced) and its ownership, so no other node takes it over
             // without --force, and a cluster manager sees the stop fail.
             active
-                .fenced
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+                .fence
+                .fence(format!("the kernel refused the release of {name}"));
             *lock(&s.active) = Some(active);
             let e = Error::KernelRelease {
                 name: name.to_owned(),
@@ -1067,7 +1128,7 @@ impl Services {
             }
         }
         self.remove_marker(&spec.name);
-        active.ownership.release();
+        active.fence.ownership.release();
         info!(instance = %spec.name, "released");
         Ok(())
     }
@@ -1324,21 +1385,106 @@ fn set_routes(routes: &Routes, addrs: &[IpAddr], to: Option<Arc<Instance>>) {
     }
 }
 
-/// While `spec` is active: checks every [`FENCE_CHECK`] that this node still owns the state
-/// directory. Once another node took it over (a newer epoch), calls to the service addresses
-/// go unanswered, so clients stop talking to the stale owner, until `nsmctl release` (which
-/// also releases the kernel's locks). A failing read (shared storage away) is logged, not
-/// acted on: writes are refused by the fence anyway.
-async fn fence_watch(
-    spec: ServiceSpec,
-    ownership: Arc<Ownership>,
-    routes: Routes,
-    fenced: Arc<std::sync::atomic::AtomicBool>,
-) {
+/// Claims instance `spec` for `owner` (blocking; [`Step::Claiming`]): the ownership (by
+/// force when `force`: see [`Services::takeover_forced`]), the state directory opened once,
+/// then the restart ([`Retired`]): `sm/` to `sm.bak/` and the state bumped durably, the
+/// ownership checked before each write.
+fn claim(
+    spec: &ServiceSpec,
+    owner: &str,
+    privileged: Option<Arc<dyn ServicePrivileges>>,
+    force: bool,
+) -> Result<Claimed, Error> {
+    let dir_path = &spec.state_dir;
+    // A root-owned directory while nsmd runs unprivileged: the root helper creates the
+    // ownership file, writes its epoch and bumps `state`; the lock is taken and sm/ and
+    // sm.bak/ are written here.
+    let helper = check_layout(spec, privileged.is_some())?
+        .then_some(privileged)
+        .flatten();
+    let own = match &helper {
+        Some(h) => {
+            // Locked here, written by the helper.
+            let path = dir_path.join(crate::ownership::OWNER_FILE);
+            if !path.exists() {
+                h.create_owner(&spec.name)?;
+            }
+            let file = std::fs::File::open(&path).map_err(|source| Error::Open { path, source })?;
+            Ownership::claim_with(dir_path, file, force, || {
+                h.next_epoch(&spec.name, owner).map_err(|e| e.to_string())
+            })
+        }
+        None if force => Ownership::claim_over(dir_path, owner),
+        None => Ownership::claim(dir_path, owner),
+    }?;
+    if !own.locked() {
+        warn!(
+            instance = %spec.name,
+            epoch = own.epoch(),
+            "taken over by force while another nsmd holds {}: that holder is fenced by \
+             the epoch (it stops answering and notifying within {FENCE_CHECK:?}); its \
+             kernel locks stay until the instance is released there",
+            dir_path.join(crate::ownership::OWNER_FILE).display()
+        );
+    }
+    let dir = Arc::new(StateDir::open(dir_path)?);
+    let allowed = || own.check().map_err(Error::from);
+    let announcement = Retired::new(&dir, allowed)?.bump(
+        || match &helper {
+            Some(h) => h.bump(&spec.name),
+            None => Ok(dir.state(true)?),
+        },
+        allowed,
+    )?;
+    info!(
+        instance = %dir_path.display(),
+        epoch = own.epoch(),
+        state = announcement.state(),
+        moved = announcement.moved(),
+        "ownership claimed, sm/ moved to sm.bak/, state bumped"
+    );
+    Ok(Claimed {
+        ownership: Arc::new(own),
+        dir,
+        announcement,
+        helper,
+    })
+}
+
+/// Claims instance `spec` again at `epoch` after nsmd restarted (blocking;
+/// [`Step::Resuming`]): the same state, what is left in `sm.bak/`.
+fn reclaim(
+    spec: &ServiceSpec,
+    privileged: Option<Arc<dyn ServicePrivileges>>,
+    epoch: u64,
+) -> Result<Claimed, Error> {
+    let helper = check_layout(spec, privileged.is_some())?
+        .then_some(privileged)
+        .flatten();
+    let own = Ownership::resume(&spec.state_dir, epoch)?;
+    let dir = Arc::new(StateDir::open(&spec.state_dir)?);
+    let announcement = Announcement::again(&dir, dir.state(false)?)?;
+    Ok(Claimed {
+        ownership: Arc::new(own),
+        dir,
+        announcement,
+        helper,
+    })
+}
+
+/// The one fence watch of an active instance: checks every [`FENCE_CHECK`] that this node
+/// still owns the state directory. Once another node took it over (a newer epoch), calls to
+/// the service addresses go unanswered, so clients stop talking to the stale owner, until
+/// `nsmctl release` (which also releases the kernel's locks), and the verdict stops the
+/// announcement under way. A failing read (shared storage away) is logged, not acted on:
+/// writes are refused by the fence anyway.
+async fn fence_watch(spec: ServiceSpec, fence: Watched, routes: Routes) {
     let mut warned = false;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FENCE_CHECK, FENCE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(FENCE_CHECK).await;
-        let own = ownership.clone();
+        tick.tick().await;
+        let own = fence.ownership.clone();
         let checked = tokio::task::spawn_blocking(move || {
             // Taken over by force: the lock, once the old holder lets it go.
             if !own.locked() && own.relock() {
@@ -1351,13 +1497,13 @@ async fn fence_watch(
             Ok(Ok(())) => warned = false,
             Ok(Err(e @ crate::ownership::OwnershipError::Fenced { .. })) => {
                 set_routes(&routes, &spec.addresses, None);
-                fenced.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(
                     instance = %spec.name,
                     "{e}: no longer answering on {:?}; release it here (nsmctl release {}) to drop its kernel locks",
                     spec.addresses,
                     spec.name
                 );
+                fence.fence(e.to_string());
                 return;
             }
             Ok(Err(crate::ownership::OwnershipError::Released { .. })) => return,
@@ -1371,76 +1517,67 @@ async fn fence_watch(
     }
 }
 
+/// An instance's announcement ([`nsm_notify::Announcement::send`]): nothing sent before nsmd
+/// is registered with rpcbind, from the service's addresses with its names, stopped by the
+/// fence's verdict; the outcome in `progress`.
 async fn notify_task(
     spec: ServiceSpec,
-    ownership: Arc<Ownership>,
-    state: i32,
+    announcement: Announcement,
+    dir: Arc<StateDir>,
+    fence: Watched,
     progress: Arc<Mutex<NotifyProgress>>,
     registered: crate::registered::Registered,
 ) {
-    if !registered.is_open() {
+    let (state, peers) = (announcement.state(), announcement.peers());
+    if !registered.is_open() && peers > 0 {
         info!(instance = %spec.name, state, "notification waits until nsmd is registered with rpcbind");
     }
-    let r = if registered.wait().await {
-        notify_run(&spec, &ownership, state, &progress).await
+    let names = spec.names();
+    if peers == 0 {
+        info!(instance = %spec.name, "no one to notify");
     } else {
-        Err(Error::Unregistered)
-    };
+        info!(instance = %spec.name, state, peers, "notifying as {names:?}");
+    }
+    let r = announcement
+        .send(
+            dir,
+            Delivery {
+                names: &|_| names.clone(),
+                source: Source::Bind(spec.sources()),
+                config: NotifierConfig {
+                    policy: spec.policy(),
+                    ..NotifierConfig::default()
+                },
+                // The status shows the peers once the notification started.
+                gate: Some(Box::pin(async {
+                    let open = registered.wait().await;
+                    if open {
+                        lock(&progress).peers = peers;
+                    }
+                    open
+                })),
+                fence: Some(&fence),
+            },
+        )
+        .await;
     let mut p = lock(&progress);
     p.finished = true;
-    if let Err(e) = r {
-        warn!(instance = %spec.name, "notification: {e}");
-        p.error = Some(e.to_string());
-    }
-}
-
-async fn notify_run(
-    spec: &ServiceSpec,
-    ownership: &Arc<Ownership>,
-    state: i32,
-    progress: &Mutex<NotifyProgress>,
-) -> Result<(), Error> {
-    ownership.check()?;
-    let dir = Arc::new(nsm_store::StateDir::open(&spec.state_dir)?);
-    let files = crate::bak::load_bak(&dir)?;
-    lock(progress).peers = files.len();
-    if files.is_empty() {
-        info!(instance = %spec.name, "no one to notify");
-        return Ok(());
-    }
-    let socks = bind_sources(&SourceSpec {
-        addrs: spec.addresses.clone(),
-        port: spec.notify_port,
-        device: spec.interface.clone(),
-    })?;
-    let names = spec.names();
-    let ncfg = NotifierConfig {
-        state,
-        policy: spec.policy(),
-        ..NotifierConfig::default()
-    };
-    info!(instance = %spec.name, state, peers = files.len(), "notifying as {names:?}");
-    let fence: &dyn Fence = ownership.as_ref();
-    let run = crate::bak::notify_bak(dir, files, |_| names.clone(), ncfg, socks, Some(fence));
-    // Fenced (another node took over): stop notifying at once.
-    let watch = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if let Err(e) = ownership.check() {
-                return e;
-            }
-        }
-    };
-    tokio::select! {
-        r = run => {
-            let summary = r?;
-            let mut p = lock(progress);
+    match r {
+        Ok(summary) => {
             p.acked = summary.acked();
             p.gave_up = summary.gave_up();
-            info!(instance = %spec.name, "notification done: {} of {} acknowledged", p.acked, p.peers);
-            Ok(())
+            if peers > 0 {
+                info!(instance = %spec.name, "notification done: {} of {} acknowledged", p.acked, p.peers);
+            }
         }
-        e = watch => Err(Error::NotificationStopped(e)),
+        Err(e) => {
+            let e = match e {
+                nsm_notify::AnnounceError::GateClosed => Error::Unregistered,
+                e => Error::Announce(e),
+            };
+            warn!(instance = %spec.name, "notification: {e}");
+            p.error = Some(e.to_string());
+        }
     }
 }
 
@@ -1750,7 +1887,7 @@ mod tests {
             my_proc: 16,
             priv_: [7; 16],
         };
-        nsm_store::StateDir::open(&dir)
+        StateDir::open(&dir)
             .unwrap()
             .write(nsm_store::Dir::Sm, "127.0.0.10", &[record])
             .unwrap();
@@ -1859,10 +1996,7 @@ mod tests {
             "the peer waits in sm.bak/"
         );
         assert!(!run.join("a.active").exists(), "not held");
-        let state = nsm_store::StateDir::open(&dir)
-            .unwrap()
-            .state(false)
-            .unwrap();
+        let state = StateDir::open(&dir).unwrap().state(false).unwrap();
         assert_eq!(state, 3, "the bump stays");
         drop(Ownership::claim(&dir, "other").expect("ownership is free again"));
     }
