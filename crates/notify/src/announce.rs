@@ -63,8 +63,9 @@ pub enum AnnounceError {
     /// registered): nothing was sent.
     #[error("the gate did not open: nothing sent, the peers stay in sm.bak/")]
     GateClosed,
-    /// The fence's verdict: another node took the directory over.
-    #[error("stopped: {0}; the peers not acknowledged stay in sm.bak/")]
+    /// The fence's verdict: another node took the directory over (checked after the gate
+    /// and before every write, watched while notifying).
+    #[error("{0}: the peers not acknowledged stay in sm.bak/")]
     Fenced(String),
 }
 
@@ -233,13 +234,6 @@ impl Announcement {
             fence,
         } = how;
         config.state = self.state;
-        if self.groups.is_empty() {
-            return Ok(Summary {
-                state: self.state,
-                elapsed: std::time::Duration::ZERO,
-                peers: Vec::new(),
-            });
-        }
         if let Some(gate) = gate
             && !gate.await
         {
@@ -247,6 +241,13 @@ impl Announcement {
         }
         if let Some(f) = fence {
             f.check().map_err(AnnounceError::Fenced)?;
+        }
+        if self.groups.is_empty() {
+            return Ok(Summary {
+                state: self.state,
+                elapsed: std::time::Duration::ZERO,
+                peers: Vec::new(),
+            });
         }
         let sources = match source {
             Source::Bound(s) => s,
@@ -398,7 +399,16 @@ async fn notify_groups(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio::net::UdpSocket;
+    use tokio::sync::watch;
+
     use super::*;
+    use crate::driver::SourceSpec;
+    use crate::scheduler::Policy;
 
     fn rec(mon: &str, my: &str) -> Record {
         Record {
@@ -409,6 +419,153 @@ mod tests {
             my_proc: 16,
             priv_: [7; 16],
         }
+    }
+
+    /// What a test peer received: each SM_NOTIFY's mon_name and state, and what its
+    /// `on_notify` hook noted.
+    #[derive(Debug, Default)]
+    struct Seen {
+        notifies: Vec<(String, i32)>,
+        noted: Vec<String>,
+    }
+
+    /// A peer on a loopback address: its rpcbind (PMAPPROC_GETPORT v2) and its statd
+    /// (SM_NOTIFY) on one UDP socket at `ip:port` (0: any; the first peer of a test picks the
+    /// port every other peer and the notifier's `rpcbind_port` use). It acknowledges the
+    /// SM_NOTIFYs whose mon_name `answer` accepts; `on_notify` runs first, on every one.
+    struct Peer {
+        port: u16,
+        seen: Arc<Mutex<Seen>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Peer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    type Hook = Box<dyn FnMut(&str, i32) -> Option<String> + Send>;
+
+    async fn peer(
+        ip: &str,
+        port: u16,
+        answer: impl Fn(&str) -> bool + Send + 'static,
+        mut on_notify: Hook,
+    ) -> Peer {
+        let sock = UdpSocket::bind((ip, port)).await.unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+                let Ok(call) = nsm_rpc::msg::parse_call(&buf[..n]) else {
+                    continue;
+                };
+                let h = call.header;
+                let mut reply: Vec<u8> = [h.xid, 1, 0, 0, 0, 0]
+                    .iter()
+                    .flat_map(|w| w.to_be_bytes())
+                    .collect();
+                match (h.prog, h.proc_) {
+                    // PMAPPROC_GETPORT: this socket's port.
+                    (100_000, 3) => reply.extend_from_slice(&u32::from(port).to_be_bytes()),
+                    // SM_NOTIFY: mon_name (string) and state.
+                    (100_024, 6) => {
+                        let a = call.args;
+                        let len = u32::from_be_bytes(a[..4].try_into().unwrap()) as usize;
+                        let name = String::from_utf8_lossy(&a[4..4 + len]).into_owned();
+                        let at = 4 + len.div_ceil(4) * 4;
+                        let state = i32::from_be_bytes(a[at..at + 4].try_into().unwrap());
+                        let note = on_notify(&name, state);
+                        let mut seen = s.lock().unwrap();
+                        seen.notifies.push((name.clone(), state));
+                        seen.noted.extend(note);
+                        if !answer(&name) {
+                            continue;
+                        }
+                    }
+                    _ => continue,
+                }
+                sock.send_to(&reply, from).await.unwrap();
+            }
+        });
+        Peer { port, seen, task }
+    }
+
+    fn nothing() -> Hook {
+        Box::new(|_, _| None)
+    }
+
+    /// A state directory with `files` in `sm/`, at state 3.
+    fn state_dir(files: &[(&str, Vec<Record>)]) -> (tempfile::TempDir, Arc<StateDir>) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path()).unwrap();
+        assert_eq!(dir.state(false).unwrap(), 3);
+        for (f, rs) in files {
+            dir.write(Dir::Sm, f, rs).unwrap();
+        }
+        (t, Arc::new(dir))
+    }
+
+    fn bak_files(dir: &StateDir) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path().join("sm.bak"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A restart of `dir`: retired, bumped durably.
+    fn restart(dir: &StateDir) -> Announcement {
+        Retired::new(dir, || Ok::<(), AnnounceError>(()))
+            .unwrap()
+            .bump(
+                || {
+                    dir.state(true).map_err(|source| AnnounceError::Load {
+                        dir: dir.path().to_owned(),
+                        source,
+                    })
+                },
+                || Ok(()),
+            )
+            .unwrap()
+    }
+
+    fn my_name(r: &Record) -> Vec<String> {
+        vec![String::from_utf8_lossy(&r.my_name).into_owned()]
+    }
+
+    fn delivery<'a>(rpcbind_port: u16, budget: Option<Duration>) -> Delivery<'a> {
+        Delivery {
+            names: &my_name,
+            source: Source::Bind(SourceSpec {
+                addrs: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                port: Some(0),
+                device: None,
+            }),
+            config: NotifierConfig {
+                policy: Policy {
+                    budget,
+                    ..Policy::default()
+                },
+                rpc_timeout: Duration::from_millis(500),
+                rpcbind_port,
+                ..NotifierConfig::default()
+            },
+            gate: None,
+            fence: None,
+        }
+    }
+
+    /// Fails the test when `f` does not finish in 30 s (what it waited for in `what`).
+    async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
     }
 
     #[test]
@@ -440,5 +597,268 @@ mod tests {
             ],
             "one target per peer, at the file named by its mon_name"
         );
+    }
+
+    /// The peer reads the state file when the first SM_NOTIFY arrives: the state it carries
+    /// is already on disk. An acknowledged peer leaves sm.bak/.
+    #[tokio::test]
+    async fn the_state_is_on_disk_before_the_first_sm_notify_and_acked_peers_leave() {
+        let (_t, dir) = state_dir(&[("127.0.0.11", vec![rec("127.0.0.11", "srv")])]);
+        let state_file = dir.path().join("state");
+        let p = peer(
+            "127.0.0.11",
+            0,
+            |_| true,
+            Box::new(move |_, _| {
+                let b = std::fs::read(&state_file).unwrap();
+                Some(i32::from_ne_bytes(b[..4].try_into().unwrap()).to_string())
+            }),
+        )
+        .await;
+        let a = restart(&dir);
+        assert_eq!((a.state(), a.moved(), a.peers()), (5, 1, 1));
+        let summary = within(
+            "the announcement",
+            a.send(dir.clone(), delivery(p.port, None)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.acked(), 1);
+        let seen = p.seen.lock().unwrap();
+        assert_eq!(seen.notifies, [("srv".to_owned(), 5)]);
+        assert_eq!(
+            seen.noted,
+            ["5"],
+            "the state file said 5 at the first SM_NOTIFY"
+        );
+        assert!(
+            bak_files(&dir).is_empty(),
+            "acknowledged: removed from sm.bak/"
+        );
+    }
+
+    /// A gate that closes without opening: nothing is sent, sm.bak/ stays.
+    #[tokio::test]
+    async fn a_closed_gate_sends_nothing() {
+        let (_t, dir) = state_dir(&[("127.0.0.12", vec![rec("127.0.0.12", "srv")])]);
+        let p = peer("127.0.0.12", 0, |_| true, nothing()).await;
+        let mut how = delivery(p.port, None);
+        how.gate = Some(Box::pin(async { false }));
+        let r = within("the announcement", restart(&dir).send(dir.clone(), how)).await;
+        assert!(matches!(r, Err(AnnounceError::GateClosed)), "{r:?}");
+        // Anything sent would have been answered by now: the announcement has returned.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(p.seen.lock().unwrap().notifies.is_empty());
+        assert_eq!(bak_files(&dir), ["127.0.0.12"]);
+    }
+
+    /// A gate that opens late: the first SM_NOTIFY leaves only after it opened.
+    #[tokio::test]
+    async fn nothing_leaves_before_the_gate_opens() {
+        let (_t, dir) = state_dir(&[("127.0.0.13", vec![rec("127.0.0.13", "srv")])]);
+        let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let o = opened.clone();
+        let p = peer(
+            "127.0.0.13",
+            0,
+            |_| true,
+            Box::new(move |_, _| {
+                Some(format!(
+                    "gate open: {}",
+                    o.load(std::sync::atomic::Ordering::SeqCst)
+                ))
+            }),
+        )
+        .await;
+        let (open, mut gate) = watch::channel(false);
+        let mut how = delivery(p.port, None);
+        how.gate = Some(Box::pin(async move { gate.wait_for(|o| *o).await.is_ok() }));
+        let run = tokio::spawn(restart(&dir).send(dir.clone(), how));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            p.seen.lock().unwrap().notifies.is_empty(),
+            "sent before the gate"
+        );
+        opened.store(true, std::sync::atomic::Ordering::SeqCst);
+        open.send_replace(true);
+        let summary = within("the announcement", run).await.unwrap().unwrap();
+        assert_eq!(summary.acked(), 1);
+        assert_eq!(p.seen.lock().unwrap().noted, ["gate open: true"]);
+    }
+
+    /// A fence that says "fenced" while a peer does not answer: the run stops, the peer
+    /// stays in sm.bak/; the one acknowledged before is gone.
+    #[tokio::test]
+    async fn a_fenced_run_stops_and_leaves_the_rest_in_sm_bak() {
+        let (_t, dir) = state_dir(&[
+            ("127.0.0.14", vec![rec("127.0.0.14", "srv")]),
+            ("127.0.0.15", vec![rec("127.0.0.15", "srv")]),
+        ]);
+        let answering = peer("127.0.0.14", 0, |_| true, nothing()).await;
+        let silent = peer("127.0.0.15", answering.port, |_| false, nothing()).await;
+        let fence = TestFence::default();
+        let mut how = delivery(answering.port, None);
+        how.fence = Some(&fence);
+        let a = restart(&dir);
+        let run = a.send(dir.clone(), how);
+        tokio::pin!(run);
+        // Until the answering peer left sm.bak/.
+        within("the acknowledged peer's removal", async {
+            loop {
+                tokio::select! {
+                    r = &mut run => panic!("finished while a peer does not answer: {r:?}"),
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                if bak_files(&dir) == ["127.0.0.15"] {
+                    break;
+                }
+            }
+        })
+        .await;
+        fence.verdict.send_replace(Some("taken over".into()));
+        let r = within("the fenced announcement", run).await;
+        assert!(
+            matches!(&r, Err(AnnounceError::Fenced(why)) if why == "taken over"),
+            "{r:?}"
+        );
+        assert_eq!(bak_files(&dir), ["127.0.0.15"], "the silent peer stays");
+        assert!(!silent.seen.lock().unwrap().notifies.is_empty());
+    }
+
+    /// A fence that refuses writes (the ownership on disk moved on) before an
+    /// acknowledgement arrives, its verdict not published yet: the acknowledged peer is not
+    /// removed (a fenced node writes nothing).
+    #[tokio::test]
+    async fn a_fenced_node_removes_nothing() {
+        let (_t, dir) = state_dir(&[("127.0.0.16", vec![rec("127.0.0.16", "srv")])]);
+        let fence = TestFence::default();
+        let refuse = fence.refuse.clone();
+        let p = peer(
+            "127.0.0.16",
+            0,
+            |_| true,
+            Box::new(move |_, _| {
+                refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+                None
+            }),
+        )
+        .await;
+        let mut how = delivery(p.port, None);
+        how.fence = Some(&fence);
+        let summary = within("the announcement", restart(&dir).send(dir.clone(), how))
+            .await
+            .unwrap();
+        assert_eq!(summary.acked(), 1);
+        assert_eq!(bak_files(&dir), ["127.0.0.16"], "acknowledged, but fenced");
+    }
+
+    /// Out of budget: a peer that acknowledged none of its names stays whole in sm.bak/; one
+    /// that acknowledged some keeps only the records of the names it did not.
+    #[tokio::test]
+    async fn out_of_budget_peers_stay_in_sm_bak() {
+        let (_t, dir) = state_dir(&[
+            ("127.0.0.17", vec![rec("127.0.0.17", "srv")]),
+            (
+                "127.0.0.18",
+                vec![rec("127.0.0.18", "srv"), rec("127.0.0.18", "other")],
+            ),
+        ]);
+        let silent = peer("127.0.0.17", 0, |_| false, nothing()).await;
+        let half = peer("127.0.0.18", silent.port, |n| n == "srv", nothing()).await;
+        let summary = within(
+            "the announcement",
+            restart(&dir).send(
+                dir.clone(),
+                delivery(silent.port, Some(Duration::from_secs(1))),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!((summary.acked(), summary.gave_up()), (0, 2));
+        assert_eq!(bak_files(&dir), ["127.0.0.17", "127.0.0.18"]);
+        let (left, _) = dir.load(Dir::Bak).unwrap();
+        let mut left: Vec<(String, Vec<u8>)> =
+            left.into_iter().map(|(f, r)| (f, r.my_name)).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("127.0.0.17".to_owned(), b"srv".to_vec()),
+                ("127.0.0.18".to_owned(), b"other".to_vec())
+            ]
+        );
+        assert!(
+            half.seen
+                .lock()
+                .unwrap()
+                .notifies
+                .iter()
+                .any(|(n, _)| n == "other")
+        );
+    }
+
+    /// Two sm.bak/ files of one peer (rpc.statd's by reverse name, nsmd's by mon_name): one
+    /// target at the mon_name, sent the names of both, and both files removed.
+    #[tokio::test]
+    async fn one_peer_under_two_files_is_notified_once_and_both_leave() {
+        let (_t, dir) = state_dir(&[
+            ("peer19.invalid", vec![rec("127.0.0.19", "srv")]),
+            ("127.0.0.19", vec![rec("127.0.0.19", "srv2")]),
+        ]);
+        let p = peer("127.0.0.19", 0, |_| true, nothing()).await;
+        let a = restart(&dir);
+        assert_eq!(a.peers(), 1);
+        let summary = within(
+            "the announcement",
+            a.send(dir.clone(), delivery(p.port, None)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.acked(), 1);
+        let mut names: Vec<String> = p
+            .seen
+            .lock()
+            .unwrap()
+            .notifies
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.dedup();
+        assert_eq!(names, ["srv2", "srv"]);
+        assert!(bak_files(&dir).is_empty());
+    }
+
+    /// A fence whose verdict the test sets, and whose check (the ownership on disk) it
+    /// can make refuse alone.
+    #[derive(Debug)]
+    struct TestFence {
+        verdict: Arc<watch::Sender<Option<String>>>,
+        refuse: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Default for TestFence {
+        fn default() -> Self {
+            Self {
+                verdict: Arc::new(watch::Sender::new(None)),
+                refuse: Arc::default(),
+            }
+        }
+    }
+
+    impl Fence for TestFence {
+        fn check(&self) -> Result<(), String> {
+            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("the ownership moved on".into());
+            }
+            self.verdict.borrow().clone().map_or(Ok(()), Err)
+        }
+
+        fn fenced(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+            let mut rx = self.verdict.subscribe();
+            Box::pin(async move {
+                let why = rx.wait_for(Option::is_some).await.unwrap().clone();
+                why.unwrap_or_default()
+            })
+        }
     }
 }

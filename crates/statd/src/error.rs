@@ -138,7 +138,7 @@ pub enum Error {
     Notify(#[from] nsm_notify::NotifyError),
     /// The announcement of a new state failed or stopped (another node took the instance
     /// over while it notified: [`nsm_notify::AnnounceError::Fenced`]).
-    #[error("notification: {0}")]
+    #[error(transparent)]
     Announce(#[from] nsm_notify::AnnounceError),
     /// nsmd stopped before it was registered with rpcbind: nothing was notified.
     #[error("nsmd stopped before it was registered with rpcbind: the peers stay in sm.bak/")]

@@ -1533,9 +1533,7 @@ async fn notify_task(
         info!(instance = %spec.name, state, "notification waits until nsmd is registered with rpcbind");
     }
     let names = spec.names();
-    if peers == 0 {
-        info!(instance = %spec.name, "no one to notify");
-    } else {
+    if peers > 0 {
         info!(instance = %spec.name, state, peers, "notifying as {names:?}");
     }
     let r = announcement
@@ -1566,7 +1564,9 @@ async fn notify_task(
         Ok(summary) => {
             p.acked = summary.acked();
             p.gave_up = summary.gave_up();
-            if peers > 0 {
+            if peers == 0 {
+                info!(instance = %spec.name, "no one to notify");
+            } else {
                 info!(instance = %spec.name, "notification done: {} of {} acknowledged", p.acked, p.peers);
             }
         }
@@ -1943,6 +1943,53 @@ mod tests {
             1,
             "the peer was notified once the gate opened"
         );
+        s.release("a").await.unwrap();
+    }
+
+    /// The one fence watch of an active instance: once the epoch moved on (another node took
+    /// the instance over), the addresses go silent, the notification under way stops with
+    /// "fenced", the peer not acknowledged stays in sm.bak/, `nsmctl notify` is refused,
+    /// and the release still works.
+    #[tokio::test]
+    async fn the_fence_watch_stops_the_notification_and_silences_the_instance() {
+        let (d, dir) = monitoring_one_peer();
+        let cfg = config(d.path(), crate::registered::Registered::open());
+        let mut sp = spec("a", "127.0.0.9", &dir);
+        // Retried forever: only the fence ends this notification (nothing answers at
+        // 127.0.0.10).
+        sp.retry = None;
+        let s = Services::new(cfg, vec![sp]);
+        s.takeover("a").await.unwrap();
+        // Once the notification is under way (past its gate and its first check: this
+        // runtime has one thread), only the watch's verdict can stop it.
+        while s.status()[0].notify.peers == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let owner = std::fs::read_to_string(dir.join(crate::ownership::OWNER_FILE)).unwrap();
+        assert!(owner.starts_with("epoch 1 "), "{owner}");
+        std::fs::write(
+            dir.join(crate::ownership::OWNER_FILE),
+            "epoch 2 owner elsewhere pid 1\n",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.status()[0].notify.finished {
+            assert!(
+                Instant::now() < deadline,
+                "the notification did not stop within 20 s of the epoch moving on"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let st = &s.status()[0];
+        let error = st.notify.error.clone().unwrap_or_default();
+        assert!(error.contains("fenced"), "{error}");
+        assert!(st.fenced && st.active, "{st:?}");
+        assert!(matches!(
+            s.route("127.0.0.9".parse().unwrap()),
+            Route::Silent
+        ));
+        assert!(dir.join("sm.bak/127.0.0.10").exists(), "kept in sm.bak/");
+        assert!(matches!(s.notify("a").await, Err(Error::Fenced { .. })));
         s.release("a").await.unwrap();
     }
 
