@@ -1,16 +1,13 @@
-//! What is left of the old `sm.bak/` helpers for SM_SIMU_CRASH and SIGUSR1 in
-//! `instance.rs`, over the one announce path ([`nsm_notify::announce`]). Goes away once
-//! the instance calls [`nsm_notify::Announcement`] itself.
+//! What SM_SIMU_CRASH and SIGUSR1 in `instance.rs` still call, over the one announce path
+//! ([`nsm_notify::announce`]); goes once the instance calls [`Announcement::again`] itself.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use nsm_notify::{AnnounceError, Announcement, Delivery, NotifierConfig, Source, Sources, Summary};
 use nsm_store::{Dir, Record, StateDir, StoreError};
 
-use crate::ownership::Fence;
+use crate::ownership::{Checked, Fence};
 
 /// The records of `sm.bak/`, grouped by file (one file per peer).
 pub fn load_bak(dir: &StateDir) -> Result<BTreeMap<String, Vec<Record>>, StoreError> {
@@ -22,21 +19,8 @@ pub fn load_bak(dir: &StateDir) -> Result<BTreeMap<String, Vec<Record>>, StoreEr
     Ok(files)
 }
 
-/// An instance's fence (its ownership, read at each write) as the announce path's.
-struct Checked<'a>(&'a dyn Fence);
-
-impl nsm_notify::Fence for Checked<'_> {
-    fn check(&self) -> Result<(), String> {
-        self.0.check().map_err(|e| e.to_string())
-    }
-
-    fn fenced(&self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
-        Box::pin(std::future::pending())
-    }
-}
-
-/// Announces `cfg.state` (on disk already) to the peers in `sm.bak/` of `dir` (the files
-/// read again: `_files` is what the caller loaded before), with [`Announcement::again`].
+/// Announces `cfg.state` (on disk already) to the peers in `sm.bak/` of `dir` (read again:
+/// `_files` is what the caller loaded before) with [`Announcement::again`].
 pub async fn notify_bak(
     dir: Arc<StateDir>,
     _files: BTreeMap<String, Vec<Record>>,

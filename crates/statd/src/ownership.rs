@@ -71,6 +71,22 @@ pub trait Fence: Send + Sync + std::fmt::Debug {
     fn check(&self) -> Result<(), OwnershipError>;
 }
 
+/// A [`Fence`] as the announce path's ([`nsm_notify::Fence`]): checked before every write to
+/// `sm.bak/`; it has no verdict to watch, so only a refused write stops the run (an active
+/// service instance's announcements also stop on its fence watch's verdict).
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a>(pub &'a dyn Fence);
+
+impl nsm_notify::Fence for Checked<'_> {
+    fn check(&self) -> Result<(), String> {
+        self.0.check().map_err(|e| e.to_string())
+    }
+
+    fn fenced(&self) -> std::pin::Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
+}
+
 /// A claimed ownership: the lock stays held until this is dropped.
 #[derive(Debug)]
 pub struct Ownership {
