@@ -416,13 +416,15 @@ pub struct Service {
     progress: Arc<Mutex<NotifyProgress>>,
 }
 
-/// The steps of the takeover, resume and release state machines, each a function of
-/// [`Services`]: a takeover is [`Step::Claiming`] ([`claim`]), [`Step::TakeoverCommand`]
-/// ([`takeover_command`]), then [`Services::activate`] ([`Step::WaitingForReadiness`], then
-/// the announcement and the fence watch); a resume is [`Step::Resuming`] ([`reclaim`]) then
-/// the same activation; a release is [`Step::Releasing`] ([`Services::release`]). A step
-/// that fails undoes what the earlier ones did (the ownership released, the marker
-/// removed, the addresses silent) and returns the [`Error`].
+/// The steps of the takeover, resume and release state machines, each a function: a
+/// takeover is [`Step::Claiming`] ([`claim`]: ownership, `sm/` retired, state bumped),
+/// [`Step::TakeoverCommand`] ([`takeover_command`]), then [`Services::activate`]:
+/// [`Services::open_instance`] (answering), [`Step::WaitingForReadiness`]
+/// ([`Services::await_readiness`]), [`Services::serve`] (the fence watch and the
+/// announcement); a resume is [`Step::Resuming`] ([`reclaim`]) then the same activation; a
+/// release is [`Step::Releasing`] ([`Services::release`]). A step that fails undoes what the
+/// earlier ones did (the ownership released, the marker removed, the addresses silent) and
+/// returns the [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Claiming,
@@ -864,9 +866,10 @@ impl Services {
         self.activate(s, claimed, Activation::Resume, &step).await
     }
 
-    /// The second half of a takeover (and all of a resume): the instance opened on its state
-    /// directory, answering on its addresses, the readiness gate, then the fence watch and
-    /// the announcement of `sm.bak/`.
+    /// The second half of a takeover (and all of a resume): [`Services::open_instance`]
+    /// (answering on the addresses), [`Step::WaitingForReadiness`]
+    /// ([`Services::await_readiness`]), then [`Services::serve`] (the fence watch and the
+    /// announcement of `sm.bak/`).
     async fn activate(
         &self,
         s: &Arc<Service>,
@@ -874,18 +877,23 @@ impl Services {
         how: Activation,
         step: &Stepping<'_>,
     ) -> Result<i32, Error> {
-        let Claimed {
-            ownership,
-            dir,
-            announcement,
-            helper,
-        } = claimed;
-        let state = announcement.state();
-        let spec = s.spec.clone();
+        let state = claimed.announcement.state();
+        let instance = self.open_instance(s, &claimed)?;
+        step.next(Step::WaitingForReadiness);
+        let ready = self.await_readiness(s, &claimed, how).await?;
+        self.serve(s, claimed, instance, ready);
+        Ok(state)
+    }
+
+    /// The instance opened on its state directory and answering on its addresses; undone
+    /// (ownership released, marker removed) when it cannot open.
+    fn open_instance(&self, s: &Service, claimed: &Claimed) -> Result<Arc<Instance>, Error> {
+        let state = claimed.announcement.state();
+        let spec = &s.spec;
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
         icfg.ha_callout = self.cfg.ha_callout.clone();
         icfg.callback = self.cfg.callback.clone();
-        icfg.fence = Some(ownership.clone() as Arc<dyn Fence>);
+        icfg.fence = Some(claimed.ownership.clone() as Arc<dyn Fence>);
         icfg.service_address = spec.addresses.first().map(ToString::to_string);
         icfg.crash_notify = Some(crate::instance::CrashNotify {
             sources: spec.sources(),
@@ -894,20 +902,20 @@ impl Services {
             registered: self.cfg.registered.clone(),
         });
         // Never the kernel's nsm_local_state: that is the node's.
-        icfg.authority = Some(match helper {
+        icfg.authority = Some(match claimed.helper.clone() {
             Some(helper) => Arc::new(HelperAuthority {
                 helper,
                 name: spec.name.clone(),
             }),
             None => Arc::new(DirectAuthority {
-                dir: dir.clone(),
+                dir: claimed.dir.clone(),
                 nsm_local_state: None,
             }),
         });
         let instance = match Instance::open(icfg) {
             Ok((i, _)) => i,
             Err(e) => {
-                ownership.release();
+                claimed.ownership.release();
                 self.remove_marker(&spec.name);
                 return Err(e.into());
             }
@@ -928,27 +936,36 @@ impl Services {
                 );
             }
         }
-        // Clients told to reclaim from a server whose lock manager is not there lose their
-        // locks: a gate that does not open fails a takeover, which is undone (nothing was
-        // notified: the peers stay in sm.bak/ for the next takeover, the bumped state stays).
-        // A resumed instance was serving before nsmd restarted: it stays, unnotified.
-        step.next(Step::WaitingForReadiness);
-        let ready = readiness(&spec, self.cfg.rpcbind_port).await;
-        let fence = Watched::new(ownership);
-        let announce = match ready {
-            Ok(()) => Some(announcement),
+        Ok(instance)
+    }
+
+    /// The readiness gate ([`Step::WaitingForReadiness`]): `Ok(true)` once it opened.
+    /// Clients told to reclaim from a server whose lock manager is not there lose their
+    /// locks: a gate that does not open fails a takeover, which is undone (silent again,
+    /// ownership released, marker removed; nothing was notified: the peers stay in sm.bak/
+    /// for the next takeover, the bumped state stays). A resumed instance was serving before
+    /// nsmd restarted: it stays, unnotified (`Ok(false)`).
+    async fn await_readiness(
+        &self,
+        s: &Service,
+        claimed: &Claimed,
+        how: Activation,
+    ) -> Result<bool, Error> {
+        let spec = &s.spec;
+        match readiness(spec, self.cfg.rpcbind_port).await {
+            Ok(()) => Ok(true),
             Err(e) if how == Activation::Takeover => {
                 self.set_routes(&spec.addresses, None);
-                fence.ownership.release();
+                claimed.ownership.release();
                 self.remove_marker(&spec.name);
                 let e = Error::NotReady {
                     name: spec.name.clone(),
                     why: e,
-                    state,
+                    state: claimed.announcement.state(),
                 };
                 lock(&s.progress).error = Some(e.to_string());
                 tracing::error!(instance = %spec.name, "{e}");
-                return Err(e);
+                Err(e)
             }
             Err(e) => {
                 let e = format!(
@@ -960,15 +977,28 @@ impl Services {
                 let mut p = lock(&s.progress);
                 p.error = Some(e);
                 p.finished = true;
-                None
+                Ok(false)
             }
-        };
+        }
+    }
+
+    /// Active: the instance's one fence watch, and (when `announce`) the announcement of
+    /// `sm.bak/` that observes its verdict.
+    fn serve(&self, s: &Service, claimed: Claimed, instance: Arc<Instance>, announce: bool) {
+        let Claimed {
+            ownership,
+            dir,
+            announcement,
+            helper: _,
+        } = claimed;
+        let fence = Watched::new(ownership);
         let watch = tokio::spawn(fence_watch(
-            spec.clone(),
+            s.spec.clone(),
             fence.clone(),
             self.routes.clone(),
         ));
-        let notifying = announce.map(|a| self.announce(s, a, dir.clone(), fence.clone()));
+        let notifying =
+            announce.then(|| self.announce(s, announcement, dir.clone(), fence.clone()));
         *lock(&s.active) = Some(Active {
             instance,
             dir,
@@ -976,7 +1006,6 @@ impl Services {
             notifying,
             watch,
         });
-        Ok(state)
     }
 
     /// Announces `announcement` in the background, through the registration gate, stopped
