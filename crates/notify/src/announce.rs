@@ -13,7 +13,7 @@
 //!    sends: nothing reaches a peer before the state it carries is on disk.
 //! 2. [`Announcement::send`]: waits for the gate (statd registered with rpcbind, the
 //!    service ready), binds the source addresses, notifies one target per peer
-//!    ([`same_peer`]: the `sm.bak/` files of one peer under two names are one target) with
+//!    (`same_peer`: the `sm.bak/` files of one peer under two names are one target) with
 //!    the names the caller gives for each record, and removes what a peer acknowledged from
 //!    `sm.bak/` as soon as it finished. A peer given up (out of budget) stays in `sm.bak/`
 //!    for the next announcement (logged, counted in the [`Summary`]). With a [`Fence`],
@@ -151,7 +151,7 @@ impl Retired {
         self.moved
     }
 
-    /// The peers to notify (one per group of `sm.bak/` files, see [`same_peer`]).
+    /// The peers to notify (one per group of `sm.bak/` files, see the module documentation).
     pub fn peers(&self) -> usize {
         self.groups.len()
     }
@@ -209,7 +209,7 @@ impl Announcement {
         self.moved
     }
 
-    /// The peers to notify (one per group of `sm.bak/` files, see [`same_peer`]).
+    /// The peers to notify (one per group of `sm.bak/` files, see the module documentation).
     pub fn peers(&self) -> usize {
         self.groups.len()
     }
