@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use nsm_notify::{NotifierConfig, Policy, SourceSpec, bind_sources, default_names};
+use nsm_notify::{NotifierConfig, Policy, SourceSpec, default_names};
 use nsm_store::{Committer, Dir, LoadReport, Record, StateDir, StoreError};
 use nsm_xdr::nsm::{Mon, MonId, MyId, Res, SmStat, SmStatRes, StatChge};
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -561,24 +561,18 @@ async fn resolve(name: &[u8]) -> Vec<IpAddr> {
     }
 }
 
-/// Notifies every peer in `sm.bak/` of `state` as `cn` says; a summary for the log.
+/// Notifies every peer in `sm.bak/` of `state` (durable already) as `cn` says, over the one
+/// announce path ([`nsm_notify::Announcement::again`]); a summary for the log.
 async fn notify_bak_now(
     dir: Arc<StateDir>,
     cn: &CrashNotify,
     state: i32,
     fence: Option<&dyn Fence>,
-) -> Result<String, String> {
-    let files = crate::bak::load_bak(&dir)
-        .map_err(|e| format!("cannot read {}/sm.bak: {e}", dir.path().display()))?;
-    if files.is_empty() {
+) -> Result<String, nsm_notify::AnnounceError> {
+    let announcement = nsm_notify::Announcement::again(&dir, state)?;
+    if announcement.is_empty() {
         return Ok("no one to notify".into());
     }
-    let socks = bind_sources(&cn.sources).map_err(|e| e.to_string())?;
-    let cfg = NotifierConfig {
-        state,
-        policy: cn.policy.clone(),
-        ..NotifierConfig::default()
-    };
     let names = |r: &Record| {
         if cn.names.is_empty() {
             default_names(&String::from_utf8_lossy(&r.my_name))
@@ -586,9 +580,22 @@ async fn notify_bak_now(
             cn.names.clone()
         }
     };
-    let summary = crate::bak::notify_bak(dir, files, names, cfg, socks, fence)
-        .await
-        .map_err(|e| e.to_string())?;
+    let fence = fence.map(crate::ownership::Checked);
+    let summary = announcement
+        .send(
+            dir,
+            nsm_notify::Delivery {
+                names: &names,
+                source: nsm_notify::Source::Bind(cn.sources.clone()),
+                config: NotifierConfig {
+                    policy: cn.policy.clone(),
+                    ..NotifierConfig::default()
+                },
+                gate: None,
+                fence: fence.as_ref().map(|f| f as &dyn nsm_notify::Fence),
+            },
+        )
+        .await?;
     Ok(format!(
         "{} of {} peer(s) acknowledged, {} given up",
         summary.acked(),

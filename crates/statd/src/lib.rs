@@ -5,7 +5,6 @@
 //! Malformed arguments get GARBAGE_ARGS; everything else gets the procedure's result.
 #![warn(missing_docs)]
 
-pub mod bak;
 pub mod callback;
 pub mod callout;
 pub mod core;
