@@ -15,10 +15,10 @@ use nix::fcntl::{AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, geteuid, syncfs, unlinkat};
 
-use crate::commit::{Counters, SyncMode};
 use crate::error::{SkipReason, StoreError};
 use crate::name::{self, file_name, is_temp};
 use crate::record::Record;
+use crate::sync::{Counters, SyncMode};
 
 /// The most bytes read from one record file. nsmd writes one line per `my_name` into a file
 /// (a line is at most 1095 bytes, typically under 100); a bigger file is reported and skipped.

@@ -91,9 +91,11 @@ mod dir;
 mod error;
 mod name;
 mod record;
+mod sync;
 
-pub use commit::{CommitStats, Committer, SyncMode};
+pub use commit::Committer;
 pub use dir::{Dir, LoadReport, MAX_FILE_BYTES, Skipped, StateDir, create_dir_durably};
 pub use error::{Field, NameError, ParseError, SkipReason, StoreError};
 pub use name::{MAX_FILE_NAME, file_name};
 pub use record::{MAX_LINE_LEN, MAX_NAMES_LEN, PRIV_SIZE, Record, SM_MAXSTRLEN};
+pub use sync::{CommitStats, SyncMode};
