@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::dir::{Dir, Item, StateDir};
+use crate::disk::{Disk, RealDisk};
 use crate::error::StoreError;
 use crate::record::Record;
 use crate::sync::{CommitStats, Counters, SyncMode};
@@ -20,8 +21,8 @@ struct Request {
 }
 
 #[derive(Debug)]
-struct Shared {
-    state_dir: Arc<StateDir>,
+struct Shared<D: Disk> {
+    state_dir: Arc<StateDir<D>>,
     counters: Counters,
 }
 
@@ -46,15 +47,24 @@ struct Shared {
 ///
 /// Cloning gives another handle to the same thread. The thread ends when every handle is
 /// dropped and the queue is empty.
-#[derive(Debug, Clone)]
-pub struct Committer {
+#[derive(Debug)]
+pub struct Committer<D: Disk = RealDisk> {
     tx: mpsc::Sender<Request>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<D>>,
 }
 
-impl Committer {
+impl<D: Disk> Clone for Committer<D> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<D: Disk> Committer<D> {
     /// Starts the commit thread with the default [`SyncMode`]. Needs no tokio runtime.
-    pub fn spawn(state_dir: Arc<StateDir>) -> Self {
+    pub fn spawn(state_dir: Arc<StateDir<D>>) -> Self {
         Self::with_mode(state_dir, SyncMode::default())
     }
 
@@ -62,7 +72,7 @@ impl Committer {
     ///
     /// If the thread cannot be created, the error is logged and every commit fails with
     /// [`StoreError::CommitterGone`].
-    pub fn with_mode(state_dir: Arc<StateDir>, mode: SyncMode) -> Self {
+    pub fn with_mode(state_dir: Arc<StateDir<D>>, mode: SyncMode) -> Self {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             state_dir,
@@ -114,12 +124,12 @@ impl Committer {
     }
 
     /// The state directory written to.
-    pub fn state_dir(&self) -> &Arc<StateDir> {
+    pub fn state_dir(&self) -> &Arc<StateDir<D>> {
         &self.shared.state_dir
     }
 }
 
-fn run(rx: &mpsc::Receiver<Request>, shared: &Shared, mode: SyncMode) {
+fn run<D: Disk>(rx: &mpsc::Receiver<Request>, shared: &Shared<D>, mode: SyncMode) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -135,7 +145,7 @@ struct Pending {
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
-fn process(shared: &Shared, mode: SyncMode, batch: Vec<Request>) {
+fn process<D: Disk>(shared: &Shared<D>, mode: SyncMode, batch: Vec<Request>) {
     let started = Instant::now();
     let c = &shared.counters;
     let n = batch.len() as u64;

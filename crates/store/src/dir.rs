@@ -1,20 +1,14 @@
 //! The state directory: `sm/`, `sm.bak/`, `state`.
 
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use nix::dir::Dir as NixDir;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, geteuid, syncfs, unlinkat};
 
+use crate::disk::{Disk, FileKind, Opened, RealDisk};
 use crate::error::{SkipReason, StoreError};
 use crate::name::{self, file_name, is_temp};
 use crate::record::Record;
@@ -26,8 +20,6 @@ pub const MAX_FILE_BYTES: usize = 64 * 1024;
 
 /// The most temp files written before they are made durable (bounds open descriptors).
 const SYNC_CHUNK: usize = 64;
-/// Threads fsyncing at once with [`SyncMode::FsyncParallel`].
-const PARALLEL_FSYNCS: usize = 8;
 
 /// `NAME_MAX`: names found by a scan may be this long (nfs-utils may have written them).
 const NAME_MAX: usize = 255;
@@ -97,8 +89,12 @@ pub struct Skipped {
 /// remounting the directory between calls is seen. Writes through one `StateDir` are
 /// serialised by an internal lock; two `StateDir`s (or two processes) on the same directory
 /// must not write the same file concurrently.
+///
+/// The file system is reached through a [`Disk`]: [`RealDisk`] (the system calls) unless a
+/// directory is opened on another one with [`StateDir::open_on`] (a simulated disk in tests).
 #[derive(Debug)]
-pub struct StateDir {
+pub struct StateDir<D: Disk = RealDisk> {
+    disk: D,
     base: PathBuf,
     lock: Mutex<()>,
 }
@@ -111,26 +107,39 @@ pub(crate) struct Item<'a> {
 }
 
 /// A directory opened for one operation.
-struct OpenDir {
-    fd: OwnedFd,
+struct OpenDir<D: Disk> {
+    fd: D::Dir,
     path: PathBuf,
     /// Owner to give new files: the directory's, when we are root and it is not.
-    chown: Option<(Uid, Gid)>,
+    chown: Option<(u32, u32)>,
 }
 
 impl StateDir {
     /// Opens (creating `base`, `sm/` and `sm.bak/` if missing, mode 0755 like nfs-utils'
     /// install) without touching existing files' ownership or modes.
     pub fn open(base: &Path) -> Result<Self, StoreError> {
+        Self::open_on(RealDisk, base)
+    }
+}
+
+impl<D: Disk> StateDir<D> {
+    /// [`StateDir::open`] on another [`Disk`] than the real one.
+    pub fn open_on(disk: D, base: &Path) -> Result<Self, StoreError> {
         let base = std::path::absolute(base).map_err(|e| StoreError::io("resolve", base, e))?;
-        mkdir(&base, true)?;
+        mkdir(&disk, &base, true)?;
         for d in [Dir::Sm, Dir::Bak] {
-            mkdir(&base.join(d.name()), false)?;
+            mkdir(&disk, &base.join(d.name()), false)?;
         }
         Ok(Self {
+            disk,
             base,
             lock: Mutex::new(()),
         })
+    }
+
+    /// The disk it is on.
+    pub fn disk(&self) -> &D {
+        &self.disk
     }
 
     /// The base directory (absolute).
@@ -147,16 +156,18 @@ impl StateDir {
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn open_base(&self) -> Result<OwnedFd, StoreError> {
-        open_dir_fd(None, &self.base)
+    fn open_base(&self) -> Result<D::Dir, StoreError> {
+        open_dir_fd(&self.disk, None, &self.base)
     }
 
-    fn open_dir(&self, base: &OwnedFd, dir: Dir) -> Result<OpenDir, StoreError> {
+    fn open_dir(&self, base: &D::Dir, dir: Dir) -> Result<OpenDir<D>, StoreError> {
         let path = self.base.join(dir.name());
-        let fd = open_dir_fd(Some((base, dir.name())), &path)?;
-        let st = fstat(&fd).map_err(|e| StoreError::io("stat", &path, e))?;
-        let chown = (geteuid().is_root() && st.st_uid != 0)
-            .then(|| (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid)));
+        let fd = open_dir_fd(&self.disk, Some((base, dir.name())), &path)?;
+        let (uid, gid) = self
+            .disk
+            .owner(&fd)
+            .map_err(|e| StoreError::io("stat", &path, e))?;
+        let chown = (self.disk.is_root() && uid != 0).then_some((uid, gid));
         Ok(OpenDir { fd, path, chown })
     }
 
@@ -190,11 +201,11 @@ impl StateDir {
         let d = self.open_dir(&base, dir)?;
         let mut report = LoadReport::default();
         let mut out = Vec::new();
-        for entry in list(&d)? {
+        for entry in list(&self.disk, &d)? {
             let bytes = entry.as_slice();
             let path = d.path.join(OsStr::from_bytes(bytes));
             if is_temp(bytes) {
-                if interrupted_write(&d, bytes) {
+                if interrupted_write(&self.disk, &d, bytes) {
                     report.removed.push(path);
                 } else {
                     report.leftovers.push(path);
@@ -204,7 +215,7 @@ impl StateDir {
             if bytes.first() == Some(&b'.') {
                 continue;
             }
-            match load_file(&d, bytes) {
+            match load_file(&self.disk, &d, bytes) {
                 Ok((name, records)) => out.extend(records.into_iter().map(|r| (name.clone(), r))),
                 Err(reason) => report.skipped.push(Skipped { path, reason }),
             }
@@ -221,7 +232,7 @@ impl StateDir {
         }
         if !report.removed.is_empty() {
             // Made durable, so that a power cut does not bring them back to be reported again.
-            if let Err(e) = fsync(&d.fd) {
+            if let Err(e) = self.disk.sync_dir(&d.fd) {
                 tracing::warn!(path = %d.path.display(), "cannot fsync after removing temporary files: {e}");
             }
         }
@@ -243,7 +254,7 @@ impl StateDir {
         let _g = self.guard();
         let base = self.open_base()?;
         let path = self.base.join(STATE_FILE);
-        let (state, write) = match read_state(&base, &path)? {
+        let (state, write) = match read_state(&self.disk, &base, &path)? {
             None => (1, true),
             Some(s) => (if s & 1 == 0 { s.wrapping_add(1) } else { s }, update),
         };
@@ -259,9 +270,11 @@ impl StateDir {
             path: self.base.clone(),
             chown: None,
         };
-        write_temp(&open, &tmp, &state.to_ne_bytes(), STATE_MODE)?;
-        rename_temp(&open, &tmp, STATE_FILE)?;
-        fsync(&open.fd).map_err(|e| StoreError::io("fsync", &self.base, e))?;
+        let disk = &self.disk;
+        write_temp(disk, &open, &tmp, &state.to_ne_bytes(), STATE_MODE)?;
+        rename_temp(disk, &open, &tmp, STATE_FILE)?;
+        disk.sync_dir(&open.fd)
+            .map_err(|e| StoreError::io("fsync", &self.base, e))?;
         tracing::debug!(state, path = %path.display(), "state number written");
         Ok(state)
     }
@@ -276,16 +289,17 @@ impl StateDir {
         let bak = self.open_dir(&base, Dir::Bak)?;
         let mut moved = 0;
         let mut result = Ok(());
-        for entry in list(&sm)? {
+        let disk = &self.disk;
+        for entry in list(disk, &sm)? {
             let bytes = entry.as_slice();
             if bytes.first() == Some(&b'.') || is_temp(bytes) {
                 continue;
             }
-            match fstatat(&sm.fd, bytes, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if is_regular(&st) => {}
+            match disk.lstat(&sm.fd, bytes) {
+                Ok(FileKind::Regular) => {}
                 _ => continue,
             }
-            if let Err(e) = renameat(&sm.fd, bytes, &bak.fd, bytes) {
+            if let Err(e) = disk.rename(&sm.fd, bytes, &bak.fd, bytes) {
                 result = Err(StoreError::io(
                     "rename to sm.bak",
                     sm.path.join(OsStr::from_bytes(bytes)),
@@ -295,8 +309,10 @@ impl StateDir {
             }
             moved += 1;
         }
-        fsync(&bak.fd).map_err(|e| StoreError::io("fsync", &bak.path, e))?;
-        fsync(&sm.fd).map_err(|e| StoreError::io("fsync", &sm.path, e))?;
+        disk.sync_dir(&bak.fd)
+            .map_err(|e| StoreError::io("fsync", &bak.path, e))?;
+        disk.sync_dir(&sm.fd)
+            .map_err(|e| StoreError::io("fsync", &sm.path, e))?;
         result.map(|()| moved)
     }
 
@@ -341,7 +357,8 @@ impl StateDir {
             Ok(b) => b,
             Err(e) => return vec![Err(e); items.len()],
         };
-        let mut dirs: Vec<(Dir, Result<OpenDir, StoreError>, bool)> = Vec::new();
+        let disk = &self.disk;
+        let mut dirs: Vec<(Dir, Result<OpenDir<D>, StoreError>, bool)> = Vec::new();
         for d in [Dir::Sm, Dir::Bak] {
             if items.iter().any(|i| i.dir == d) {
                 dirs.push((d, self.open_dir(&base, d), false));
@@ -365,7 +382,7 @@ impl StateDir {
                         continue;
                     }
                 };
-                match prepare(d, item) {
+                match prepare(disk, d, item) {
                     Ok(Some((tmp, file))) => unsynced.push(Unsynced {
                         index: i,
                         path: d.path.join(&tmp),
@@ -379,13 +396,13 @@ impl StateDir {
             if unsynced.is_empty() {
                 continue;
             }
-            for (i, tmp, r) in sync_temps(&base, &self.base, unsynced, mode, counters) {
+            for (i, tmp, r) in sync_temps(disk, &base, &self.base, unsynced, mode, counters) {
                 match r {
                     Ok(()) => renames.push((i, tmp)),
                     Err(e) => {
                         let dir = items[i].dir;
                         if let Some((_, Ok(d), _)) = dirs.iter().find(|(d, _, _)| *d == dir) {
-                            let _ = unlinkat(&d.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                            let _ = disk.unlink(&d.fd, tmp.as_bytes());
                         }
                         results[i] = Err(e);
                     }
@@ -396,7 +413,7 @@ impl StateDir {
         for (i, tmp) in renames {
             let item = &items[i];
             if let Some((_, Ok(d), dirty)) = dirs.iter_mut().find(|(d, _, _)| *d == item.dir) {
-                match rename_temp(d, &tmp, item.file) {
+                match rename_temp(disk, d, &tmp, item.file) {
                     Ok(()) => *dirty = true,
                     Err(e) => results[i] = Err(e),
                 }
@@ -406,7 +423,7 @@ impl StateDir {
         for (which, d, dirty) in &dirs {
             let (Ok(d), true) = (d, *dirty) else { continue };
             counters.dir_fsync();
-            if let Err(e) = fsync(&d.fd) {
+            if let Err(e) = disk.sync_dir(&d.fd) {
                 let e = StoreError::io("fsync", &d.path, e);
                 for (i, item) in items.iter().enumerate() {
                     if item.dir == *which && results[i].is_ok() {
@@ -421,7 +438,12 @@ impl StateDir {
 
 /// Validates an item and writes its temp (returning the temp name), or removes the file
 /// (returning `None`).
-fn prepare(d: &OpenDir, item: &Item<'_>) -> Result<Option<(String, File)>, StoreError> {
+#[allow(clippy::type_complexity)]
+fn prepare<D: Disk>(
+    disk: &D,
+    d: &OpenDir<D>,
+    item: &Item<'_>,
+) -> Result<Option<(String, D::File)>, StoreError> {
     let name = file_name(item.file.as_bytes()).map_err(|source| StoreError::Name {
         name: item.file.to_owned(),
         dir: d.path.clone(),
@@ -429,8 +451,8 @@ fn prepare(d: &OpenDir, item: &Item<'_>) -> Result<Option<(String, File)>, Store
     })?;
     let tmp = temp_name(name);
     if item.records.is_empty() {
-        remove(d, &tmp)?;
-        remove(d, name)?;
+        remove(disk, d, &tmp)?;
+        remove(disk, d, name)?;
         return Ok(None);
     }
     let mut content = Vec::new();
@@ -442,43 +464,43 @@ fn prepare(d: &OpenDir, item: &Item<'_>) -> Result<Option<(String, File)>, Store
         })?;
         content.extend_from_slice(&r.to_line());
     }
-    let file = write_temp_unsynced(d, &tmp, &content, RECORD_MODE)?;
+    let file = write_temp_unsynced(disk, d, &tmp, &content, RECORD_MODE)?;
     Ok(Some((tmp, file)))
 }
 
 /// A temp file written but not yet durable.
-struct Unsynced {
+struct Unsynced<D: Disk> {
     /// Index of its item.
     index: usize,
     /// Its name in the directory.
     tmp: String,
     /// Its full path, for errors.
     path: PathBuf,
-    file: File,
+    file: D::File,
 }
 
 /// Makes written temp files durable according to `mode`; returns each with its result. On
 /// failure the temp file is left for the next write of that file to replace.
-fn sync_temps(
-    base: &OwnedFd,
+fn sync_temps<D: Disk>(
+    disk: &D,
+    base: &D::Dir,
     base_path: &Path,
-    files: Vec<Unsynced>,
+    files: Vec<Unsynced<D>>,
     mode: SyncMode,
     counters: &Counters,
 ) -> Vec<(usize, String, Result<(), StoreError>)> {
-    let fsync_one = |u: Unsynced| {
+    let fsync_one = |u: Unsynced<D>| {
         counters.file_fsync();
-        let r = u
-            .file
-            .sync_all()
+        let r = disk
+            .sync_file(&u.file)
             .map_err(|e| StoreError::io("fsync", u.path, e));
         (u.index, u.tmp, r)
     };
     match mode {
         SyncMode::FsyncEach => files.into_iter().map(fsync_one).collect(),
         SyncMode::FsyncParallel => {
-            let threads = files.len().min(PARALLEL_FSYNCS);
-            let mut lanes: Vec<Vec<Unsynced>> = (0..threads).map(|_| Vec::new()).collect();
+            let threads = files.len().min(disk.parallel_fsyncs()).max(1);
+            let mut lanes: Vec<Vec<Unsynced<D>>> = (0..threads).map(|_| Vec::new()).collect();
             for (n, f) in files.into_iter().enumerate() {
                 lanes[n % threads].push(f);
             }
@@ -500,7 +522,9 @@ fn sync_temps(
         }
         SyncMode::SyncFs => {
             counters.syncfs();
-            let r = syncfs(base).map_err(|e| StoreError::io("syncfs", base_path, e));
+            let r = disk
+                .syncfs(base)
+                .map_err(|e| StoreError::io("syncfs", base_path, e));
             files
                 .into_iter()
                 .map(|u| (u.index, u.tmp, r.clone()))
@@ -514,87 +538,86 @@ fn temp_name(name: &str) -> String {
     format!(".{name}{}", name::TEMP_SUFFIX)
 }
 
-fn remove(d: &OpenDir, name: &str) -> Result<(), StoreError> {
-    match unlinkat(&d.fd, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+fn remove<D: Disk>(disk: &D, d: &OpenDir<D>, name: &str) -> Result<(), StoreError> {
+    match disk.unlink(&d.fd, name.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if is_errno(&e, Errno::ENOENT) => Ok(()),
         Err(e) => Err(StoreError::io("unlink", d.path.join(name), e)),
     }
 }
 
+fn is_errno(e: &io::Error, errno: Errno) -> bool {
+    e.raw_os_error() == Some(errno as i32)
+}
+
 /// Creates the temp file exclusively, sets mode and owner, writes `content`; no fsync.
-fn write_temp_unsynced(
-    d: &OpenDir,
+fn write_temp_unsynced<D: Disk>(
+    disk: &D,
+    d: &OpenDir<D>,
     tmp: &str,
     content: &[u8],
     mode: u32,
-) -> Result<File, StoreError> {
+) -> Result<D::File, StoreError> {
     let path = || d.path.join(tmp);
-    remove(d, tmp)?;
-    let fd = openat(
-        &d.fd,
-        tmp,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(mode),
-    )
-    .map_err(|e| StoreError::io("create", path(), e))?;
+    remove(disk, d, tmp)?;
+    let mut file = disk
+        .create(&d.fd, tmp.as_bytes(), mode)
+        .map_err(|e| StoreError::io("create", path(), e))?;
     let result = (|| {
-        fchmod(&fd, Mode::from_bits_truncate(mode))
+        disk.chmod(&file, mode)
             .map_err(|e| StoreError::io("chmod", path(), e))?;
         if let Some((uid, gid)) = d.chown {
-            fchown(&fd, Some(uid), Some(gid)).map_err(|e| StoreError::io("chown", path(), e))?;
+            disk.chown(&file, uid, gid)
+                .map_err(|e| StoreError::io("chown", path(), e))?;
         }
-        let mut file = File::from(fd);
-        file.write_all(content)
-            .map_err(|e| StoreError::io("write", path(), e))?;
-        Ok(file)
+        disk.write_all(&mut file, content)
+            .map_err(|e| StoreError::io("write", path(), e))
     })();
-    if result.is_err() {
-        let _ = unlinkat(&d.fd, tmp, UnlinkatFlags::NoRemoveDir);
+    match result {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            drop(file);
+            let _ = disk.unlink(&d.fd, tmp.as_bytes());
+            Err(e)
+        }
     }
-    result
 }
 
-fn write_temp(d: &OpenDir, tmp: &str, content: &[u8], mode: u32) -> Result<(), StoreError> {
-    let file = write_temp_unsynced(d, tmp, content, mode)?;
-    file.sync_all()
+fn write_temp<D: Disk>(
+    disk: &D,
+    d: &OpenDir<D>,
+    tmp: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<(), StoreError> {
+    let file = write_temp_unsynced(disk, d, tmp, content, mode)?;
+    disk.sync_file(&file)
         .map_err(|e| StoreError::io("fsync", d.path.join(tmp), e))
 }
 
-fn rename_temp(d: &OpenDir, tmp: &str, name: &str) -> Result<(), StoreError> {
-    renameat(&d.fd, tmp, &d.fd, name).map_err(|e| {
-        let _ = unlinkat(&d.fd, tmp, UnlinkatFlags::NoRemoveDir);
-        StoreError::io("rename", d.path.join(name), e)
-    })
+fn rename_temp<D: Disk>(disk: &D, d: &OpenDir<D>, tmp: &str, name: &str) -> Result<(), StoreError> {
+    disk.rename(&d.fd, tmp.as_bytes(), &d.fd, name.as_bytes())
+        .map_err(|e| {
+            let _ = disk.unlink(&d.fd, tmp.as_bytes());
+            StoreError::io("rename", d.path.join(name), e)
+        })
 }
 
 /// Reads the state file: `None` when missing or shorter than 4 bytes.
-fn read_state(base: &OwnedFd, path: &Path) -> Result<Option<i32>, StoreError> {
-    let fd = match openat(
-        base,
-        STATE_FILE,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => {
+fn read_state<D: Disk>(disk: &D, base: &D::Dir, path: &Path) -> Result<Option<i32>, StoreError> {
+    let buf = match disk.read_head(base, STATE_FILE.as_bytes(), 4) {
+        Ok(buf) => buf,
+        Err(e) if is_errno(&e, Errno::ENOENT) => {
             tracing::info!(path = %path.display(), "initializing NSM state");
             return Ok(None);
         }
         Err(e) => {
             return Err(StoreError::StateUnreadable {
                 path: path.to_owned(),
-                source: Arc::new(e.into()),
+                source: Arc::new(e),
             });
         }
     };
-    let mut buf = Vec::with_capacity(4);
-    File::from(fd)
-        .take(4)
-        .read_to_end(&mut buf)
-        .map_err(|e| StoreError::StateUnreadable {
-            path: path.to_owned(),
-            source: Arc::new(e),
-        })?;
     match <[u8; 4]>::try_from(buf.as_slice()) {
         Ok(b) => Ok(Some(i32::from_ne_bytes(b))),
         Err(_) => {
@@ -609,15 +632,15 @@ fn read_state(base: &OwnedFd, path: &Path) -> Result<Option<i32>, StoreError> {
 /// the records written in it. An existing directory is left as it is; anything else at `path`
 /// is an error.
 pub fn create_dir_durably(path: &Path) -> Result<(), StoreError> {
-    mkdir(path, true)
+    mkdir(&RealDisk, path, true)
 }
 
 /// Creates a directory (mode exactly 0755) if it is missing; checks it is a directory. A
 /// directory it creates is made durable (its parent is fsynced): otherwise a power cut could
 /// take `sm/`, or the whole state directory, with every record written in it since.
-fn mkdir(path: &Path, recursive: bool) -> Result<(), StoreError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
+fn mkdir<D: Disk>(disk: &D, path: &Path, recursive: bool) -> Result<(), StoreError> {
+    match disk.stat_path(path) {
+        Ok(FileKind::Directory) => return Ok(()),
         Ok(_) => {
             return Err(StoreError::NotADirectory {
                 path: path.to_owned(),
@@ -628,75 +651,52 @@ fn mkdir(path: &Path, recursive: bool) -> Result<(), StoreError> {
     }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let (true, Some(parent)) = (recursive, parent) {
-        mkdir(parent, true)?;
+        mkdir(disk, parent, true)?;
     }
-    match std::fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+    match disk.mkdir(path, DIR_MODE) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return mkdir(path, false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return mkdir(disk, path, false),
         Err(e) => return Err(StoreError::io("create directory", path, e)),
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))
+    disk.chmod_path(path, DIR_MODE)
         .map_err(|e| StoreError::io("chmod", path, e))?;
     if let Some(parent) = parent {
-        let fd = open_dir_fd(None, parent)?;
-        fsync(&fd).map_err(|e| StoreError::io("fsync", parent, e))?;
+        let fd = open_dir_fd(disk, None, parent)?;
+        disk.sync_dir(&fd)
+            .map_err(|e| StoreError::io("fsync", parent, e))?;
     }
     Ok(())
 }
 
-fn open_dir_fd(at: Option<(&OwnedFd, &str)>, path: &Path) -> Result<OwnedFd, StoreError> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+fn open_dir_fd<D: Disk>(
+    disk: &D,
+    at: Option<(&D::Dir, &str)>,
+    path: &Path,
+) -> Result<D::Dir, StoreError> {
     let r = match at {
-        Some((base, name)) => openat(base, name, flags, Mode::empty()),
-        None => nix::fcntl::open(path, flags, Mode::empty()),
+        Some((base, name)) => disk.open_dir_at(base, name.as_bytes()),
+        None => disk.open_dir(path),
     };
-    r.map_err(|e| match e {
-        Errno::ENOTDIR => StoreError::NotADirectory {
-            path: path.to_owned(),
-        },
-        e => StoreError::io("open directory", path, e),
+    r.map_err(|e| {
+        if is_errno(&e, Errno::ENOTDIR) {
+            StoreError::NotADirectory {
+                path: path.to_owned(),
+            }
+        } else {
+            StoreError::io("open directory", path, e)
+        }
     })
 }
 
 /// The names in a directory (without `.` and `..`).
-fn list(d: &OpenDir) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut dir = NixDir::openat(
-        &d.fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| StoreError::io("open directory", &d.path, e))?;
-    let mut names = Vec::new();
-    for entry in dir.iter() {
-        let entry = entry.map_err(|e| StoreError::io("list directory", &d.path, e))?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(name.to_vec());
-        }
-    }
-    Ok(names)
-}
-
-fn is_regular(st: &FileStat) -> bool {
-    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
-}
-
-fn kind(st: &FileStat) -> &'static str {
-    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
-        SFlag::S_IFDIR => "directory",
-        SFlag::S_IFLNK => "symbolic link",
-        SFlag::S_IFIFO => "FIFO",
-        SFlag::S_IFSOCK => "socket",
-        SFlag::S_IFCHR => "character device",
-        SFlag::S_IFBLK => "block device",
-        _ => "unknown file type",
-    }
+fn list<D: Disk>(disk: &D, d: &OpenDir<D>) -> Result<Vec<Vec<u8>>, StoreError> {
+    disk.list(&d.fd)
+        .map_err(|e| StoreError::io("list directory", &d.path, e))
 }
 
 /// Removes `name` if it is `.X.new` for a valid record file name `X` and a regular file (not
 /// followed); whether it did.
-fn interrupted_write(d: &OpenDir, name: &[u8]) -> bool {
+fn interrupted_write<D: Disk>(disk: &D, d: &OpenDir<D>, name: &[u8]) -> bool {
     let Some(file) = name
         .strip_prefix(b".")
         .and_then(|n| n.strip_suffix(name::TEMP_SUFFIX.as_bytes()))
@@ -706,12 +706,12 @@ fn interrupted_write(d: &OpenDir, name: &[u8]) -> bool {
     if file_name(file).is_err() {
         return false;
     }
-    match fstatat(&d.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) if is_regular(&st) => {}
+    match disk.lstat(&d.fd, name) {
+        Ok(FileKind::Regular) => {}
         _ => return false,
     }
     // unlinkat removes the name, whatever it points to now: never follows a symlink.
-    match unlinkat(&d.fd, name, UnlinkatFlags::NoRemoveDir) {
+    match disk.unlink(&d.fd, name) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(path = %d.path.join(OsStr::from_bytes(name)).display(), "cannot remove a temporary file of an interrupted write: {e}");
@@ -721,42 +721,35 @@ fn interrupted_write(d: &OpenDir, name: &[u8]) -> bool {
 }
 
 /// Reads and parses one record file (never modifies it).
-fn load_file(d: &OpenDir, bytes: &[u8]) -> Result<(String, Vec<Record>), SkipReason> {
+fn load_file<D: Disk>(
+    disk: &D,
+    d: &OpenDir<D>,
+    bytes: &[u8],
+) -> Result<(String, Vec<Record>), SkipReason> {
     let name = name::checked(bytes, NAME_MAX)
         .map_err(SkipReason::BadName)?
         .to_owned();
-    let st = fstatat(&d.fd, bytes, AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(|e| SkipReason::Unreadable(Arc::new(e.into())))?;
-    if !is_regular(&st) {
-        return Err(SkipReason::NotRegular { kind: kind(&st) });
+    let unreadable = |e: io::Error| SkipReason::Unreadable(Arc::new(e));
+    let kind = disk.lstat(&d.fd, bytes).map_err(unreadable)?;
+    if kind != FileKind::Regular {
+        return Err(SkipReason::NotRegular {
+            kind: kind.describe(),
+        });
     }
-    // O_NOFOLLOW + O_NONBLOCK + fstat: the file cannot be swapped for a symlink or a FIFO
-    // between the lstat above and the read.
-    let fd = openat(
-        &d.fd,
-        bytes,
-        OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY
-            | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| SkipReason::Unreadable(Arc::new(e.into())))?;
-    let st = fstat(&fd).map_err(|e| SkipReason::Unreadable(Arc::new(e.into())))?;
-    if !is_regular(&st) {
-        return Err(SkipReason::NotRegular { kind: kind(&st) });
-    }
-    let mut content = Vec::new();
-    File::from(fd)
-        .take(MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut content)
-        .map_err(|e| SkipReason::Unreadable(Arc::new(e)))?;
+    let (size, content) = match disk
+        .read_file(&d.fd, bytes, MAX_FILE_BYTES as u64 + 1)
+        .map_err(unreadable)?
+    {
+        Opened::Regular { size, content } => (size, content),
+        Opened::Other(kind) => {
+            return Err(SkipReason::NotRegular {
+                kind: kind.describe(),
+            });
+        }
+    };
     if content.len() > MAX_FILE_BYTES {
         return Err(SkipReason::TooLarge {
-            size: u64::try_from(st.st_size)
-                .unwrap_or(0)
-                .max(content.len() as u64),
+            size: size.max(content.len() as u64),
             max: MAX_FILE_BYTES,
         });
     }
@@ -777,7 +770,11 @@ fn load_file(d: &OpenDir, bytes: &[u8]) -> Result<(String, Vec<Record>), SkipRea
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::os::unix::fs::{MetadataExt, symlink};
+    use std::fs::File;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    use nix::sys::stat::Mode;
+    use nix::unistd::{Gid, Uid, geteuid};
 
     use super::*;
     use crate::{NameError, ParseError};

@@ -88,6 +88,7 @@
 
 mod commit;
 mod dir;
+mod disk;
 mod error;
 mod name;
 mod record;
@@ -95,6 +96,7 @@ mod sync;
 
 pub use commit::Committer;
 pub use dir::{Dir, LoadReport, MAX_FILE_BYTES, Skipped, StateDir, create_dir_durably};
+pub use disk::{Disk, FileKind, Opened, RealDisk};
 pub use error::{Field, NameError, ParseError, SkipReason, StoreError};
 pub use name::{MAX_FILE_NAME, file_name};
 pub use record::{MAX_LINE_LEN, MAX_NAMES_LEN, PRIV_SIZE, Record, SM_MAXSTRLEN};
