@@ -129,6 +129,50 @@ impl<D: Disk> Committer<D> {
     }
 }
 
+/// The batches of a [`Committer::manual`]: the caller decides when a batch runs, and which
+/// commits it holds, so that a simulation is deterministic. Feature `sim`.
+#[cfg(feature = "sim")]
+#[derive(Debug)]
+pub struct ManualBatches<D: Disk> {
+    rx: mpsc::Receiver<Request>,
+    shared: Arc<Shared<D>>,
+    mode: SyncMode,
+}
+
+#[cfg(feature = "sim")]
+impl<D: Disk> Committer<D> {
+    /// A committer without its thread: commits queue up until [`ManualBatches::run`] handles
+    /// them, on the caller's thread, with the same code the thread runs.
+    pub fn manual(state_dir: Arc<StateDir<D>>, mode: SyncMode) -> (Self, ManualBatches<D>) {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            state_dir,
+            counters: Counters::default(),
+        });
+        let batches = ManualBatches {
+            rx,
+            shared: Arc::clone(&shared),
+            mode,
+        };
+        (Self { tx, shared }, batches)
+    }
+}
+
+#[cfg(feature = "sim")]
+impl<D: Disk> ManualBatches<D> {
+    /// Handles the oldest `max` queued commits (at most) as one batch, as the commit thread
+    /// does with everything queued; returns how many it handled. Their futures are ready when
+    /// it returns.
+    pub fn run(&self, max: usize) -> usize {
+        let batch: Vec<Request> = self.rx.try_iter().take(max).collect();
+        let n = batch.len();
+        if n > 0 {
+            process(&self.shared, self.mode, batch);
+        }
+        n
+    }
+}
+
 fn run<D: Disk>(rx: &mpsc::Receiver<Request>, shared: &Shared<D>, mode: SyncMode) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];

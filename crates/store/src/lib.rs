@@ -92,12 +92,18 @@ mod disk;
 mod error;
 mod name;
 mod record;
+#[cfg(feature = "sim")]
+mod sim;
 mod sync;
 
 pub use commit::Committer;
+#[cfg(feature = "sim")]
+pub use commit::ManualBatches;
 pub use dir::{Dir, LoadReport, MAX_FILE_BYTES, Skipped, StateDir, create_dir_durably};
 pub use disk::{Disk, FileKind, Opened, RealDisk};
 pub use error::{Field, NameError, ParseError, SkipReason, StoreError};
 pub use name::{MAX_FILE_NAME, file_name};
 pub use record::{MAX_LINE_LEN, MAX_NAMES_LEN, PRIV_SIZE, Record, SM_MAXSTRLEN};
+#[cfg(feature = "sim")]
+pub use sim::{InjectedError, SimDir, SimDisk, SimFile, SimOp};
 pub use sync::{CommitStats, SyncMode};
