@@ -96,7 +96,19 @@ pub struct Skipped {
 pub struct StateDir<D: Disk = RealDisk> {
     disk: D,
     base: PathBuf,
-    lock: Mutex<()>,
+    lock: Mutex<Pending>,
+}
+
+/// What the writes of this `StateDir` still owe the disk (under its lock).
+#[derive(Debug, Default)]
+struct Pending {
+    /// A [`StateDir::retire`] moved files but could not fsync `sm.bak/`: `sm/` must not be
+    /// fsynced before `sm.bak/` is, or the removals from `sm/` could reach the disk without
+    /// the files' new names in `sm.bak/`, and a power cut would lose those peers.
+    bak_unsynced: bool,
+    /// A write of the state file failed at or after its rename: the number in the file may
+    /// not be durable, and must be before it is handed out.
+    state_unsynced: bool,
 }
 
 /// One file to write in a batch.
@@ -116,7 +128,10 @@ struct OpenDir<D: Disk> {
 
 impl StateDir {
     /// Opens (creating `base`, `sm/` and `sm.bak/` if missing, mode 0755 like nfs-utils'
-    /// install) without touching existing files' ownership or modes.
+    /// install) without touching existing files' ownership or modes. Every directory it
+    /// creates is made durable (its parent is fsynced); and at every open, `base` and its
+    /// parent are fsynced, so that directories left by an earlier attempt that failed half-way
+    /// are durable too before anything is written in them.
     pub fn open(base: &Path) -> Result<Self, StoreError> {
         Self::open_on(RealDisk, base)
     }
@@ -130,10 +145,41 @@ impl<D: Disk> StateDir<D> {
         for d in [Dir::Sm, Dir::Bak] {
             mkdir(&disk, &base.join(d.name()), false)?;
         }
+        // A directory made by an attempt that failed (or crashed) before its parent was
+        // fsynced exists without being durable, and nothing tells it from one that is: so the
+        // layout is made durable at every open (`sm/`, `sm.bak/` and `base` itself), or a
+        // power cut could take a directory with every record acknowledged in it since.
+        // Found by the store's simulation (tests/sim.rs, seed 0).
+        // And sm.bak/ first: a retire cut short by a crash of the process may have left moves
+        // that the next fsync of sm/ would otherwise make half durable (see `bak_before_sm`).
+        let fd = open_dir_fd(&disk, None, &base)?;
+        let bak = base.join(Dir::Bak.name());
+        let bak_fd = open_dir_fd(&disk, Some((&fd, Dir::Bak.name())), &bak)?;
+        disk.sync_dir(&bak_fd)
+            .map_err(|e| StoreError::io("fsync", &bak, e))?;
+        disk.sync_dir(&fd)
+            .map_err(|e| StoreError::io("fsync", &base, e))?;
+        if let Some(parent) = base.parent() {
+            // The parent may be one nsmd cannot read (a service instance's directory under a
+            // 0711 mount point): then only warn. An I/O error fails (tests/sim.rs, seed 824).
+            match disk.open_dir(parent) {
+                Ok(fd) => disk
+                    .sync_dir(&fd)
+                    .map_err(|e| StoreError::io("fsync", parent, e))?,
+                Err(e) if is_errno(&e, Errno::EACCES) || is_errno(&e, Errno::EPERM) => {
+                    tracing::warn!(
+                        "cannot open {} to make {} durable: {e}; if it was created just now, a power cut may take it",
+                        parent.display(),
+                        base.display()
+                    );
+                }
+                Err(e) => return Err(StoreError::io("open directory", parent, e)),
+            }
+        }
         Ok(Self {
             disk,
             base,
-            lock: Mutex::new(()),
+            lock: Mutex::new(Pending::default()),
         })
     }
 
@@ -152,8 +198,24 @@ impl<D: Disk> StateDir<D> {
         self.base.join(dir.name()).join(file)
     }
 
-    fn guard(&self) -> MutexGuard<'_, ()> {
+    fn guard(&self) -> MutexGuard<'_, Pending> {
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Before an fsync of `sm/`: fsyncs `sm.bak/` if a failed [`retire`](Self::retire) left
+    /// moves in it that are not durable (tests/sim.rs, seed 109: otherwise the next record
+    /// written in `sm/` made the move's removal durable without its arrival, and a power cut
+    /// lost an acknowledged peer).
+    fn bak_before_sm(&self, g: &mut Pending, base: &D::Dir) -> Result<(), StoreError> {
+        if !g.bak_unsynced {
+            return Ok(());
+        }
+        let bak = self.open_dir(base, Dir::Bak)?;
+        self.disk
+            .sync_dir(&bak.fd)
+            .map_err(|e| StoreError::io("fsync", &bak.path, e))?;
+        g.bak_unsynced = false;
+        Ok(())
     }
 
     fn open_base(&self) -> Result<D::Dir, StoreError> {
@@ -196,7 +258,7 @@ impl<D: Disk> StateDir<D> {
     #[allow(clippy::type_complexity)]
     pub fn load(&self, dir: Dir) -> Result<(Vec<(String, Record)>, LoadReport), StoreError> {
         // Not while this process writes: its own temp files would look like leftovers.
-        let _g = self.guard();
+        let mut g = self.guard();
         let base = self.open_base()?;
         let d = self.open_dir(&base, dir)?;
         let mut report = LoadReport::default();
@@ -232,8 +294,17 @@ impl<D: Disk> StateDir<D> {
         }
         if !report.removed.is_empty() {
             // Made durable, so that a power cut does not bring them back to be reported again.
-            if let Err(e) = self.disk.sync_dir(&d.fd) {
-                tracing::warn!(path = %d.path.display(), "cannot fsync after removing temporary files: {e}");
+            let synced = match dir {
+                Dir::Sm => self.bak_before_sm(&mut g, &base),
+                Dir::Bak => Ok(()),
+            }
+            .and_then(|()| {
+                self.disk
+                    .sync_dir(&d.fd)
+                    .map_err(|e| StoreError::io("fsync", &d.path, e))
+            });
+            if let Err(e) = synced {
+                tracing::warn!("cannot make the removal of temporary files durable: {e}");
             }
         }
         Ok((out, report))
@@ -251,7 +322,7 @@ impl<D: Disk> StateDir<D> {
     /// is an error rather than a reset to 1 (a reset would make the number go down), and so
     /// is an overflow past `i32::MAX`.
     pub fn state(&self, update: bool) -> Result<i32, StoreError> {
-        let _g = self.guard();
+        let mut g = self.guard();
         let base = self.open_base()?;
         let path = self.base.join(STATE_FILE);
         let (state, write) = match read_state(&self.disk, &base, &path)? {
@@ -259,6 +330,14 @@ impl<D: Disk> StateDir<D> {
             Some(s) => (if s & 1 == 0 { s.wrapping_add(1) } else { s }, update),
         };
         if !write {
+            if g.state_unsynced {
+                // The number read may be one whose write failed after its rename: handed out
+                // now, it could go back at a power cut (tests/sim.rs, seed 566).
+                self.disk
+                    .sync_dir(&base)
+                    .map_err(|e| StoreError::io("fsync", &self.base, e))?;
+                g.state_unsynced = false;
+            }
             return Ok(state);
         }
         let Some(state) = state.checked_add(2) else {
@@ -272,18 +351,23 @@ impl<D: Disk> StateDir<D> {
         };
         let disk = &self.disk;
         write_temp(disk, &open, &tmp, &state.to_ne_bytes(), STATE_MODE)?;
+        // From the rename on, the file may hold a number that is not durable.
+        g.state_unsynced = true;
         rename_temp(disk, &open, &tmp, STATE_FILE)?;
         disk.sync_dir(&open.fd)
             .map_err(|e| StoreError::io("fsync", &self.base, e))?;
+        g.state_unsynced = false;
         tracing::debug!(state, path = %path.display(), "state number written");
         Ok(state)
     }
 
     /// Moves every regular, non-dot file of `sm/` to `sm.bak/` (rename, overwriting a file of
-    /// the same name like nfs-utils), then fsyncs `sm.bak/` and `sm/`. Temporary-file
+    /// the same name like nfs-utils; a name left in `sm/` because it was a second link to the
+    /// file in `sm.bak/` is removed), then fsyncs `sm.bak/` and `sm/`. A file that cannot be
+    /// looked at or moved stops the move with an error (`sm.bak/` and `sm/` are still fsynced). Temporary-file
     /// leftovers (`X.new`) stay in `sm/`. Returns how many files moved.
     pub fn retire(&self) -> Result<usize, StoreError> {
-        let _g = self.guard();
+        let mut g = self.guard();
         let base = self.open_base()?;
         let sm = self.open_dir(&base, Dir::Sm)?;
         let bak = self.open_dir(&base, Dir::Bak)?;
@@ -297,7 +381,18 @@ impl<D: Disk> StateDir<D> {
             }
             match disk.lstat(&sm.fd, bytes) {
                 Ok(FileKind::Regular) => {}
-                _ => continue,
+                Ok(_) => continue,
+                Err(e) if is_errno(&e, Errno::ENOENT) => continue,
+                // A record that cannot be looked at is not "not a record": reporting success
+                // would leave a monitored peer in sm/, never notified (tests/sim.rs, seed 2).
+                Err(e) => {
+                    result = Err(StoreError::io(
+                        "stat",
+                        sm.path.join(OsStr::from_bytes(bytes)),
+                        e,
+                    ));
+                    break;
+                }
             }
             if let Err(e) = disk.rename(&sm.fd, bytes, &bak.fd, bytes) {
                 result = Err(StoreError::io(
@@ -307,10 +402,33 @@ impl<D: Disk> StateDir<D> {
                 ));
                 break;
             }
+            // rename() does nothing when both names are links to one file, which a power cut
+            // between the two fsyncs below leaves on a file system that makes each
+            // directory durable on its own (tests/sim.rs, seed 29): the name in sm/ is then
+            // removed, or the peer would stay monitored in sm/ as well as in sm.bak/.
+            let still = match disk.lstat(&sm.fd, bytes) {
+                Err(e) if is_errno(&e, Errno::ENOENT) => Ok(()),
+                Err(e) => Err(StoreError::io(
+                    "stat",
+                    sm.path.join(OsStr::from_bytes(bytes)),
+                    e,
+                )),
+                Ok(_) => disk.unlink(&sm.fd, bytes).map_err(|e| {
+                    StoreError::io("unlink", sm.path.join(OsStr::from_bytes(bytes)), e)
+                }),
+            };
+            if let Err(e) = still {
+                result = Err(e);
+                break;
+            }
             moved += 1;
         }
-        disk.sync_dir(&bak.fd)
-            .map_err(|e| StoreError::io("fsync", &bak.path, e))?;
+        if let Err(e) = disk.sync_dir(&bak.fd) {
+            // Until sm.bak/ is durable, nothing may make the removals from sm/ durable.
+            g.bak_unsynced |= moved > 0;
+            return Err(StoreError::io("fsync", &bak.path, e));
+        }
+        g.bak_unsynced = false;
         disk.sync_dir(&sm.fd)
             .map_err(|e| StoreError::io("fsync", &sm.path, e))?;
         result.map(|()| moved)
@@ -351,7 +469,7 @@ impl<D: Disk> StateDir<D> {
         mode: SyncMode,
         counters: &Counters,
     ) -> Vec<Result<(), StoreError>> {
-        let _g = self.guard();
+        let mut g = self.guard();
         let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); items.len()];
         let base = match self.open_base() {
             Ok(b) => b,
@@ -422,9 +540,16 @@ impl<D: Disk> StateDir<D> {
         // Phase 4: one fsync per directory that changed.
         for (which, d, dirty) in &dirs {
             let (Ok(d), true) = (d, *dirty) else { continue };
+            let before = match which {
+                Dir::Sm => self.bak_before_sm(&mut g, &base),
+                Dir::Bak => Ok(()),
+            };
             counters.dir_fsync();
-            if let Err(e) = disk.sync_dir(&d.fd) {
-                let e = StoreError::io("fsync", &d.path, e);
+            let synced = before.and_then(|()| {
+                disk.sync_dir(&d.fd)
+                    .map_err(|e| StoreError::io("fsync", &d.path, e))
+            });
+            if let Err(e) = synced {
                 for (i, item) in items.iter().enumerate() {
                     if item.dir == *which && results[i].is_ok() {
                         results[i] = Err(e.clone());
