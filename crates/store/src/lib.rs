@@ -63,6 +63,9 @@
 //!   fsyncs it, renames it over the target and fsyncs the directory before it returns
 //!   ([`StateDir::write`] lists the system calls). The first record for a host is written the
 //!   same way (nfs-utils writes it in place with `O_EXCL|O_SYNC`).
+//!   [`StateDir::open`] fsyncs `sm.bak/`, the state directory and its parent each time, so
+//!   that directories an interrupted earlier start created are durable before records are
+//!   written in them.
 //! - **Temporary names**: `.<name>.new` (nfs-utils 2.8's scheme, skipped by every scan) rather
 //!   than 2.6's `<name>.new`, which a 2.6 scan would load as a host. Temps of both schemes
 //!   are never loaded; [`StateDir::load`] removes those of an interrupted write in nsmd's

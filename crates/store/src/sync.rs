@@ -31,7 +31,7 @@ pub enum SyncMode {
     SyncFs,
 }
 
-/// Counters of a [`Committer`], for tests and metrics.
+/// Counters of a [`Committer`](crate::Committer), for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// Commit requests received.
