@@ -770,6 +770,23 @@ fn store_survives_power_cuts_crashes_and_disk_errors() {
     }
 }
 
+/// A seed replays exactly: the same calls, results, stops and checks, in the same order.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 29, 109] {
+        let runs: Vec<(Result<Counts, String>, Vec<String>)> = (0..2)
+            .map(|_| {
+                let mut sim = Sim::new(seed);
+                let r = sim.run();
+                (r, std::mem::take(&mut sim.trace))
+            })
+            .collect();
+        assert!(runs[0].0.is_ok(), "{:?}", runs[0].0);
+        assert!(runs[0].1.len() > STEPS, "seed {seed}: a short trace");
+        assert_eq!(runs[0].1, runs[1].1, "seed {seed} ran differently twice");
+    }
+}
+
 /// The simulated disk keeps what the strict model says, and nothing else.
 #[test]
 fn sim_disk_loses_what_was_not_made_durable() {
