@@ -129,9 +129,10 @@ struct OpenDir<D: Disk> {
 impl StateDir {
     /// Opens (creating `base`, `sm/` and `sm.bak/` if missing, mode 0755 like nfs-utils'
     /// install) without touching existing files' ownership or modes. Every directory it
-    /// creates is made durable (its parent is fsynced); and at every open, `base` and its
-    /// parent are fsynced, so that directories left by an earlier attempt that failed half-way
-    /// are durable too before anything is written in them.
+    /// creates is made durable (its parent is fsynced); and at every open `sm.bak/`, `base`
+    /// and its parent are fsynced, so that what an earlier attempt or process left half done
+    /// is durable before anything is written (three directory fsyncs; an unreadable parent,
+    /// `EACCES`, is only logged).
     pub fn open(base: &Path) -> Result<Self, StoreError> {
         Self::open_on(RealDisk, base)
     }
@@ -145,13 +146,13 @@ impl<D: Disk> StateDir<D> {
         for d in [Dir::Sm, Dir::Bak] {
             mkdir(&disk, &base.join(d.name()), false)?;
         }
-        // A directory made by an attempt that failed (or crashed) before its parent was
-        // fsynced exists without being durable, and nothing tells it from one that is: so the
-        // layout is made durable at every open (`sm/`, `sm.bak/` and `base` itself), or a
-        // power cut could take a directory with every record acknowledged in it since.
-        // Found by the store's simulation (tests/sim.rs, seed 0).
-        // And sm.bak/ first: a retire cut short by a crash of the process may have left moves
-        // that the next fsync of sm/ would otherwise make half durable (see `bak_before_sm`).
+        // Made durable at every open, whether created now or not (tests/sim.rs):
+        // - `sm.bak/` first: a retire cut short by a crash of the process may have moved files
+        //   that the next fsync of `sm/` would make half durable (see `bak_before_sm`);
+        // - `base` and its parent: a directory made by an attempt that failed or crashed before
+        //   its parent was fsynced exists without being durable, and nothing tells it from one
+        //   that is; a power cut could take it with every record acknowledged in it since
+        //   (seeds 0 and 824).
         let fd = open_dir_fd(&disk, None, &base)?;
         let bak = base.join(Dir::Bak.name());
         let bak_fd = open_dir_fd(&disk, Some((&fd, Dir::Bak.name())), &bak)?;
@@ -161,7 +162,7 @@ impl<D: Disk> StateDir<D> {
             .map_err(|e| StoreError::io("fsync", &base, e))?;
         if let Some(parent) = base.parent() {
             // The parent may be one nsmd cannot read (a service instance's directory under a
-            // 0711 mount point): then only warn. An I/O error fails (tests/sim.rs, seed 824).
+            // 0711 mount point): then only warn. An I/O error fails.
             match disk.open_dir(parent) {
                 Ok(fd) => disk
                     .sync_dir(&fd)
