@@ -373,6 +373,8 @@ impl<D: Disk> StateDir<D> {
         let sm = self.open_dir(&base, Dir::Sm)?;
         let bak = self.open_dir(&base, Dir::Bak)?;
         let mut moved = 0;
+        // Whether a rename was made (even one whose file is not counted in `moved`).
+        let mut renamed = false;
         let mut result = Ok(());
         let disk = &self.disk;
         for entry in list(disk, &sm)? {
@@ -403,6 +405,7 @@ impl<D: Disk> StateDir<D> {
                 ));
                 break;
             }
+            renamed = true;
             // rename() does nothing when both names are links to one file, which a power cut
             // between the two fsyncs below leaves on a file system that makes each
             // directory durable on its own (tests/sim.rs, seed 29): the name in sm/ is then
@@ -426,7 +429,9 @@ impl<D: Disk> StateDir<D> {
         }
         if let Err(e) = disk.sync_dir(&bak.fd) {
             // Until sm.bak/ is durable, nothing may make the removals from sm/ durable.
-            g.bak_unsynced |= moved > 0;
+            // (tests/sim.rs, seed 21009: counting only `moved` missed a rename whose check
+            // below failed.)
+            g.bak_unsynced |= renamed;
             return Err(StoreError::io("fsync", &bak.path, e));
         }
         g.bak_unsynced = false;

@@ -44,7 +44,8 @@
 //! created by a failed attempt was never made durable), 2 (retire skipped a file it could not
 //! stat and returned Ok), 29 (a file linked in sm/ and sm.bak/ after a cut stayed in sm/), 109
 //! (a failed retire's removals from sm/ made durable by the next write, without the arrivals in
-//! sm.bak/), 566 (a state number not yet durable handed out).
+//! sm.bak/), 566 (a state number not yet durable handed out), 21009 (the fix of 109 missed a
+//! rename whose check afterwards failed).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -341,6 +342,12 @@ impl Sim {
             out.push_str(l);
             out.push('\n');
         }
+        let injected = self.disk.injected();
+        let recent: Vec<String> = injected[injected.len().saturating_sub(12)..]
+            .iter()
+            .map(|i| format!("op {} {:?} {}", i.op, i.kind, i.errno))
+            .collect();
+        out.push_str(&format!("last injected errors: {}\n", recent.join(", ")));
         out.push_str(&format!(
             "replay: NSMD_SIM_SEED={} cargo test -p nsm-store --test sim",
             self.seed
