@@ -792,3 +792,141 @@ impl Disk for SimDisk {
         1
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn setup() -> (SimDisk, SimDir, SimDir, SimDir) {
+        let d = SimDisk::new(7);
+        for p in ["/s", "/s/a", "/s/b"] {
+            d.mkdir(Path::new(p), 0o755).unwrap();
+        }
+        let root = d.open_dir(Path::new("/")).unwrap();
+        d.syncfs(&root).unwrap();
+        let s = d.open_dir(Path::new("/s")).unwrap();
+        let a = d.open_dir_at(&s, b"a").unwrap();
+        let b = d.open_dir_at(&s, b"b").unwrap();
+        (d, s, a, b)
+    }
+
+    fn file(d: &SimDisk, dir: &SimDir, name: &[u8], data: &[u8], sync: bool) {
+        let mut f = d.create(dir, name, 0o600).unwrap();
+        d.write_all(&mut f, data).unwrap();
+        if sync {
+            d.sync_file(&f).unwrap();
+        }
+    }
+
+    fn names(d: &SimDisk, path: &str) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+        d.tree(Path::new(path))
+            .unwrap()
+            .into_iter()
+            .skip(1)
+            .collect()
+    }
+
+    #[test]
+    fn a_cut_keeps_fsynced_data_and_entries_of_fsynced_directories_only() {
+        let (d, _, a, b) = setup();
+        file(&d, &a, b"x", b"xx", true);
+        file(&d, &a, b"y", b"yy", false);
+        d.sync_dir(&a).unwrap();
+        file(&d, &a, b"z", b"zz", true); // entry never made durable
+        // x moves to b/: only b/ is fsynced, so after a cut x is in both (two links).
+        d.rename(&a, b"x", &b, b"x").unwrap();
+        d.sync_dir(&b).unwrap();
+        d.power_cut();
+        assert_eq!(
+            names(&d, "/s/a"),
+            vec![
+                (PathBuf::from("/s/a/x"), Some(b"xx".to_vec())),
+                (PathBuf::from("/s/a/y"), Some(Vec::new())),
+            ]
+        );
+        assert_eq!(
+            names(&d, "/s/b"),
+            vec![(PathBuf::from("/s/b/x"), Some(b"xx".to_vec()))]
+        );
+        // Handles from before the cut are dead.
+        assert_eq!(
+            d.list(&a).unwrap_err().raw_os_error(),
+            Some(Errno::EIO as i32)
+        );
+    }
+
+    #[test]
+    fn a_cut_keeping_entries_loses_only_data() {
+        let (d, _, a, _) = setup();
+        file(&d, &a, b"x", b"xx", false);
+        file(&d, &a, b"y", b"yy", true);
+        d.power_cut_keeping_entries();
+        assert_eq!(
+            names(&d, "/s/a"),
+            vec![
+                (PathBuf::from("/s/a/x"), Some(Vec::new())),
+                (PathBuf::from("/s/a/y"), Some(b"yy".to_vec())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_crash_keeps_everything_and_a_later_cut_still_loses_it() {
+        let (d, _, a, _) = setup();
+        file(&d, &a, b"x", b"xx", false);
+        d.restart();
+        assert_eq!(names(&d, "/s/a").len(), 1);
+        d.power_cut();
+        assert!(names(&d, "/s/a").is_empty());
+    }
+
+    #[test]
+    fn a_stopped_machine_changes_nothing() {
+        let (d, _, a, _) = setup();
+        d.die_at(d.ops() + 1);
+        let mut f = d.create(&a, b"x", 0o600).unwrap();
+        assert!(d.write_all(&mut f, b"data").is_err());
+        assert!(d.is_dead());
+        assert!(d.sync_dir(&a).is_err());
+        d.restart();
+        assert_eq!(
+            names(&d, "/s/a"),
+            vec![(PathBuf::from("/s/a/x"), Some(Vec::new()))]
+        );
+    }
+
+    #[test]
+    fn errors_are_injected_as_scheduled_or_for_a_while() {
+        let (d, _, a, b) = setup();
+        let at = d.ops();
+        d.fail_at(at + 1, Errno::ENOSPC);
+        let mut f = d.create(&a, b"x", 0o600).unwrap();
+        let e = d.write_all(&mut f, b"0123456789").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(Errno::ENOSPC as i32));
+        assert_eq!(
+            d.injected(),
+            vec![InjectedError {
+                op: at + 1,
+                kind: SimOp::Write,
+                errno: Errno::ENOSPC
+            }]
+        );
+        // A failed write may leave a part of its data (never more).
+        let (_, data) = names(&d, "/s/a").pop().unwrap();
+        assert!(b"0123456789".starts_with(&data.unwrap()));
+        d.set_read_only(true);
+        assert!(d.rename(&a, b"x", &b, b"x").is_err());
+        assert!(
+            d.sync_dir(&a).is_ok(),
+            "fsync still works on a read-only disk"
+        );
+        d.set_read_only(false);
+        d.set_full(true);
+        assert!(d.create(&a, b"y", 0o600).is_err());
+        assert!(d.unlink(&a, b"x").is_ok());
+        d.clear_faults();
+        assert!(d.create(&a, b"y", 0o600).is_ok());
+    }
+}
