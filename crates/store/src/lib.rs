@@ -87,6 +87,14 @@
 //!   error on the state file is an error, not a reset to 1 (which would make the number go
 //!   down). Files over [`MAX_FILE_BYTES`] are skipped.
 //! - nsmd does not write `/proc/sys/fs/nfs/nsm_local_state`; that is the caller's business.
+//!
+//! # The disk, and a simulated one
+//!
+//! Every file system call goes through the [`Disk`] trait; [`StateDir`] and [`Committer`] use
+//! [`RealDisk`] unless opened on another one ([`StateDir::open_on`]). The `sim` feature (tests
+//! only) adds `SimDisk`, an in-memory disk that loses at a simulated power cut what was not
+//! made durable and injects disk errors from a seed, and `Committer::manual`, whose batches the
+//! caller runs: `tests/sim.rs` runs the store over them, deterministically.
 #![warn(missing_docs)]
 
 mod commit;
