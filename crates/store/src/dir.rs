@@ -152,7 +152,7 @@ impl<D: Disk> StateDir<D> {
         // - `base` and its parent: a directory made by an attempt that failed or crashed before
         //   its parent was fsynced exists without being durable, and nothing tells it from one
         //   that is; a power cut could take it with every record acknowledged in it since
-        //   (seeds 0 and 824).
+        //   (seeds 167 and 824).
         let fd = open_dir_fd(&disk, None, &base)?;
         let bak = base.join(Dir::Bak.name());
         let bak_fd = open_dir_fd(&disk, Some((&fd, Dir::Bak.name())), &bak)?;
@@ -387,7 +387,7 @@ impl<D: Disk> StateDir<D> {
                 Ok(_) => continue,
                 Err(e) if is_errno(&e, Errno::ENOENT) => continue,
                 // A record that cannot be looked at is not "not a record": reporting success
-                // would leave a monitored peer in sm/, never notified (tests/sim.rs, seed 2).
+                // would leave a monitored peer in sm/, never notified (tests/sim.rs, seed 28).
                 Err(e) => {
                     result = Err(StoreError::io(
                         "stat",
@@ -408,7 +408,7 @@ impl<D: Disk> StateDir<D> {
             renamed = true;
             // rename() does nothing when both names are links to one file, which a power cut
             // between the two fsyncs below leaves on a file system that makes each
-            // directory durable on its own (tests/sim.rs, seed 29): the name in sm/ is then
+            // directory durable on its own (tests/sim.rs, seed 42): the name in sm/ is then
             // removed, or the peer would stay monitored in sm/ as well as in sm.bak/.
             let still = match disk.lstat(&sm.fd, bytes) {
                 Err(e) if is_errno(&e, Errno::ENOENT) => Ok(()),

@@ -40,9 +40,10 @@
 //! more of its trace (60 by default) and `NSMD_SIM_DEBUG=1` adds the disk's files after every
 //! step.
 //!
-//! Found so far (fixed in `dir.rs`, each comment names its seed): 0 and 824 (a directory
-//! created by a failed attempt was never made durable), 2 (retire skipped a file it could not
-//! stat and returned Ok), 29 (a file linked in sm/ and sm.bak/ after a cut stayed in sm/), 109
+//! Found so far (fixed in `dir.rs`, each comment names a seed that fails without its fix):
+//! 167 and 824 (a directory created by a failed attempt was never made durable), 28 (retire
+//! skipped a file it could not stat and returned Ok), 42 (a file linked in sm/ and sm.bak/
+//! after a cut stayed in sm/), 109
 //! (a failed retire's removals from sm/ made durable by the next write, without the arrivals in
 //! sm.bak/), 566 (a state number not yet durable handed out), 21009 (the fix of 109 missed a
 //! rename whose check afterwards failed).
