@@ -36,7 +36,8 @@
 //! Deterministic: one thread, the disk's errors and the operations drawn from the seed,
 //! ordered maps only, no clock in any decision. A failing seed prints itself and its trace;
 //! `NSMD_SIM_SEED=<n>` replays exactly that seed, `NSMD_SIM_SEEDS=<count>` runs seeds
-//! 0..count (default [`DEFAULT_SEEDS`]). For a failing seed, `NSMD_SIM_TRACE=<lines>` prints
+//! 0..count (default [`DEFAULT_SEEDS`]; `NSMD_SIM_FIRST=<n>` starts at n instead, for long
+//! runs beyond the ones already done). For a failing seed, `NSMD_SIM_TRACE=<lines>` prints
 //! more of its trace (60 by default) and `NSMD_SIM_DEBUG=1` adds the disk's files after every
 //! step.
 //!
@@ -743,7 +744,10 @@ fn env_u64(name: &str) -> Option<u64> {
 fn store_survives_power_cuts_crashes_and_disk_errors() {
     let seeds: Vec<u64> = match env_u64("NSMD_SIM_SEED") {
         Some(s) => vec![s],
-        None => (0..env_u64("NSMD_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+        None => {
+            let first = env_u64("NSMD_SIM_FIRST").unwrap_or(0);
+            (first..first + env_u64("NSMD_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect()
+        }
     };
     let started = Instant::now();
     let mut total = Counts::default();
