@@ -1,15 +1,22 @@
 //! CTDB drills against a real ctdbd (Debian's `ctdb`): two nodes, each a test host with its own
 //! `/run`, `/etc/ctdb`, `/var/lib/ctdb`, `/var/log/ctdb` and CTDB's legacy event scripts
-//! (`00.ctdb`, `10.interface` and nsmd's `62.nsmd`, enabled with `ctdb event script enable`),
-//! the cluster lock on a directory both see, two public addresses on the lab bridge, one nsmd
-//! instance per public address. Each service has a client running Debian's rpc.statd with a
-//! lockd stand-in; svc1 also has 1,000 clients played by the peer farm. After every move CTDB
-//! makes of svc1, each of its clients must be called back with the service's name and a state
-//! above every earlier one, the SM_NOTIFY coming from the public address; svc2's client hears
-//! nothing of svc1's moves. Drills: `ctdb moveip` both ways, kill -9 of nsmd on the holder (it
-//! resumes), `ctdb disable`/`enable`, `ctdb shutdown` of the holder and its restart, kill -9 of
-//! the holder's ctdbd (the survivor takes over by force, the old nsmd is fenced). The times are
-//! printed (BENCHMARKS.md), never asserted. Root only.
+//! (`00.ctdb`, `06.nfs`, `10.interface`, `60.nfs` and nsmd's `62.nsmd`, enabled with `ctdb
+//! event script enable`), the cluster lock on a directory both see, two public addresses on
+//! the lab bridge, one nsmd instance per public address. 60.nfs runs as the README configures
+//! it: `CTDB_NFS_CALLOUT` is nsmd's wrapper (`ctdb/nsmd-nfs-callout`) in front of Debian's
+//! `nfs-linux-kernel-callout`, which starts and stops rpc-statd (nsmd) through service(8).
+//! The test hosts have no init system and no kernel nfsd: their service(8) starts and stops
+//! nsmd and does nothing for nfs-kernel-server, and the nfs, nlockmgr, mountd and rquotad
+//! checks of nfs-checks.d are left out (portmapper and status run). Each service has a
+//! client running Debian's rpc.statd with a lockd stand-in; svc1 also has 1,000 clients
+//! played by the peer farm. After every move CTDB makes of svc1, each of its clients must be
+//! called back with the service's name and a state above every earlier one, the SM_NOTIFY
+//! coming from the public address; svc2's client hears nothing of svc1's moves, no client
+//! hears anything from a node's own address, and statd-callout's notify never restarts
+//! rpc-statd. Drills: `ctdb moveip` both ways, kill -9 of nsmd on the holder (it resumes),
+//! `ctdb disable`/`enable`, `ctdb shutdown` of the holder (60.nfs stops nsmd) and its restart,
+//! kill -9 of the holder's ctdbd (the survivor takes over by force, the old nsmd is fenced).
+//! The times are printed (BENCHMARKS.md), never asserted. Root only.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -18,12 +25,27 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::LockdStandIn;
 use common::farm::Farm;
-use common::{LockdStandIn, spawn_nsmd};
 use nsm_testhost::{Host, Lab, Proc, Signal, require};
 
+const NSMD: &str = env!("CARGO_BIN_EXE_nsmd");
 const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ctdb/62.nsmd.script");
+const CALLOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ctdb/nsmd-nfs-callout");
+/// Where the package installs the NFS callout wrapper.
+const CALLOUT_AT: &str = "/usr/share/ctdb/nsmd-nfs-callout";
+/// The test hosts' service(8) (they have no init system), first on ctdbd's `PATH`.
+const SERVICE: &str = "/run/nsmd-test/bin/service";
+/// The nfs-checks.d files the test hosts can pass: there is no kernel nfsd (so no nfs,
+/// mountd or rquotad), and the lockd stand-in answers only NLM callbacks (no NULL call
+/// for rpcinfo).
+const NFS_CHECKS_SKIPPED: [&str; 4] = [
+    "20.nfs.check",
+    "30.nlockmgr.check",
+    "40.mountd.check",
+    "50.rquotad.check",
+];
 const COOKIE: [u8; 16] = [0xc7, 0xdb, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
 /// How long CTDB may take to become healthy or to move an address (generous: ~22 s to start).
 const CLUSTER: Duration = Duration::from_secs(120);
@@ -82,12 +104,64 @@ fn private_copy(host: &Host, dir: &str) -> PathBuf {
 struct Node {
     host: Host,
     pnn: usize,
-    inst: PathBuf,
-    nsmd: Option<Proc>,
     ctdbd: Option<Proc>,
-    port: u16,
     _lockd: LockdStandIn,
     _rpcbind: Proc,
+}
+
+/// service(8) for a test host: `rpc-statd` is nsmd (started detached, its output appended to
+/// `/run/nsmd-test/nsmd.log`, ready once nsmctl answers, as systemd's `Type=notify` waits;
+/// stopped with SIGTERM), `nfs-kernel-server` does nothing (no kernel nfsd here). Every call
+/// is logged in `/run/nsmd-test/service.log` with the command lines of its callers up to
+/// ctdbd's event daemon.
+fn service_script(nsmd_args: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+d=/run/nsmd-test
+callers=""
+p=$PPID
+while [ "$p" -gt 1 ] && [ -r "/proc/$p/cmdline" ]; do
+	c=$(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-100)
+	case "$c" in *ctdb-eventd*) break ;; esac
+	callers="$callers <- $c"
+	p=$(sed 's/.*) //' "/proc/$p/stat" | cut -d' ' -f2)
+done
+echo "$(date -u +%H:%M:%S.%N) $*$callers" >>"$d/service.log"
+running () {{
+	[ -s "$d/nsmd.pid" ] && ps -o stat= -p "$(cat "$d/nsmd.pid")" | grep -qv Z
+}}
+case "$1 $2" in
+"rpc-statd stop")
+	running || exit 0
+	pid=$(cat "$d/nsmd.pid")
+	kill -TERM "$pid"
+	i=0
+	while ps -o stat= -p "$pid" | grep -qv Z; do
+		i=$((i + 1))
+		[ "$i" -lt 400 ] || {{ echo "nsmd $pid did not stop in 20 s" >&2; exit 1; }}
+		sleep 0.05
+	done
+	rm -f "$d/nsmd.pid"
+	;;
+"rpc-statd start")
+	running && exit 0
+	setsid {NSMD} -F -d -L {nsmd_args} </dev/null >>"$d/nsmd.log" 2>&1 &
+	echo $! >"$d/nsmd.pid"
+	i=0
+	until {NSMCTL} --timeout 1 status >/dev/null 2>&1; do
+		i=$((i + 1))
+		[ "$i" -lt 400 ] || {{ echo "nsmd did not answer in 20 s" >&2; exit 1; }}
+		sleep 0.05
+	done
+	;;
+"nfs-kernel-server start" | "nfs-kernel-server stop") ;;
+*)
+	echo "service $*: not on this test host" >&2
+	exit 1
+	;;
+esac
+"#
+    )
 }
 
 impl Node {
@@ -109,11 +183,36 @@ impl Node {
             std::fs::create_dir_all(var.join(d)).unwrap();
         }
         host.mount_private("/var/log/ctdb").unwrap();
-        // Where Debian's package puts legacy event scripts, and where nsmd's goes.
-        let legacy = private_copy(&host, "/usr/share/ctdb/events/legacy");
-        let dest = legacy.join("62.nsmd.script");
-        std::fs::copy(SCRIPT, &dest).unwrap();
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Where Debian's package puts legacy event scripts, and where nsmd's package puts
+        // 62.nsmd and the NFS callout wrapper.
+        let share = private_copy(&host, "/usr/share/ctdb");
+        for (from, to) in [
+            (SCRIPT, share.join("events/legacy/62.nsmd.script")),
+            (CALLOUT, share.join("nsmd-nfs-callout")),
+        ] {
+            std::fs::copy(from, &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for f in NFS_CHECKS_SKIPPED {
+            std::fs::remove_file(etc.join("nfs-checks.d").join(f)).unwrap();
+        }
+        // The configuration the README gives: 60.nfs's callout is the wrapper in front of
+        // Debian's kernel callout (its default next callout); no exports to check (no nfsd).
+        let mut options = std::fs::read_to_string(etc.join("script.options")).unwrap();
+        options.push_str(&format!(
+            "CTDB_NFS_CALLOUT={CALLOUT_AT}\nCTDB_NFS_SKIP_SHARE_CHECK=yes\n"
+        ));
+        std::fs::write(etc.join("script.options"), options).unwrap();
+        let args = format!(
+            "-P /var/lib/nfs/node --proc-root /run/proc --instances {}",
+            shared.join("instances").display()
+        );
+        host.write_file(SERVICE, service_script(&args)).unwrap();
+        std::fs::set_permissions(
+            host.outside_path(SERVICE).unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::write(
             etc.join("ctdb.conf"),
             format!(
@@ -127,7 +226,7 @@ impl Node {
         std::fs::write(etc.join("nodes"), format!("{}\n", NODES.join("\n"))).unwrap();
         let public: String = SVCS.iter().map(|s| format!("{}/24 eth0\n", s.2)).collect();
         std::fs::write(etc.join("public_addresses"), public).unwrap();
-        for s in ["00.ctdb", "10.interface", "62.nsmd"] {
+        for s in ["00.ctdb", "06.nfs", "10.interface", "60.nfs", "62.nsmd"] {
             host.run_ok(
                 &["ctdb", "event", "script", "enable", "legacy", s],
                 Duration::from_secs(10),
@@ -137,41 +236,79 @@ impl Node {
         Self {
             host,
             pnn,
-            inst: shared.join("instances"),
-            nsmd: None,
             ctdbd: None,
-            port: 0,
             _lockd: lockd,
             _rpcbind: rpcbind,
         }
     }
 
-    fn start_nsmd(&mut self) {
-        let (p, port) = spawn_nsmd(
-            &self.host,
-            "nsmd",
-            &[
-                "-P",
-                "/var/lib/nfs/node",
-                "--proc-root",
-                "/run/proc",
-                "--instances",
-                self.inst.to_str().unwrap(),
-            ],
-        );
-        self.nsmd = Some(p);
-        self.port = port;
+    /// `service rpc-statd ARG` as an administrator (or systemd) would run it.
+    fn service(&self, arg: &str) {
+        self.host
+            .run_ok(&[SERVICE, "rpc-statd", arg], Duration::from_secs(60))
+            .unwrap();
+    }
+
+    /// The pid of the running nsmd, if one runs.
+    fn nsmd_pid(&self) -> Option<i32> {
+        let pid: i32 = self
+            .host
+            .read_file("/run/nsmd-test/nsmd.pid")
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()?.trim().parse().ok())?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        (!stat.rsplit(')').next()?.trim_start().starts_with('Z')).then_some(pid)
+    }
+
+    /// Everything every nsmd of this node wrote (each start appends).
+    fn nsmd_log(&self) -> String {
+        self.host
+            .read_file("/run/nsmd-test/nsmd.log")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn nsmd_log_tail(&self, n: usize) -> String {
+        let log = self.nsmd_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The calls of service(8) so far.
+    fn service_log(&self) -> String {
+        self.host
+            .read_file("/run/nsmd-test/service.log")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The UDP port of the running nsmd's status program (its last start's log line).
+    fn port(&self) -> u16 {
+        let log = self.nsmd_log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("serving program 100024 version 1 on"))
+            .expect("nsmd logged its status program's ports");
+        line.split("udp 0.0.0.0:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"))
     }
 
     fn start_ctdbd(&mut self) {
         let bin = Path::new(NSMCTL).parent().unwrap().to_str().unwrap();
-        let path = format!("{bin}:/usr/sbin:/usr/bin:/sbin:/bin");
+        let path = format!("/run/nsmd-test/bin:{bin}:/usr/sbin:/usr/bin:/sbin:/bin");
         let p = self
             .host
             .spawn_env(
                 "ctdbd",
                 &["/usr/sbin/ctdbd", "--interactive"],
-                &[("PATH", &path)],
+                // statd-callout (60.nfs's notify) stops early without a statd name.
+                &[
+                    ("PATH", &path),
+                    ("NFS_HOSTNAME", "ctdb-cluster.example.test"),
+                ],
             )
             .unwrap();
         self.ctdbd = Some(p);
@@ -233,7 +370,7 @@ impl Node {
 
     /// lockd's SM_MON of `client` (mon_name), on loopback.
     fn mon(&self, client: &str) {
-        common::sm_mon(&self.host, self.port, client, "server", COOKIE);
+        common::sm_mon(&self.host, self.port(), client, "server", COOKIE);
     }
 }
 
@@ -265,6 +402,21 @@ impl Client {
     /// (mon_name, state) of every callback so far.
     fn callbacks(&self) -> Vec<(String, i32)> {
         common::callback_states(&self.lockd.calls.lock().unwrap(), COOKIE)
+    }
+
+    /// The senders of every SM_NOTIFY rpc.statd received.
+    fn all_senders(&self) -> Vec<String> {
+        let log = self.statd.log();
+        let mut from = None;
+        let mut out = Vec::new();
+        for l in log.lines() {
+            if let Some(r) = l.split("access by ").nth(1) {
+                from = r.split_whitespace().next().map(str::to_owned);
+            } else if l.contains("Received SM_NOTIFY from ") {
+                out.push(from.clone().unwrap_or_default());
+            }
+        }
+        out
     }
 
     /// The senders of the SM_NOTIFYs rpc.statd received with one of `names` as mon_name
@@ -323,7 +475,7 @@ fn check(what: &str, deadline: Instant, nodes: &[Node]) {
                 "--- n{} ctdbd:\n{}\n--- nsmd:\n{}",
                 n.pnn,
                 n.ctdb_log(),
-                n.nsmd.as_ref().map(|p| p.log_tail(30)).unwrap_or_default()
+                n.nsmd_log_tail(30)
             )
         })
         .collect();
@@ -356,9 +508,8 @@ fn last_takeip(nodes: &[Node], instance: &str) -> Option<f64> {
     let pat = format!("command=takeover {instance} force");
     nodes
         .iter()
-        .filter_map(|n| n.nsmd.as_ref())
-        .flat_map(|p| {
-            p.log()
+        .flat_map(|n| {
+            n.nsmd_log()
                 .lines()
                 .filter(|l| l.contains(&pat))
                 .filter_map(secs_of_day)
@@ -494,14 +645,25 @@ fn drill(
     ));
 }
 
-/// The event script is shellcheck-clean (CTDB's functions file followed when installed).
+/// The event script and the NFS callout wrapper are shellcheck-clean (CTDB's functions file
+/// followed when installed).
 #[test]
 fn event_script_shellcheck() {
     if !require("event_script_shellcheck", &["shellcheck"]) {
         return;
     }
     let out = std::process::Command::new("shellcheck")
-        .args(["-s", "sh", "-x", "-P", "/etc/ctdb", "-e", "SC1091", SCRIPT])
+        .args([
+            "-s",
+            "sh",
+            "-x",
+            "-P",
+            "/etc/ctdb",
+            "-e",
+            "SC1091",
+            SCRIPT,
+            CALLOUT,
+        ])
         .output()
         .unwrap();
     assert!(
@@ -586,7 +748,7 @@ fn ctdb_drills() {
 
     let t_start = Instant::now();
     for n in &mut ns {
-        n.start_nsmd();
+        n.service("start");
         n.start_ctdbd();
     }
     wait_until(
@@ -627,18 +789,38 @@ fn ctdb_drills() {
         "moving svc1 never touches svc2's clients: {:?}",
         c2.callbacks()
     );
+    for n in &ns {
+        let ev = n.ctdb(&["event", "status", "legacy", "monitor"]);
+        for s in ["06.nfs", "60.nfs", "62.nsmd"] {
+            assert!(
+                ev.lines().any(|l| l.starts_with(s) && l.contains(" OK ")),
+                "n{}: {s}'s monitor OK:\n{ev}",
+                n.pnn
+            );
+        }
+        let st = n.ctdb(&["status"]);
+        assert!(
+            st.matches(" OK").count() == 2 && !st.contains("BANNED"),
+            "n{}: ctdb status:\n{st}",
+            n.pnn
+        );
+    }
 
     // kill -9 of nsmd on the holder and a restart: the instance resumes, same state.
     let before = ns[0].status();
-    let p = ns[0].nsmd.take().unwrap();
-    p.signal(Signal::Kill).unwrap();
-    p.wait(CLUSTER).unwrap();
-    ns[0].start_nsmd();
+    let pid = ns[0].nsmd_pid().expect("nsmd runs on n0");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("nsmd killed on n0", || ns[0].nsmd_pid().is_none(), &ns);
+    ns[0].service("start");
     assert_eq!(
         ns[0].status(),
         before,
         "resumed: active, same state\n{}\n{}",
-        ns[0].nsmd.as_ref().unwrap().log_tail(40),
+        ns[0].nsmd_log_tail(40),
         ns[0].ctdb_log()
     );
     ns[0].mon("cli1");
@@ -681,7 +863,13 @@ fn ctdb_drills() {
     );
     ns[1 - h].mon("cli1");
     p.wait(CLUSTER).unwrap();
-    assert!(!ns[h].active("svc1"), "released at shutdown");
+    // 60.nfs's shutdown stopped the NFS server and rpc-statd, i.e. nsmd (SIGTERM: its
+    // instance left resumable, and fenced once the survivor took it over).
+    assert!(
+        ns[h].nsmd_pid().is_none(),
+        "60.nfs stopped nsmd at shutdown: {}",
+        ns[h].service_log()
+    );
     ns[h].start_ctdbd();
     wait_until("both nodes OK after the restart", || healthy(&ns, 0), &ns);
     let h = holder(&ns[0], vip1).unwrap();
@@ -719,15 +907,51 @@ fn ctdb_drills() {
     );
 
     for n in &ns {
-        if let Some(p) = &n.nsmd {
-            for l in p
-                .log()
-                .lines()
-                .filter(|l| l.contains("every active service instance"))
-            {
-                eprintln!("n{}: {l}", n.pnn);
-            }
+        for l in n
+            .nsmd_log()
+            .lines()
+            .filter(|l| l.contains("every active service instance"))
+        {
+            eprintln!("n{}: {l}", n.pnn);
         }
+    }
+    // 60.nfs's takeover runs ran statd-callout's notify (the wrapper logged the restart it
+    // did not run) and never restarted rpc-statd through it; CTDB's own path sent nothing:
+    // no statd-state@ record in ctdb.tdb, and every SM_NOTIFY the clients' rpc.statd
+    // received came from a public address, none from a node's.
+    for n in &ns {
+        let log = n.script_log();
+        assert!(
+            log.contains("nsmd-nfs-callout: \"stop nlockmgr\" not run")
+                && log.contains("nsmd-nfs-callout: \"start nlockmgr\" not run"),
+            "n{}: statd-callout's notify reached the wrapper:\n{log}",
+            n.pnn
+        );
+        let calls = n.service_log();
+        assert!(
+            !calls.contains("statd-callout"),
+            "n{}: statd-callout restarted a service:\n{calls}",
+            n.pnn
+        );
+        eprintln!("n{}: service(8) calls:\n{calls}", n.pnn);
+        let db = n
+            .host
+            .run(&["ctdb", "catdb", "ctdb.tdb"], Duration::from_secs(30))
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(
+            !db.contains("statd-state@"),
+            "n{}: ctdb.tdb has statd-callout records:\n{db}",
+            n.pnn
+        );
+    }
+    for c in &clients {
+        let from = c.all_senders();
+        assert!(
+            from.iter().all(|a| SVCS.iter().any(|s| s.2 == a)),
+            "{}: SM_NOTIFY from a node's own address: {from:?}",
+            c.host.name()
+        );
     }
     let total = t_start.elapsed();
     eprintln!(
