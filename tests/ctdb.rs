@@ -35,6 +35,8 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ctdb/62.nsmd.script")
 const CALLOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ctdb/nsmd-nfs-callout");
 /// Where the package installs the NFS callout wrapper.
 const CALLOUT_AT: &str = "/usr/share/ctdb/nsmd-nfs-callout";
+/// The nodes' statd name (`[statd] name`, statd-callout's `NFS_HOSTNAME`).
+const STATD_NAME: &str = "ctdb-cluster.example.test";
 /// The test hosts' service(8) (they have no init system), first on ctdbd's `PATH`.
 const SERVICE: &str = "/run/nsmd-test/bin/service";
 /// The nfs-checks.d files the test hosts can pass: there is no kernel nfsd (so no nfs,
@@ -101,6 +103,15 @@ fn private_copy(host: &Host, dir: &str) -> PathBuf {
     out
 }
 
+/// How nsmd runs beside CTDB.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One service instance per public address, 62.nsmd, 60.nfs through nsmd-nfs-callout.
+    Instances,
+    /// In rpc.statd's place under CTDB's own NFS path: statd-callout as its HA callout.
+    DropIn,
+}
+
 struct Node {
     host: Host,
     pnn: usize,
@@ -145,7 +156,7 @@ case "$1 $2" in
 	;;
 "rpc-statd start")
 	running && exit 0
-	setsid {NSMD} -F -d -L {nsmd_args} </dev/null >>"$d/nsmd.log" 2>&1 &
+	NFS_HOSTNAME={STATD_NAME} setsid {NSMD} -F -d -L {nsmd_args} </dev/null >>"$d/nsmd.log" 2>&1 &
 	echo $! >"$d/nsmd.pid"
 	i=0
 	until {NSMCTL} --timeout 1 status >/dev/null 2>&1; do
@@ -165,7 +176,7 @@ esac
 }
 
 impl Node {
-    fn new(lab: &Lab, pnn: usize, shared: &Path) -> Self {
+    fn new(lab: &Lab, pnn: usize, shared: &Path, mode: Mode) -> Self {
         let host = lab
             .host(&format!("n{pnn}"), &[&format!("{}/24", NODES[pnn])])
             .unwrap();
@@ -196,17 +207,25 @@ impl Node {
         for f in NFS_CHECKS_SKIPPED {
             std::fs::remove_file(etc.join("nfs-checks.d").join(f)).unwrap();
         }
-        // The configuration the README gives: 60.nfs's callout is the wrapper in front of
-        // Debian's kernel callout (its default next callout); no exports to check (no nfsd).
+        // The configurations the README gives. Instances: 60.nfs's callout is the wrapper in
+        // front of Debian's kernel callout (its default next callout). Drop-in: Debian's
+        // kernel callout, and nsmd in rpc.statd's place with statd-callout as its HA callout.
+        // No exports to check (no nfsd).
         let mut options = std::fs::read_to_string(etc.join("script.options")).unwrap();
-        options.push_str(&format!(
-            "CTDB_NFS_CALLOUT={CALLOUT_AT}\nCTDB_NFS_SKIP_SHARE_CHECK=yes\n"
-        ));
+        if mode == Mode::Instances {
+            options.push_str(&format!("CTDB_NFS_CALLOUT={CALLOUT_AT}\n"));
+        }
+        options.push_str("CTDB_NFS_SKIP_SHARE_CHECK=yes\n");
         std::fs::write(etc.join("script.options"), options).unwrap();
-        let args = format!(
-            "-P /var/lib/nfs/node --proc-root /run/proc --instances {}",
-            shared.join("instances").display()
-        );
+        let args = match mode {
+            Mode::Instances => format!(
+                "-P /var/lib/nfs/node --proc-root /run/proc --instances {}",
+                shared.join("instances").display()
+            ),
+            Mode::DropIn => {
+                format!("-n {STATD_NAME} -H /etc/ctdb/statd-callout --proc-root /run/proc")
+            }
+        };
         host.write_file(SERVICE, service_script(&args)).unwrap();
         std::fs::set_permissions(
             host.outside_path(SERVICE).unwrap(),
@@ -226,7 +245,22 @@ impl Node {
         std::fs::write(etc.join("nodes"), format!("{}\n", NODES.join("\n"))).unwrap();
         let public: String = SVCS.iter().map(|s| format!("{}/24 eth0\n", s.2)).collect();
         std::fs::write(etc.join("public_addresses"), public).unwrap();
-        for s in ["00.ctdb", "06.nfs", "10.interface", "60.nfs", "62.nsmd"] {
+        if mode == Mode::DropIn {
+            // statd-callout must run as root (ctdb's socket): as the owner of sm/ (statd in
+            // Debian's layout) nsmd would run it without a capability bounding set, as
+            // rpc.statd does, and its sudo fails ("unable to change to root gid"). With sm/
+            // owned by root nsmd stays root.
+            for d in ["/var/lib/nfs/sm", "/var/lib/nfs/sm.bak"] {
+                let out = host.outside_path(d).unwrap();
+                std::fs::create_dir_all(&out).unwrap();
+                std::os::unix::fs::chown(&out, Some(0), Some(0)).unwrap();
+            }
+        }
+        let scripts: &[&str] = match mode {
+            Mode::Instances => &["00.ctdb", "06.nfs", "10.interface", "60.nfs", "62.nsmd"],
+            Mode::DropIn => &["00.ctdb", "06.nfs", "10.interface", "60.nfs"],
+        };
+        for s in scripts {
             host.run_ok(
                 &["ctdb", "event", "script", "enable", "legacy", s],
                 Duration::from_secs(10),
@@ -305,10 +339,7 @@ impl Node {
                 "ctdbd",
                 &["/usr/sbin/ctdbd", "--interactive"],
                 // statd-callout (60.nfs's notify) stops early without a statd name.
-                &[
-                    ("PATH", &path),
-                    ("NFS_HOSTNAME", "ctdb-cluster.example.test"),
-                ],
+                &[("PATH", &path), ("NFS_HOSTNAME", STATD_NAME)],
             )
             .unwrap();
         self.ctdbd = Some(p);
@@ -714,8 +745,8 @@ fn ctdb_drills() {
         lab.add_name(vip, &[host]).unwrap();
     }
     let mut ns = vec![
-        Node::new(&lab, 0, shared.path()),
-        Node::new(&lab, 1, shared.path()),
+        Node::new(&lab, 0, shared.path(), Mode::Instances),
+        Node::new(&lab, 1, shared.path(), Mode::Instances),
     ];
     let clients: Vec<Client> = SVCS
         .iter()
@@ -966,4 +997,142 @@ fn ctdb_drills() {
     }
     eprintln!("ctdb drills took {total:?}");
     drop(clients);
+}
+
+/// nsmd as a drop-in under CTDB's own NFS path, as users moving from rpc.statd have it: no
+/// instances, statd-callout as its HA callout, 06.nfs and 60.nfs with Debian's kernel
+/// callout. 60.nfs's monitor is OK, lockd's SM_MON reaches ctdb.tdb through statd-callout's
+/// add-client, and after a takeover run (whose statd-callout notify restarts rpc-statd, i.e.
+/// nsmd, on both nodes) nsmd serves and is registered again. What CTDB's smnotify delivered
+/// to the client is printed, not asserted (CTDB's behaviour, not nsmd's).
+#[test]
+fn ctdb_drop_in() {
+    if !require(
+        "ctdb_drop_in",
+        &["ctdbd", "ctdb", "rpcbind", "rpcinfo", "rpc.statd", "ps"],
+    ) {
+        return;
+    }
+    let shared = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let lab = Lab::new("ctdbdi").unwrap();
+    let vip = SVCS[0].2;
+    lab.add_name(vip, &[STATD_NAME]).unwrap();
+    let mut ns = vec![
+        Node::new(&lab, 0, shared.path(), Mode::DropIn),
+        Node::new(&lab, 1, shared.path(), Mode::DropIn),
+    ];
+    let c = Client::new(&lab, "cli1", SVCS[0].4, STATD_NAME);
+    let t_start = Instant::now();
+    for n in &mut ns {
+        n.service("start");
+        n.start_ctdbd();
+    }
+    let healthy = |ns: &[Node]| {
+        ns[0]
+            .host
+            .run(&["ctdb", "status"], Duration::from_secs(10))
+            .map(|o| String::from_utf8_lossy(&o.stdout).matches(" OK").count() == 2)
+            .unwrap_or(false)
+    };
+    wait_until(
+        "both nodes OK and the public addresses hosted",
+        || healthy(&ns) && holder(&ns[0], vip).is_some(),
+        &ns,
+    );
+    eprintln!(
+        "ctdb drop-in: cluster healthy after {:?}",
+        t_start.elapsed()
+    );
+    // The first takeover run's statd-callout notify restarts rpc-statd ("stop; sleep 2;
+    // start"): nsmd does not answer in between (lockd's SM_MONs would fail then).
+    let settled = |n: &Node| {
+        let calls = n.service_log();
+        calls.matches("stop nlockmgr").count() == calls.matches("start nlockmgr").count()
+            && n.nsmd_pid().is_some()
+            && n.host
+                .rpc_programs()
+                .is_ok_and(|r| r.iter().any(|r| r.program == 100_024))
+    };
+    let h = holder(&ns[0], vip).unwrap();
+    wait_until(
+        "the first takeover run's statd-callout notify restarted nsmd on the holder",
+        || ns[h].service_log().contains("start nlockmgr") && ns.iter().all(settled),
+        &ns,
+    );
+    let monitor_ok = |n: &Node| {
+        let ev = n.ctdb(&["event", "status", "legacy", "monitor"]);
+        assert!(
+            ev.lines()
+                .any(|l| l.starts_with("60.nfs") && l.contains(" OK ")),
+            "n{}: 60.nfs's monitor OK:\n{ev}",
+            n.pnn
+        );
+    };
+    ns.iter().for_each(monitor_ok);
+
+    // lockd on the holder monitors the client: statd-callout's add-client queues it, the
+    // next monitor event's update puts it into ctdb.tdb.
+    ns[h].mon("cli1");
+    let key = format!("statd-state@{vip}@cli1");
+    wait_until(
+        &format!("{key} in ctdb.tdb"),
+        || ns[h].ctdb(&["catdb", "ctdb.tdb"]).contains(&key),
+        &ns,
+    );
+
+    // A takeover run: moveip, then ipreallocate (its ipreallocated event runs 60.nfs's
+    // statd-callout notify on both nodes, which restarts rpc-statd).
+    let pids: Vec<i32> = ns.iter().map(|n| n.nsmd_pid().unwrap()).collect();
+    let seen = c.callbacks().len();
+    let t0 = Instant::now();
+    ns[0].ctdb(&["moveip", vip, &(1 - h).to_string()]);
+    ns[0].ctdb(&["ipreallocate"]);
+    for (n, pid) in ns.iter().zip(&pids) {
+        wait_until(
+            &format!(
+                "n{}: nsmd restarted by statd-callout's notify and registered",
+                n.pnn
+            ),
+            || n.nsmd_pid().is_some_and(|p| p != *pid) && settled(n),
+            &ns,
+        );
+    }
+    eprintln!(
+        "ctdb drop-in: nsmd restarted and registered on both nodes {:?} after the moveip",
+        t0.elapsed()
+    );
+    // It serves again (lockd's SM_MON answered), the old node's record is gone from
+    // ctdb.tdb (notify deleted it after sending), and 60.nfs's monitor stays OK.
+    for n in &ns {
+        n.mon("cli9");
+    }
+    wait_until(
+        "statd-callout notify deleted the sent record",
+        || !ns[0].ctdb(&["catdb", "ctdb.tdb"]).contains(&key),
+        &ns,
+    );
+    let runs = ns[0].ctdb(&["event", "status", "legacy", "monitor"]);
+    let before = runs.clone();
+    wait_until(
+        "a monitor event after the restart",
+        || ns[0].ctdb(&["event", "status", "legacy", "monitor"]) != before,
+        &ns,
+    );
+    ns.iter().for_each(monitor_ok);
+    let st = ns[0].ctdb(&["status"]);
+    assert!(
+        st.matches(" OK").count() == 2 && !st.contains("BANNED"),
+        "ctdb status:\n{st}"
+    );
+    eprintln!(
+        "ctdb drop-in: the client's rpc.statd got {} SM_NOTIFY ({:?}) from CTDB's smnotify, \
+         {} callback(s) to its lockd",
+        c.all_senders().len(),
+        c.all_senders(),
+        c.callbacks().len() - seen
+    );
+    for n in &ns {
+        eprintln!("n{}: service(8) calls:\n{}", n.pnn, n.service_log());
+    }
+    eprintln!("ctdb drop-in took {:?}", t_start.elapsed());
 }
