@@ -914,6 +914,10 @@ fn ctdb_drills() {
     // kill -9 of ctdbd on the holder: the survivor takes the address over by force; the old
     // holder's nsmd, which still holds the lock, is fenced.
     let o = 1 - h;
+    // A takeover run finished first (`ipreallocate` waits for one): the leader disables
+    // takeover runs on the other nodes for 60 s during each run, so killing it mid-run (the
+    // rebalancing after the restart above) leaves the survivor waiting those 60 s.
+    ns[o].ctdb(&["ipreallocate"]);
     let p = ns[h].ctdbd.take().unwrap();
     drill(
         &format!("kill -9 ctdbd n{h}"),
