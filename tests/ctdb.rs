@@ -536,7 +536,7 @@ fn secs_of_day(line: &str) -> Option<f64> {
 /// When the last `nsmctl takeover --force INSTANCE` reached an nsmd (seconds since midnight
 /// UTC): CTDB's takeip on the new holder.
 fn last_takeip(nodes: &[Node], instance: &str) -> Option<f64> {
-    let pat = format!("command=takeover {instance} force");
+    let pat = format!("command=takeover --force {instance}");
     nodes
         .iter()
         .flat_map(|n| {
@@ -939,6 +939,34 @@ fn ctdb_drills() {
         "the old holder fenced",
         || ns[h].status().iter().any(|(n, _, f, _)| n == "svc1" && *f),
         &ns,
+    );
+    // A monitor event in flight when ctdbd died cannot list the node's public IPs: it fails
+    // and releases nothing (an empty list would release every instance held here).
+    let bin = Path::new(NSMCTL).parent().unwrap().to_str().unwrap();
+    let out = ns[h]
+        .host
+        .run(
+            &[
+                "env",
+                &format!("PATH={bin}:/usr/sbin:/usr/bin:/sbin:/bin"),
+                "CTDB_BASE=/etc/ctdb",
+                "/etc/ctdb/events/legacy/62.nsmd.script",
+                "monitor",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("cannot list this node's public IPs"),
+        "62.nsmd's monitor without ctdbd: {:?} {said} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        ns[h].status().iter().any(|(n, _, f, _)| n == "svc1" && *f),
+        "the monitor without ctdbd left svc1 as it was (fenced): {:?}",
+        ns[h].status()
     );
 
     for n in &ns {
