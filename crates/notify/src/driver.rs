@@ -6,17 +6,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use nsm_rpc::client::{CallOptions, ClientError, bind_privileged, next_xid};
+use nsm_rpc::client::{bind_privileged, next_xid};
 use nsm_rpc::msg::{self, AcceptStat, CallHeader, OpaqueAuth, ReplyBody};
-use nsm_rpc::rpcbind::{getaddr, getport};
 use nsm_xdr::nsm::{SM_MAXSTRLEN, SM_NOTIFY, SM_PROG, SM_VERS, SmString, StatChge};
-use nsm_xdr::rpcbind::IPPROTO_UDP;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::portmap::{Datagram, LookupDone, LookupEvent, LookupPolicy, PortLookups, Received};
 use crate::scheduler::{AckResult, Action, Outcome, PeerId, PeerReport, Policy, Scheduler};
 
 /// rpcbind's port.
@@ -192,11 +191,9 @@ fn grow_receive_buffer(s: &Socket) {
 }
 
 /// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, and returns the
-/// new soft limit. Each port lookup has a socket of its own, and a peer that does not answer
-/// keeps it for the whole RPC timeout (5 s), also after it left the window: with thousands of
-/// peers, a tenth of them dead, the usual soft limit of 1,024 (systemd's default) is reached
-/// within a second, and lookups fail with EMFILE and wait for their retry (10,000 peers:
-/// 8.1 s instead of 1.1 s to reach every live one, measured).
+/// new soft limit. The notifier itself needs a constant few (port lookups share the SM_NOTIFY
+/// socket of their family); the raise is for what else the process opens (the `sm.bak/`
+/// files it rewrites, name lookups that fall back to getaddrinfo).
 pub fn raise_open_files_limit() -> io::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
@@ -244,7 +241,8 @@ pub struct NotifierConfig {
     pub state: i32,
     /// Retry policy.
     pub policy: Policy,
-    /// Each port lookup (GETPORT / GETADDR) gives up after this long.
+    /// Each port lookup (GETPORT / GETADDR) gives up after this long (retransmitted after
+    /// [`Policy::quick_retransmit`], else 500 ms, then doubling up to 2 s).
     pub rpc_timeout: Duration,
     /// Each name lookup gives up after this long.
     pub dns_timeout: Duration,
@@ -367,7 +365,6 @@ fn json_str(s: &str) -> String {
 
 enum Event {
     Resolved(PeerId, Result<Vec<SocketAddr>, String>),
-    Port(PeerId, SocketAddr, Result<Option<u16>, String>),
 }
 
 /// The notifier: a [`Scheduler`] driven over real sockets.
@@ -419,13 +416,6 @@ impl Notifier {
         let to_tokio = |s: Option<std::net::UdpSocket>| s.map(UdpSocket::from_std).transpose();
         let sock4 = to_tokio(sources.v4).map_err(NotifyError::Runtime)?;
         let sock6 = to_tokio(sources.v6).map_err(NotifyError::Runtime)?;
-        let src_ip = |s: &Option<UdpSocket>| {
-            s.as_ref()
-                .and_then(|s| s.local_addr().ok())
-                .map(|a| a.ip())
-                .filter(|ip| !ip.is_unspecified())
-        };
-        let (src4, src6) = (src_ip(&sock4), src_ip(&sock6));
         let (has4, has6) = (sock4.is_some(), sock6.is_some());
         for (s, fam) in [(&sock4, "IPv4"), (&sock6, "IPv6")] {
             if let Some(a) = s.as_ref().and_then(|s| s.local_addr().ok()) {
@@ -438,7 +428,22 @@ impl Notifier {
             sched.add_peer(t.names.clone());
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-        let mut xids = Xids::new(targets.len());
+        let mut xids = Xids::default();
+        // Port lookups go out on the SM_NOTIFY socket of their family, with the same xid
+        // source, and their replies come back there.
+        let mut lookups = PortLookups::new(
+            LookupPolicy {
+                timeout: cfg.rpc_timeout,
+                retransmit: cfg
+                    .policy
+                    .quick_retransmit
+                    .unwrap_or(Duration::from_millis(500)),
+                max_retransmit: Duration::from_secs(2),
+            },
+            next_xid,
+        );
+        let mut outbox: Vec<Datagram> = Vec::new();
+        let mut lookup_events = Vec::new();
         let mut buf4 = vec![0u8; 4096];
         let mut buf6 = vec![0u8; 4096];
         let mut progress = cfg.progress_every.map(|d| {
@@ -446,20 +451,24 @@ impl Notifier {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        let rpc_opts = |src: Option<IpAddr>| CallOptions {
-            timeout: cfg.rpc_timeout,
-            retransmit: cfg
-                .policy
-                .quick_retransmit
-                .unwrap_or(Duration::from_millis(500)),
-            max_retransmit: Duration::from_secs(2),
-            source: src,
-            privileged_port: false,
-            max_reply: 4096,
-        };
-
         loop {
             let now = std::time::Instant::now();
+            lookups.poll(now, &mut lookup_events);
+            for e in lookup_events.drain(..) {
+                match e {
+                    LookupEvent::Send(d) => outbox.push(d),
+                    LookupEvent::Done(d) => port_done(&mut sched, &targets, d, now),
+                }
+            }
+            send_lookups(
+                &mut outbox,
+                &sock4,
+                &sock6,
+                &mut lookups,
+                &mut sched,
+                &targets,
+            )
+            .await;
             for action in sched.poll(now) {
                 match action {
                     Action::Resolve(id) => {
@@ -475,12 +484,7 @@ impl Notifier {
                     Action::GetPort(id, addr) => {
                         let t = &targets[id];
                         debug!(peer = %t.label, "asking rpcbind at {addr} for statd's port");
-                        let opts = rpc_opts(if addr.is_ipv6() { src6 } else { src4 });
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let r = statd_port(addr, &opts).await.map_err(|e| e.to_string());
-                            let _ = tx.send(Event::Port(id, addr, r));
-                        });
+                        outbox.push(lookups.start(id, addr, now));
                     }
                     Action::SendNotify {
                         peer,
@@ -529,14 +533,26 @@ impl Notifier {
                             r.stats.lookups
                         );
                         on_finished(t, Outcome::GaveUp, r.acked_names);
-                        xids.forget_peer(id);
                     }
                 }
             }
+            send_lookups(
+                &mut outbox,
+                &sock4,
+                &sock6,
+                &mut lookups,
+                &mut sched,
+                &targets,
+            )
+            .await;
             if sched.is_finished() {
                 break;
             }
-            let wake = sched.next_wake().map(tokio::time::Instant::from_std);
+            let wake = [sched.next_wake(), lookups.next_wake()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 ev = rx.recv() => {
                     let now = std::time::Instant::now();
@@ -548,24 +564,16 @@ impl Notifier {
                             }
                             sched.on_resolved(id, r, now);
                         }
-                        Some(Event::Port(id, addr, r)) => {
-                            match &r {
-                                Ok(Some(p)) => debug!(peer = %targets[id].label, "statd at {addr} is on port {p}"),
-                                Ok(None) => info!(peer = %targets[id].label, "statd is not registered with rpcbind at {addr}; will retry"),
-                                Err(e) => info!(peer = %targets[id].label, "port lookup failed: {e}; will retry"),
-                            }
-                            sched.on_port(id, addr, r, now);
-                        }
                         None => {}
                     }
                 }
                 r = recv(sock4.as_ref(), &mut buf4) => {
-                    let s = sock4.as_ref();
-                    on_replies(s, r, &mut buf4, &mut xids, &mut sched, &targets, &mut on_finished);
+                    let mut st = Replies { xids: &mut xids, lookups: &mut lookups, outbox: &mut outbox, sched: &mut sched, targets: &targets };
+                    st.on_replies(sock4.as_ref(), r, &mut buf4, &mut on_finished);
                 }
                 r = recv(sock6.as_ref(), &mut buf6) => {
-                    let s = sock6.as_ref();
-                    on_replies(s, r, &mut buf6, &mut xids, &mut sched, &targets, &mut on_finished);
+                    let mut st = Replies { xids: &mut xids, lookups: &mut lookups, outbox: &mut outbox, sched: &mut sched, targets: &targets };
+                    st.on_replies(sock6.as_ref(), r, &mut buf6, &mut on_finished);
                 }
                 () = sleep_until(wake) => {}
                 () = tick(progress.as_mut()) => {
@@ -594,43 +602,68 @@ impl Notifier {
     }
 }
 
-/// The SM_NOTIFYs in flight: xid → (peer, name index), plus each peer's xids, so a finished
-/// peer's entries are dropped in O(its sends), not by scanning the whole map.
+/// The SM_NOTIFYs in flight: xid → (peer, name index). An entry goes when its reply comes;
+/// those of retransmissions that were never answered stay until the run ends (a few per
+/// dead peer), and a late reply to them is ignored by the scheduler.
+#[derive(Default)]
 struct Xids {
     by_xid: HashMap<u32, (PeerId, usize)>,
-    by_peer: Vec<Vec<u32>>,
 }
 
 impl Xids {
-    fn new(peers: usize) -> Self {
-        Self {
-            by_xid: HashMap::new(),
-            by_peer: vec![Vec::new(); peers],
-        }
-    }
-
     fn insert(&mut self, xid: u32, peer: PeerId, name_index: usize) {
-        if let Some((old, _)) = self.by_xid.insert(xid, (peer, name_index)) {
-            // An xid reused after wrapping around: the old peer's entry is gone.
-            if let Some(v) = self.by_peer.get_mut(old) {
-                v.retain(|x| *x != xid);
-            }
-        }
-        if let Some(v) = self.by_peer.get_mut(peer) {
-            v.push(xid);
-        }
+        self.by_xid.insert(xid, (peer, name_index));
     }
 
-    fn get(&self, xid: u32) -> Option<(PeerId, usize)> {
-        self.by_xid.get(&xid).copied()
+    fn take(&mut self, xid: u32) -> Option<(PeerId, usize)> {
+        self.by_xid.remove(&xid)
     }
+}
 
-    /// Drops every xid of `peer` (it finished: later replies are unknown xids).
-    fn forget_peer(&mut self, peer: PeerId) {
-        if let Some(v) = self.by_peer.get_mut(peer) {
-            for xid in std::mem::take(v) {
-                self.by_xid.remove(&xid);
-            }
+/// A port lookup finished: log it and tell the scheduler.
+fn port_done(sched: &mut Scheduler, targets: &[Target], d: LookupDone, now: std::time::Instant) {
+    let LookupDone {
+        peer,
+        rpcbind,
+        result,
+    } = d;
+    let Some(t) = targets.get(peer) else {
+        return;
+    };
+    match &result {
+        Ok(Some(p)) => debug!(peer = %t.label, "statd at {rpcbind} is on port {p}"),
+        Ok(None) => info!(
+            peer = %t.label,
+            "statd is not registered with rpcbind at {rpcbind}; will retry"
+        ),
+        Err(e) => info!(peer = %t.label, "port lookup failed: {e}; will retry"),
+    }
+    sched.on_port(peer, rpcbind, result, now);
+}
+
+/// Sends the port lookups' datagrams on the socket of their family; a lookup whose datagram
+/// cannot be sent fails at once (its peer backs off), as when each lookup had its own socket.
+async fn send_lookups(
+    outbox: &mut Vec<Datagram>,
+    sock4: &Option<UdpSocket>,
+    sock6: &Option<UdpSocket>,
+    lookups: &mut PortLookups,
+    sched: &mut Scheduler,
+    targets: &[Target],
+) {
+    for d in outbox.drain(..) {
+        let sock = if d.dest.is_ipv6() { sock6 } else { sock4 };
+        let r = match sock {
+            Some(s) => s.send_to(&d.bytes, d.dest).await.map(|_| ()),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no socket of this address family",
+            )),
+        };
+        if let Err(e) = r
+            && let Some(done) = lookups.on_send_error(d.xid, &e.to_string())
+        {
+            port_done(sched, targets, done, std::time::Instant::now());
         }
     }
 }
@@ -638,76 +671,101 @@ impl Xids {
 /// How many queued replies one wake-up of the receive branch handles at most.
 const MAX_DRAIN: usize = 256;
 
-/// [`on_reply`] for `first`, then for the replies already queued on `sock` (at most
-/// [`MAX_DRAIN`]), so a burst of replies costs one turn of the loop, not one each.
-fn on_replies<F: FnMut(&Target, Outcome, usize)>(
-    sock: Option<&UdpSocket>,
-    first: io::Result<(usize, SocketAddr)>,
-    buf: &mut [u8],
-    xids: &mut Xids,
-    sched: &mut Scheduler,
-    targets: &[Target],
-    on_finished: &mut F,
-) {
-    on_reply(first, buf, xids, sched, targets, on_finished);
-    let Some(sock) = sock else {
-        return;
-    };
-    for _ in 0..MAX_DRAIN {
-        match sock.try_recv_from(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            r => on_reply(r, buf, xids, sched, targets, on_finished),
-        }
-    }
+/// What a datagram on an SM_NOTIFY socket may be for.
+struct Replies<'a> {
+    xids: &'a mut Xids,
+    lookups: &'a mut PortLookups,
+    /// Datagrams the replies call for (GETADDR v3 after a v4 PROG_MISMATCH).
+    outbox: &'a mut Vec<Datagram>,
+    sched: &'a mut Scheduler,
+    targets: &'a [Target],
 }
 
-fn on_reply<F: FnMut(&Target, Outcome, usize)>(
-    r: io::Result<(usize, SocketAddr)>,
-    buf: &[u8],
-    xids: &mut Xids,
-    sched: &mut Scheduler,
-    targets: &[Target],
-    on_finished: &mut F,
-) {
-    let (n, from) = match r {
-        Ok(x) => x,
-        Err(e) => {
-            // ICMP errors of earlier sends surface here; the retry timer covers them.
-            debug!("receive on the SM_NOTIFY socket: {e}");
+impl Replies<'_> {
+    /// [`Replies::on_reply`] for `first`, then for the replies already queued on `sock` (at
+    /// most [`MAX_DRAIN`]), so a burst of replies costs one turn of the loop, not one each.
+    fn on_replies<F: FnMut(&Target, Outcome, usize)>(
+        &mut self,
+        sock: Option<&UdpSocket>,
+        first: io::Result<(usize, SocketAddr)>,
+        buf: &mut [u8],
+        on_finished: &mut F,
+    ) {
+        self.on_reply(first, buf, on_finished);
+        let Some(sock) = sock else {
+            return;
+        };
+        for _ in 0..MAX_DRAIN {
+            match sock.try_recv_from(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                r => self.on_reply(r, buf, on_finished),
+            }
+        }
+    }
+
+    fn on_reply<F: FnMut(&Target, Outcome, usize)>(
+        &mut self,
+        r: io::Result<(usize, SocketAddr)>,
+        buf: &[u8],
+        on_finished: &mut F,
+    ) {
+        let (n, from) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors of earlier sends surface here; the retry timers cover them.
+                debug!("receive on the SM_NOTIFY socket: {e}");
+                return;
+            }
+        };
+        let now = std::time::Instant::now();
+        let datagram = &buf[..n];
+        match self.lookups.on_datagram(from, datagram, now) {
+            Received::NotALookup => {}
+            Received::WrongSender { expected } => {
+                debug!("ignoring a reply from {from} to the port lookup sent to {expected}");
+                return;
+            }
+            Received::Done(d) => {
+                port_done(self.sched, self.targets, d, now);
+                return;
+            }
+            Received::Send(d) => {
+                debug!("rpcbind at {from} does not speak GETADDR v4: asking with v3");
+                self.outbox.push(d);
+                return;
+            }
+        }
+        let Ok(reply) = msg::parse_reply(datagram) else {
+            debug!("ignoring a malformed datagram from {from}");
+            return;
+        };
+        let Some((peer, name_index)) = self.xids.take(reply.xid) else {
+            debug!(
+                "ignoring a reply from {from} with unknown xid {:#010x}",
+                reply.xid
+            );
+            return;
+        };
+        let t = &self.targets[peer];
+        if !matches!(reply.body, ReplyBody::Accepted(AcceptStat::Success(_))) {
+            info!(peer = %t.label, "SM_NOTIFY refused by {from}: {:?}; will retry", reply.body.map(|_| ()));
             return;
         }
-    };
-    let Ok(reply) = msg::parse_reply(&buf[..n]) else {
-        debug!("ignoring a malformed datagram from {from}");
-        return;
-    };
-    let Some((peer, name_index)) = xids.get(reply.xid) else {
-        debug!(
-            "ignoring a reply from {from} with unknown xid {:#010x}",
-            reply.xid
-        );
-        return;
-    };
-    if !matches!(reply.body, ReplyBody::Accepted(AcceptStat::Success(_))) {
-        info!(peer = %targets[peer].label, "SM_NOTIFY refused by {from}: {:?}; will retry", reply.body.map(|_| ()));
-        return;
-    }
-    let t = &targets[peer];
-    match sched.on_ack(peer, name_index, std::time::Instant::now()) {
-        AckResult::Ignored => {}
-        AckResult::NextName => debug!(
-            peer = %t.label,
-            "{from} acknowledged mon_name {}", t.names[name_index]
-        ),
-        AckResult::Done => {
-            info!(
+        match self.sched.on_ack(peer, name_index, now) {
+            AckResult::Ignored => {}
+            AckResult::NextName => debug!(
                 peer = %t.label,
-                "{} acknowledged (from {from}, mon_name {})",
-                t.label,
-                t.names.join(", then ")
-            );
-            xids.forget_peer(peer);
-            on_finished(t, Outcome::Acked, t.names.len());
+                "{from} acknowledged mon_name {}", t.names[name_index]
+            ),
+            AckResult::Done => {
+                info!(
+                    peer = %t.label,
+                    "{} acknowledged (from {from}, mon_name {})",
+                    t.label,
+                    t.names.join(", then ")
+                );
+                on_finished(t, Outcome::Acked, t.names.len());
+            }
         }
     }
 }
@@ -783,22 +841,6 @@ async fn resolve(
         ));
     }
     Ok(out)
-}
-
-/// statd's UDP port at the rpcbind `addr`: GETPORT (v2) for IPv4, GETADDR (v4, then v3) for
-/// IPv6.
-async fn statd_port(addr: SocketAddr, opts: &CallOptions) -> Result<Option<u16>, ClientError> {
-    if addr.is_ipv4() {
-        return getport(addr, SM_PROG, SM_VERS, IPPROTO_UDP, opts).await;
-    }
-    let r = match getaddr(addr, 4, SM_PROG, SM_VERS, "udp6", opts).await {
-        Err(ClientError::NotAccepted {
-            stat: AcceptStat::ProgMismatch { .. },
-            ..
-        }) => getaddr(addr, 3, SM_PROG, SM_VERS, "udp6", opts).await,
-        r => r,
-    };
-    Ok(r?.map(|a| a.port()))
 }
 
 #[cfg(test)]

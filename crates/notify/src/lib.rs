@@ -30,6 +30,7 @@
 
 pub mod announce;
 pub mod driver;
+pub mod portmap;
 pub mod resolve;
 pub mod scheduler;
 
