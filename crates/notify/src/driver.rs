@@ -424,6 +424,7 @@ impl Notifier {
         }
 
         let mut sched = Scheduler::new(cfg.policy.clone());
+        sched.reserve(targets.len());
         for t in &targets {
             sched.add_peer(t.names.clone());
         }

@@ -172,12 +172,16 @@ enum Step {
     Notify(u16),
 }
 
+/// One peer's state. Kept small (there may be 100,000): its names are an index into the
+/// scheduler's shared name lists, its addresses a boxed slice.
 #[derive(Debug)]
 struct Peer {
-    names: Vec<String>,
-    acked: usize,
-    addrs: Vec<SocketAddr>,
-    addr_idx: usize,
+    /// Index into [`Scheduler::lists`].
+    names: u32,
+    /// How many of its names were acknowledged.
+    acked: u16,
+    addr_idx: u16,
+    addrs: Box<[SocketAddr]>,
     step: Step,
     /// When the next action is due; `None` while waiting for the driver's answer (or not
     /// admitted yet).
@@ -203,12 +207,13 @@ impl Peer {
     }
 
     fn addr(&self) -> Option<SocketAddr> {
-        self.addrs.get(self.addr_idx).copied()
+        self.addrs.get(usize::from(self.addr_idx)).copied()
     }
 
     fn rotate(&mut self) {
         if !self.addrs.is_empty() {
-            self.addr_idx = (self.addr_idx + 1) % self.addrs.len();
+            self.addr_idx =
+                u16::try_from((usize::from(self.addr_idx) + 1) % self.addrs.len()).unwrap_or(0);
         }
     }
 }
@@ -233,6 +238,9 @@ pub struct PeerReport {
 pub struct Scheduler {
     policy: Policy,
     peers: Vec<Peer>,
+    /// The peers' name lists; peers added one after the other with the same names share
+    /// one (usually all of them do: a host or service has one or two names).
+    lists: Vec<Box<[String]>>,
     start: Option<Instant>,
     unfinished: usize,
     /// Wake-ups: `(when, peer, generation)`, earliest first; an entry whose generation is
@@ -257,6 +265,7 @@ impl Scheduler {
         Self {
             policy,
             peers: Vec::new(),
+            lists: Vec::new(),
             start: None,
             unfinished: 0,
             timers: BinaryHeap::new(),
@@ -272,14 +281,27 @@ impl Scheduler {
         &self.policy
     }
 
+    /// Makes room for `additional` more peers (so a large list is allocated once, not
+    /// grown by doubling).
+    pub fn reserve(&mut self, additional: usize) {
+        self.peers.reserve_exact(additional);
+        self.waiting.reserve_exact(additional);
+    }
+
     /// Adds a peer to notify with `names`, in order (a peer without names is done at once).
-    pub fn add_peer(&mut self, names: Vec<String>) -> PeerId {
+    /// At most 65,535 names are used.
+    pub fn add_peer(&mut self, mut names: Vec<String>) -> PeerId {
+        names.truncate(usize::from(u16::MAX));
         let done = names.is_empty();
         let id = self.peers.len();
+        if self.lists.last().is_none_or(|l| **l != *names) {
+            self.lists.push(names.into_boxed_slice());
+        }
+        let list = u32::try_from(self.lists.len() - 1).unwrap_or(u32::MAX);
         self.peers.push(Peer {
-            names,
+            names: list,
             acked: 0,
-            addrs: Vec::new(),
+            addrs: Box::default(),
             addr_idx: 0,
             step: Step::Resolve,
             due: None,
@@ -535,8 +557,8 @@ impl Scheduler {
                     peer: id,
                     addr,
                     port,
-                    name: p.names[p.acked].clone(),
-                    name_index: p.acked,
+                    name: self.lists[p.names as usize][usize::from(p.acked)].clone(),
+                    name_index: usize::from(p.acked),
                     attempt: p.stats.notifies,
                 });
                 let hold = self.hold_until(id, now);
@@ -561,7 +583,7 @@ impl Scheduler {
         }
         match addrs {
             Ok(a) if !a.is_empty() => {
-                p.addrs = a;
+                p.addrs = a.into_boxed_slice();
                 p.addr_idx = 0;
                 p.step = Step::GetPort;
                 self.set_due(peer, now);
@@ -625,11 +647,11 @@ impl Scheduler {
         let Some(p) = self.peers.get_mut(peer) else {
             return AckResult::Ignored;
         };
-        if !p.active() || name_index != p.acked || !matches!(p.step, Step::Notify(_)) {
+        if !p.active() || name_index != usize::from(p.acked) || !matches!(p.step, Step::Notify(_)) {
             return AckResult::Ignored;
         }
         p.acked += 1;
-        let r = if p.acked == p.names.len() {
+        let r = if usize::from(p.acked) == self.lists[p.names as usize].len() {
             self.finish(peer, Outcome::Acked, now);
             AckResult::Done
         } else {
@@ -662,7 +684,9 @@ impl Scheduler {
 
     /// The names of `peer`.
     pub fn names(&self, peer: PeerId) -> &[String] {
-        self.peers.get(peer).map_or(&[], |p| &p.names)
+        self.peers
+            .get(peer)
+            .map_or(&[], |p| &self.lists[p.names as usize])
     }
 
     /// The state of one peer (`None` for an unknown id).
@@ -671,7 +695,7 @@ impl Scheduler {
         Some(PeerReport {
             peer,
             outcome: p.outcome,
-            acked_names: p.acked,
+            acked_names: usize::from(p.acked),
             finished_after: p.finished_at.zip(self.start).map(|(f, s)| f - s),
             stats: p.stats.clone(),
         })
@@ -777,6 +801,35 @@ mod tests {
             [0, 2_000, 6_000, 14_000, 30_000],
             "no quick retry by default"
         );
+    }
+
+    #[test]
+    fn peers_with_the_same_names_share_one_list() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Policy {
+            window: 1000,
+            ..Policy::default()
+        });
+        s.reserve(1000);
+        for _ in 0..999 {
+            s.add_peer(names(&["srv.example.test", "srv"]));
+        }
+        let odd = s.add_peer(names(&["other"]));
+        assert_eq!(s.lists.len(), 2, "one list per run of equal lists");
+        assert_eq!(s.names(0), ["srv.example.test", "srv"]);
+        assert_eq!(s.names(998), ["srv.example.test", "srv"]);
+        assert_eq!(s.names(odd), ["other"]);
+        assert_eq!(s.names(5000), [] as [String; 0]);
+        // Each peer still sends its own names, in order.
+        s.poll(t0);
+        s.on_resolved(odd, Ok(vec![addr(1)]), t0);
+        s.poll(t0);
+        s.on_port(odd, addr(1), Ok(Some(700)), t0);
+        assert!(s.poll(t0).iter().any(|a| matches!(
+            a,
+            Action::SendNotify { peer, name, name_index: 0, .. } if *peer == odd && name == "other"
+        )));
+        assert_eq!(s.on_ack(odd, 0, t0), AckResult::Done);
     }
 
     #[test]
