@@ -7,8 +7,9 @@
 //!
 //! Layout: one lab with one isolated test host (its own network namespace, so all of
 //! 127.0.0.0/8 is local there, and its own `/run` and `/var/lib/nfs`). Peer number `i`
-//! (1..=N) is the host name `pNNNNN` on the address 127.1.(i / 200).(i % 200 + 10), listed in
-//! the lab's hosts file. One responder (two threads in the host's network namespace) plays
+//! (1..=N) is the host name `pNNNNNN` on the address 127.b.c.(i % 200 + 10), where
+//! `(b - 1) * 256 + c = i / 200` (127.1.0.x up to peer 51,199, then 127.2.0.x, ...), listed
+//! in the lab's hosts file. One responder (two threads in the host's network namespace) plays
 //! rpcbind (UDP 0.0.0.0:111, PMAP v2 GETPORT answers port 32765) and statd (UDP
 //! 0.0.0.0:32765, SM_NOTIFY answered with success) for every peer at once, replying from the
 //! address that was asked (`IP_PKTINFO`). Every peer whose number is a multiple of 10 is dead:
@@ -23,14 +24,18 @@
 //! every live peer acknowledged, or at its time cap.
 //!
 //! Environment (all optional):
-//! - `NSMD_BENCH_LEVELS`: comma-separated peer counts (default `1000,10000`);
+//! - `NSMD_BENCH_LEVELS`: comma-separated peer counts (default `1000,10000`; 100000 works,
+//!   on demand: about 2 GB of record files are written and removed per trial, and sm-notify
+//!   does not finish);
 //! - `NSMD_BENCH_WINDOWS`: comma-separated `--window` values for nsm-notify (default
 //!   `nsm_notify::DEFAULT_WINDOW`, the flag's default; the first is also used for the
 //!   baseline);
 //! - `NSMD_BENCH_ROUNDS`: how often each nsm-notify trial is repeated (default 3; sm-notify
 //!   runs once per level, it takes minutes);
 //! - `NSMD_BENCH_SMNOTIFY_CAP`: sm-notify's time cap in seconds (default 120);
-//! - `NSMD_BENCH_NSMNOTIFY_CAP`: nsm-notify's time cap in seconds (default 60).
+//! - `NSMD_BENCH_NSMNOTIFY_CAP`: nsm-notify's time cap in seconds (default 60);
+//! - `NSMD_BENCH_HARD_NOFILE`: also run nsm-notify under this hard (and soft) limit of open
+//!   files (`prlimit --nofile=L:L`), once per level and round (default 1024; 0: not).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, IoSliceMut, Write};
@@ -61,22 +66,31 @@ const DEAD_EVERY: usize = 10;
 /// nsm-notify's retry budget (dead peers are retried this long).
 const RETRY_SECONDS: &str = "30";
 
+/// The most peers the address plan holds (127.1.0.0 to 127.254.255.255, 200 per /24).
+const MAX_PEERS: usize = 254 * 256 * 200 - 1;
+
 /// Peer number `i` → its address.
 fn peer_addr(i: usize) -> Ipv4Addr {
-    assert!((1..200 * 256).contains(&i));
-    Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 10) as u8)
+    assert!((1..=MAX_PEERS).contains(&i));
+    let net = i / 200;
+    Ipv4Addr::new(
+        127,
+        (1 + net / 256) as u8,
+        (net % 256) as u8,
+        (i % 200 + 10) as u8,
+    )
 }
 
 /// An address → its peer number, if it is one.
 fn peer_of(a: Ipv4Addr) -> Option<usize> {
     let o = a.octets();
-    (o[0] == 127 && o[1] == 1 && (10..210).contains(&o[3]))
-        .then(|| usize::from(o[2]) * 200 + usize::from(o[3]) - 10)
+    (o[0] == 127 && (1..255).contains(&o[1]) && (10..210).contains(&o[3]))
+        .then(|| (usize::from(o[1] - 1) * 256 + usize::from(o[2])) * 200 + usize::from(o[3]) - 10)
         .filter(|&i| i >= 1)
 }
 
 fn peer_name(i: usize) -> String {
-    format!("p{i:05}")
+    format!("p{i:06}")
 }
 
 fn is_dead(i: usize) -> bool {
@@ -270,15 +284,24 @@ fn serve(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tool {
     SmNotify,
-    NsmNotify { window: usize },
+    NsmNotify {
+        window: usize,
+        /// Run under this hard (and soft) limit of open files.
+        nofile: Option<u64>,
+    },
 }
 
 impl Tool {
     fn label(self) -> String {
         match self {
             Self::SmNotify => "sm-notify (Debian)".to_owned(),
-            Self::NsmNotify { window: 64 } => "nsm-notify".to_owned(),
-            Self::NsmNotify { window } => format!("nsm-notify --window {window}"),
+            Self::NsmNotify { window, nofile } => {
+                let mut s = format!("nsm-notify --window {window}");
+                if let Some(l) = nofile {
+                    s.push_str(&format!(", hard nofile {l}"));
+                }
+                s
+            }
         }
     }
 }
@@ -295,10 +318,16 @@ struct Trial {
     all_acked: bool,
     stopped_at: Duration,
     peak_rss_kb: u64,
+    /// The most descriptors it had open at once (sampled with the RSS).
+    max_fds: usize,
     /// The tool's user + system CPU time when it was stopped.
     cpu: Option<Duration>,
     getports: usize,
     notifies: usize,
+}
+
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
@@ -361,32 +390,35 @@ impl Bench {
                     &[self.sm_notify.as_str(), "-d", "-f", "-P", dir],
                 )
                 .expect("start sm-notify"),
-            Tool::NsmNotify { window } => {
+            Tool::NsmNotify { window, nofile } => {
                 let proc_root = format!("/run/proc-{s}");
                 self.host
                     .write_file(&format!("{proc_root}/sys/fs/nfs/nsm_local_state"), "0")
                     .expect("proc root");
                 let pid_file = format!("/run/nsm-notify-{s}.pid");
                 let window = window.to_string();
+                let limit = nofile.map(|l| format!("--nofile={l}:{l}"));
+                let mut argv: Vec<&str> = Vec::new();
+                if let Some(l) = &limit {
+                    argv.extend(["/usr/bin/prlimit", l.as_str(), "--"]);
+                }
+                argv.extend([
+                    NSM_NOTIFY,
+                    "-d",
+                    "-f",
+                    "-P",
+                    dir,
+                    "--proc-root",
+                    &proc_root,
+                    "--pid-file",
+                    &pid_file,
+                    "--retry-seconds",
+                    RETRY_SECONDS,
+                    "--window",
+                    &window,
+                ]);
                 self.host
-                    .spawn(
-                        &format!("nsm-notify-{s}"),
-                        &[
-                            NSM_NOTIFY,
-                            "-d",
-                            "-f",
-                            "-P",
-                            dir,
-                            "--proc-root",
-                            &proc_root,
-                            "--pid-file",
-                            &pid_file,
-                            "--retry-seconds",
-                            RETRY_SECONDS,
-                            "--window",
-                            &window,
-                        ],
-                    )
+                    .spawn(&format!("nsm-notify-{s}"), &argv)
                     .expect("start nsm-notify")
             }
         }
@@ -421,6 +453,7 @@ impl Bench {
         let t0 = Instant::now();
         let p = self.spawn(tool, &dir);
         let mut peak = 0;
+        let mut max_fds = 0;
         let mut last_rss = Instant::now() - Duration::from_secs(1);
         let all_acked = loop {
             if self.responder.live_acked.load(Ordering::SeqCst) >= live {
@@ -428,6 +461,7 @@ impl Bench {
             }
             if last_rss.elapsed() >= Duration::from_millis(100) {
                 peak = peak.max(vm_hwm_kb(p.pid()).unwrap_or(0));
+                max_fds = max_fds.max(open_fds(p.pid()));
                 last_rss = Instant::now();
             }
             if t0.elapsed() >= cap || !p.is_running() {
@@ -455,6 +489,7 @@ impl Bench {
             all_acked,
             stopped_at,
             peak_rss_kb: peak,
+            max_fds,
             cpu,
             getports: self.responder.getports.load(Ordering::SeqCst),
             notifies: self.responder.notifies.load(Ordering::SeqCst),
@@ -524,8 +559,9 @@ fn main() {
     let rounds: usize = env_or("NSMD_BENCH_ROUNDS", 3);
     let sm_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_SMNOTIFY_CAP", 120.0));
     let nsm_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_NSMNOTIFY_CAP", 60.0));
+    let hard_nofile: u64 = env_or("NSMD_BENCH_HARD_NOFILE", 1024);
     let max = levels.iter().copied().max().unwrap_or(0);
-    assert!(max < 200 * 256, "at most 51,199 peers");
+    assert!(max <= MAX_PEERS, "at most {MAX_PEERS} peers");
 
     let lab = Lab::new("notify_load").expect("create the lab");
     write_hosts(lab.hosts_file(), max);
@@ -552,23 +588,40 @@ fn main() {
         .copied()
         .unwrap_or(nsm_notify::DEFAULT_WINDOW);
     let base_sm = bench.baseline(Tool::SmNotify);
-    let base_nsm = bench.baseline(Tool::NsmNotify { window: w0 });
+    let base_nsm = bench.baseline(Tool::NsmNotify {
+        window: w0,
+        nofile: None,
+    });
     eprintln!("notify_load: baseline peak RSS: sm-notify {base_sm} kB, nsm-notify {base_nsm} kB");
 
     let mut trials = Vec::new();
     for &n in &levels {
         for round in 1..=rounds {
-            for &w in &windows {
-                let t = bench.trial(Tool::NsmNotify { window: w }, n, nsm_cap);
+            let mut tools: Vec<Tool> = windows
+                .iter()
+                .map(|&window| Tool::NsmNotify {
+                    window,
+                    nofile: None,
+                })
+                .collect();
+            if hard_nofile > 0 {
+                tools.push(Tool::NsmNotify {
+                    window: w0,
+                    nofile: Some(hard_nofile),
+                });
+            }
+            for &tool in &tools {
+                let t = bench.trial(tool, n, nsm_cap);
                 eprintln!(
                     "notify_load: N={n} round {round} {}: {}/{} live acked, last at {} s, \
-                     peak {} kB, CPU {} s, {} GETPORT and {} SM_NOTIFY answered ({:.0} s so \
-                     far)",
+                     peak {} kB, at most {} open files, CPU {} s, {} GETPORT and {} SM_NOTIFY \
+                     answered ({:.0} s so far)",
                     t.tool.label(),
                     t.live_acked,
                     t.live,
                     secs(t.last_ack),
                     t.peak_rss_kb,
+                    t.max_fds,
                     secs(t.cpu),
                     t.getports,
                     t.notifies,
@@ -595,9 +648,9 @@ fn main() {
     println!();
     println!(
         "| N | tool | time to all live acked (s) | live acked | peak RSS (kB) | memory per \
-         queued peer (B) | CPU (s) | sm-notify ÷ this |"
+         queued peer (B) | open files (max) | CPU (s) | sm-notify ÷ this |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &levels {
         let sm = trials.iter().find(|t| t.n == n && t.tool == Tool::SmNotify);
         // sm-notify's time: to all live acked, or at least its cap when it did not get there.
@@ -634,11 +687,12 @@ fn main() {
                 _ => "-".to_owned(),
             };
             println!(
-                "| {n} | {} | {time} | {}/{} | {} | {per_peer:.0} | {} | {ratio} |",
+                "| {n} | {} | {time} | {}/{} | {} | {per_peer:.0} | {} | {} | {ratio} |",
                 t.tool.label(),
                 t.live_acked,
                 t.live,
                 t.peak_rss_kb,
+                t.max_fds,
                 secs(t.cpu)
             );
         }
