@@ -860,6 +860,116 @@ mod tests {
         assert_eq!(&b[40..], &[0, 0, 0, 3, b's', b'v', b'c', 0, 0, 0, 0, 7]);
     }
 
+    /// A fake peer at `sock`: answers GETPORT with its own port and SM_NOTIFY with success,
+    /// unless `dead`; records the source of every datagram.
+    async fn fake_peer(
+        sock: UdpSocket,
+        dead: bool,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    ) {
+        let port = sock.local_addr().unwrap().port();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            seen.lock().unwrap().push(from);
+            if dead || n < 24 {
+                continue;
+            }
+            let w = |i: usize| u32::from_be_bytes(buf[i * 4..i * 4 + 4].try_into().unwrap());
+            let mut reply = Vec::new();
+            for x in [w(0), 1, 0, 0, 0, 0] {
+                reply.extend_from_slice(&x.to_be_bytes());
+            }
+            if w(3) == 100_000 {
+                reply.extend_from_slice(&u32::from(port).to_be_bytes());
+            }
+            sock.send_to(&reply, from).await.unwrap();
+        }
+    }
+
+    /// UDP sockets bound to `ip` (from /proc/net/udp).
+    fn udp_sockets_on(ip: Ipv4Addr) -> usize {
+        let hex = format!("{:08X}:", u32::from_ne_bytes(ip.octets()));
+        std::fs::read_to_string("/proc/net/udp")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.starts_with(&hex))
+            })
+            .count()
+    }
+
+    /// Port lookups share the SM_NOTIFY socket: while dead peers' lookups are retransmitted,
+    /// the notifier has exactly one socket on its source address, every lookup and every
+    /// SM_NOTIFY leaves from it, and the live peers are all acknowledged.
+    #[tokio::test]
+    async fn lookups_and_notifies_share_one_socket_per_family() {
+        let src = Ipv4Addr::new(127, 0, 0, 213);
+        let first = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut socks = vec![first];
+        for k in 3..=21u8 {
+            socks.push(
+                UdpSocket::bind((Ipv4Addr::new(127, 0, 0, k), port))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut targets = Vec::new();
+        for (i, s) in socks.into_iter().enumerate() {
+            let ip = s.local_addr().unwrap().ip();
+            // The first three are dead: their lookups are retransmitted until the timeout,
+            // while the others are answered.
+            tokio::spawn(fake_peer(s, i < 3, seen.clone()));
+            targets.push(Target {
+                label: format!("peer{i}"),
+                host: ip.to_string(),
+                names: vec!["srv".to_owned()],
+            });
+        }
+        let sources = bind_sources(&SourceSpec {
+            addrs: vec![IpAddr::V4(src)],
+            port: Some(0),
+            device: None,
+        })
+        .unwrap();
+        let source = sources.v4.as_ref().unwrap().local_addr().unwrap();
+        let cfg = NotifierConfig {
+            state: 3,
+            policy: Policy {
+                window: 4,
+                budget: Some(Duration::from_secs(3)),
+                ..Policy::default()
+            },
+            rpc_timeout: Duration::from_secs(2),
+            rpcbind_port: port,
+            ..NotifierConfig::default()
+        };
+        let mut most = 0;
+        let summary = Notifier::new(cfg, sources, targets)
+            .unwrap()
+            .run(|_, _, _| most = most.max(udp_sockets_on(src)))
+            .await
+            .unwrap();
+        assert_eq!(summary.acked(), 17);
+        assert_eq!(summary.gave_up(), 3);
+        assert_eq!(
+            most, 1,
+            "one socket on the source address, lookups included"
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.len() >= 17 * 2 + 3 * 2,
+            "lookups and SM_NOTIFYs: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|a| *a == source),
+            "all from {source}: {seen:?}"
+        );
+    }
+
     #[test]
     fn json_escapes() {
         assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");

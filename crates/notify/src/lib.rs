@@ -11,7 +11,8 @@
 //! - [`Notifier`] ([`driver`]), its tokio driver: one UDP socket per address family bound
 //!   to the source address (optionally to a device, on a privileged port unless told
 //!   otherwise: [`bind_sources`]), name lookups in spawned tasks, statd's port through the
-//!   peer's rpcbind (portmapper v2 GETPORT for IPv4, rpcbind v4 GETADDR for IPv6), SM_NOTIFY
+//!   peer's rpcbind (portmapper v2 GETPORT for IPv4, rpcbind v4 GETADDR for IPv6) on the same
+//!   sockets ([`portmap`]: no socket or task per lookup), SM_NOTIFY
 //!   calls matched to their replies by xid only (as sm-notify does), a [`Summary`] at the
 //!   end (also as JSON).
 //! - [`announce`]: announcing a restart on top of the store (`sm/` retired to `sm.bak/`,
