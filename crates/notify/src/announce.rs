@@ -321,8 +321,9 @@ async fn notify_groups(
     sources: Sources,
     fence: Option<&dyn Fence>,
 ) -> Result<Summary, AnnounceError> {
-    let mut targets = Vec::new();
-    let mut index = HashMap::new();
+    let mut targets = Vec::with_capacity(groups.len());
+    // Keyed by the groups' own file names (no copy per peer).
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(groups.len());
     for (i, group) in groups.iter().enumerate() {
         let mut all: Vec<String> = Vec::new();
         for r in group.iter().flat_map(|(_, rs)| rs) {
@@ -333,7 +334,7 @@ async fn notify_groups(
             }
         }
         let host = group[0].0.clone();
-        index.insert(host.clone(), i);
+        index.insert(group[0].0.as_str(), i);
         targets.push(Target {
             label: host.clone(),
             host,
@@ -342,10 +343,13 @@ async fn notify_groups(
     }
     let notifier = Notifier::new(cfg, sources, targets)?;
     let committer = Committer::spawn(dir);
-    let mut pending = Vec::new();
+    // The removals under way; finished ones are reaped as peers finish, so a large list does
+    // not keep a finished task per acknowledged peer until the end.
+    let mut pending = tokio::task::JoinSet::new();
     let summary = notifier
         .run(|t, outcome, acked| {
-            let Some(i) = index.get(&t.label).copied() else {
+            while pending.try_join_next().is_some() {}
+            let Some(i) = index.get(t.label.as_str()).copied() else {
                 return;
             };
             if outcome == Outcome::GaveUp {
@@ -377,7 +381,7 @@ async fn notify_groups(
                 let path = committer.state_dir().file_path(Dir::Bak, &label);
                 let gone = remaining.is_empty();
                 let commit = committer.commit(Dir::Bak, label.clone(), remaining);
-                pending.push(tokio::spawn(async move {
+                pending.spawn(async move {
                     match commit.await {
                         Ok(()) if gone => info!("{label} removed from sm.bak"),
                         Ok(()) => info!("acknowledged records of {label} removed from sm.bak"),
@@ -386,13 +390,11 @@ async fn notify_groups(
                             path.display()
                         ),
                     }
-                }));
+                });
             }
         })
         .await;
-    for p in pending {
-        let _ = p.await;
-    }
+    while pending.join_next().await.is_some() {}
     Ok(summary?)
 }
 
