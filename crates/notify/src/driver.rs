@@ -152,6 +152,18 @@ fn bind_one(ip: IpAddr, spec: &SourceSpec, explicit: bool) -> Result<Socket, Not
         }
     }
     grow_receive_buffer(&s);
+    // ICMP errors (port or host unreachable) of unconnected sockets are only reported with
+    // IP_RECVERR: a port lookup to a host whose rpcbind is not running then fails at once
+    // (the error queue names the destination), as it did on a connected socket of its own,
+    // instead of after the whole RPC timeout.
+    let recverr = if ip.is_ipv6() {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvErr, &true)
+    } else {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)
+    };
+    if let Err(e) = recverr {
+        debug!("cannot ask for ICMP errors on the {family} SM_NOTIFY socket: {e}");
+    }
     if let Some(dev) = &spec.device {
         s.bind_device(Some(dev.as_bytes()))
             .map_err(|source| NotifyError::Device {
@@ -692,32 +704,68 @@ impl Replies<'_> {
         buf: &mut [u8],
         on_finished: &mut F,
     ) {
-        self.on_reply(first, buf, on_finished);
         let Some(sock) = sock else {
             return;
         };
-        for _ in 0..MAX_DRAIN {
-            match sock.try_recv_from(buf) {
+        let mut r = first;
+        for _ in 0..=MAX_DRAIN {
+            match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                r => self.on_reply(r, buf, on_finished),
+                Err(e) => {
+                    // An ICMP error of an earlier send: the error queue says to whom.
+                    debug!("receive on the SM_NOTIFY socket: {e}");
+                    self.on_errors(sock, buf);
+                }
+                Ok(got) => self.on_reply(got, buf, on_finished),
+            }
+            r = sock.try_recv_from(buf);
+        }
+    }
+
+    /// Reads the socket's error queue (IP_RECVERR): each entry names the destination of a
+    /// datagram the network refused; the port lookups in flight there fail at once. Errors
+    /// of SM_NOTIFYs are left to the retry timers.
+    fn on_errors(&mut self, sock: &UdpSocket, buf: &mut [u8]) {
+        use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
+        use std::os::fd::AsRawFd;
+        let now = std::time::Instant::now();
+        for _ in 0..MAX_DRAIN {
+            let mut iov = [io::IoSliceMut::new(buf)];
+            let r = recvmsg::<SockaddrStorage>(
+                sock.as_raw_fd(),
+                &mut iov,
+                None,
+                MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+            );
+            let Ok(msg) = r else {
+                return;
+            };
+            let dest = msg.address.and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                    .or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+                    })
+            });
+            let Some(dest) = dest else {
+                continue;
+            };
+            for d in self
+                .lookups
+                .on_unreachable(dest, "unreachable (ICMP error)")
+            {
+                port_done(self.sched, self.targets, d, now);
             }
         }
     }
 
     fn on_reply<F: FnMut(&Target, Outcome, usize)>(
         &mut self,
-        r: io::Result<(usize, SocketAddr)>,
+        (n, from): (usize, SocketAddr),
         buf: &[u8],
         on_finished: &mut F,
     ) {
-        let (n, from) = match r {
-            Ok(x) => x,
-            Err(e) => {
-                // ICMP errors of earlier sends surface here; the retry timers cover them.
-                debug!("receive on the SM_NOTIFY socket: {e}");
-                return;
-            }
-        };
         let now = std::time::Instant::now();
         let datagram = &buf[..n];
         match self.lookups.on_datagram(from, datagram, now) {
@@ -929,6 +977,13 @@ mod tests {
                 names: vec!["srv".to_owned()],
             });
         }
+        // A host whose rpcbind is not running (nothing bound there): the ICMP port
+        // unreachable fails its lookups at once, not after the RPC timeout.
+        targets.push(Target {
+            label: "closed".to_owned(),
+            host: "127.0.0.22".to_owned(),
+            names: vec!["srv".to_owned()],
+        });
         let sources = bind_sources(&SourceSpec {
             addrs: vec![IpAddr::V4(src)],
             port: Some(0),
@@ -954,7 +1009,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(summary.acked(), 17);
-        assert_eq!(summary.gave_up(), 3);
+        assert_eq!(summary.gave_up(), 4);
+        let closed = &summary.peers[20].report.stats;
+        assert_eq!(
+            closed.last_error.as_deref(),
+            Some("rpcbind at 127.0.0.22:PORT: unreachable (ICMP error)")
+                .map(|e| e.replace("PORT", &port.to_string()))
+                .as_deref(),
+            "{closed:?}"
+        );
+        let dead = &summary.peers[0].report.stats;
+        assert!(
+            dead.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no reply")),
+            "{dead:?}"
+        );
         assert_eq!(
             most, 1,
             "one socket on the source address, lookups included"

@@ -257,6 +257,32 @@ impl PortLookups {
         })
     }
 
+    /// The kernel reported an error for a datagram sent to `dest` (an ICMP port or host
+    /// unreachable, read from the socket's error queue): every lookup in flight at that
+    /// rpcbind fails at once, as it did when each lookup had a connected socket of its own.
+    /// (A scan of the lookups in flight: they are bounded by the window and the dead peers'
+    /// RPC timeout, not by the number of peers.)
+    pub fn on_unreachable(&mut self, dest: SocketAddr, error: &str) -> Vec<LookupDone> {
+        let xids: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, l)| same_addr(dest, l.rpcbind))
+            .map(|(x, _)| *x)
+            .collect();
+        let mut out = Vec::with_capacity(xids.len());
+        for xid in xids {
+            if let Some(l) = self.pending.remove(&xid) {
+                out.push(LookupDone {
+                    peer: l.peer,
+                    rpcbind: l.rpcbind,
+                    result: Err(format!("rpcbind at {}: {error}", l.rpcbind)),
+                });
+            }
+        }
+        self.prune();
+        out
+    }
+
     /// A datagram `bytes` arrived from `from` on the socket.
     pub fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) -> Received {
         let Ok(reply) = msg::parse_reply(bytes) else {
@@ -616,6 +642,32 @@ mod tests {
             })],
             "the dead lookup retransmitted once (at 500 ms)"
         );
+    }
+
+    #[test]
+    fn an_unreachable_rpcbind_fails_its_lookups_only() {
+        let t0 = Instant::now();
+        let mut l = lookups(LookupPolicy::default());
+        let a = l.start(1, v4(1), t0);
+        l.start(2, v4(2), t0);
+        let a2 = l.start(3, v4(1), t0);
+        let mut done = l.on_unreachable(v4(1), "Connection refused");
+        done.sort_by_key(|d| d.peer);
+        assert_eq!(done.len(), 2);
+        assert_eq!((done[0].peer, done[1].peer), (1, 3));
+        assert_eq!(
+            done[0].result,
+            Err("rpcbind at 198.51.100.1:111: Connection refused".to_owned())
+        );
+        assert_eq!(l.in_flight(), 1, "the other rpcbind's lookup goes on");
+        // Their late replies are not lookups any more.
+        for x in [a.xid, a2.xid] {
+            assert_eq!(
+                l.on_datagram(v4(1), &reply(x, &[0, 0, 3, 0x20]), t0),
+                Received::NotALookup
+            );
+        }
+        assert!(l.on_unreachable(v4(9), "x").is_empty());
     }
 
     #[test]
