@@ -132,6 +132,13 @@ enum Msg {
         peer: usize,
         client: usize,
     },
+    /// The driver's RPC timeout (5 s) for that port lookup.
+    PortTimeout {
+        node: usize,
+        run: u64,
+        peer: usize,
+        client: usize,
+    },
     /// The service's SM_NOTIFY to a client's statd.
     SvcNotify {
         node: usize,
@@ -191,6 +198,8 @@ struct Active {
     epoch: u64,
     ready: bool,
     notifier: Option<Notifier>,
+    /// An announcement of this state is to start (retried while `sm.bak/` cannot be read).
+    announce: Option<i32>,
     /// The core saw the fence: it must ask for no write from then on.
     saw_fence: bool,
 }
@@ -498,6 +507,7 @@ impl Sim {
             epoch,
             ready: false,
             notifier: Some(notifier),
+            announce: None,
             saw_fence: false,
         });
         self.resumable = true;
@@ -611,7 +621,7 @@ impl Sim {
                     // queued are done before sm/ moves there (see `drain_announcement`).
                     let mut stopped = None;
                     if !self.as_today {
-                        stopped = a.notifier.take().map(|n| n.state);
+                        stopped = a.notifier.take();
                         let mut cx = Context::from_waker(Waker::noop());
                         a.batches.run(usize::MAX);
                         a.pending.retain_mut(|p| match p {
@@ -648,32 +658,44 @@ impl Sim {
                     if let Some(a) = self.nodes[node].active.as_mut() {
                         a.core.handle_restarted(request, result);
                     }
-                    if !done && stopped.is_some() {
-                        // No Announce follows: the stopped announcement starts again, with
-                        // the state now in force.
-                        let Some(a) = self.nodes[node].active.as_ref() else {
-                            continue;
-                        };
-                        let (dir, state) = (Arc::clone(&a.dir), a.core.state());
-                        if let Some(bak) = self.load(node, "announce", &dir, Dir::Bak) {
-                            let n = self.notifier(state, bak);
-                            if let Some(a) = self.nodes[node].active.as_mut() {
-                                a.notifier = Some(n);
-                            }
+                    if let Some(a) = self.nodes[node].active.as_mut()
+                        && let Some(old) = stopped
+                    {
+                        match a.core.state() {
+                            // Nothing changed: the stopped announcement goes on.
+                            s if s == old.state => a.notifier = Some(old),
+                            // Bumped but sm/ not moved: no Announce follows; the peers in
+                            // sm.bak/ are told the state now in force.
+                            s if !done => a.announce = Some(s),
+                            _ => {}
                         }
                     }
+                    self.try_announce(node);
                 }
                 Effect::Announce { state } => {
-                    let dir = Arc::clone(&a.dir);
-                    let Some(bak) = self.load(node, "announce", &dir, Dir::Bak) else {
-                        continue;
-                    };
-                    let n = self.notifier(state, bak);
-                    if let Some(a) = self.nodes[node].active.as_mut() {
-                        a.notifier = Some(n);
-                    }
+                    a.notifier = None;
+                    a.announce = Some(state);
+                    self.try_announce(node);
                 }
                 Effect::PublishState(s) => self.handed(s, "published")?,
+            }
+        }
+    }
+
+    /// Starts the announcement due on `node`, if `sm.bak/` can be read now.
+    fn try_announce(&mut self, node: usize) {
+        let Some(a) = self.nodes[node].active.as_ref() else {
+            return;
+        };
+        let (Some(state), None) = (a.announce, a.notifier.as_ref()) else {
+            return;
+        };
+        let dir = Arc::clone(&a.dir);
+        if let Some(bak) = self.load(node, "announce", &dir, Dir::Bak) {
+            let n = self.notifier(state, bak);
+            if let Some(a) = self.nodes[node].active.as_mut() {
+                a.notifier = Some(n);
+                a.announce = None;
             }
         }
     }
@@ -925,6 +947,20 @@ impl Sim {
                     n.sched.on_port(peer, addr, Ok(Some(920)), now);
                 }
             }
+            Msg::PortTimeout {
+                node,
+                run,
+                peer,
+                client,
+            } => {
+                // Ignored unless that lookup is still outstanding.
+                let now = self.at();
+                if let Some(n) = self.notifier_of(node, run) {
+                    let addr = SocketAddr::new(client_ip(client), 111);
+                    let e = format!("rpcbind on {addr} did not answer within 5 s");
+                    n.sched.on_port(peer, addr, Err(e), now);
+                }
+            }
             Msg::SvcNotify {
                 node,
                 run,
@@ -1040,6 +1076,7 @@ impl Sim {
                 a.core.handle_timeout(now);
                 self.effects(node)?;
             }
+            self.try_announce(node);
             self.poll_notifier(node)?;
             self.callbacks(node);
         }
@@ -1094,6 +1131,15 @@ impl Sim {
                 }
                 Action::GetPort(p, _) => {
                     if let Some(c) = peers[p].1 {
+                        self.seq += 1;
+                        let due = self.now + Duration::from_secs(5);
+                        let t = Msg::PortTimeout {
+                            node,
+                            run,
+                            peer: p,
+                            client: c,
+                        };
+                        self.net.insert((due, self.seq), t);
                         self.send(
                             Msg::PortQuery {
                                 node,
