@@ -13,7 +13,7 @@
 //! (window, backoff, budget).
 //!
 //! **What is modelled** (the sim's own driver, written after `instance.rs`, `service.rs` and
-//! `bak.rs`, whose tokio and socket code cannot run here): carrying the core's effects out;
+//! `nsm_notify::announce`, whose tokio and socket code cannot run here): carrying the core's effects out;
 //! the takeover and resume steps (claim, `state(true)`, `retire`, load `sm/` and `sm.bak/`,
 //! readiness, notify); the ownership epoch (a number in the sim standing for
 //! `ownership.rs`'s file and lock, which need real files and `flock`): the driver reads it
@@ -50,7 +50,7 @@
 //!    removals from `sm.bak/` it queued finish; otherwise a peer that acknowledged the old
 //!    state, was monitored again and moved to `sm.bak/` by the restart loses its new
 //!    `sm.bak/` file to the old removal and is never told of the new state (`instance.rs`
-//!    bumps and retires while the old `notify_bak` still runs; aborting it later does not
+//!    bumps and retires while the old announcement still runs; aborting it later does not
 //!    take back what its committer queued). A restart that did nothing lets the announcement
 //!    go on; one that bumped without retiring announces the new state;
 //! 2. the committer reads the fence before each batch (and the fenced instance stops):
@@ -297,7 +297,7 @@ struct Sim {
     dup: u64,
     faults: bool,
     /// `NSMD_SIM_AS_TODAY`: which of the driver's three rules the daemon lacks to leave out,
-    /// to drive the core as `instance.rs` and `bak.rs` do today (see the module documentation).
+    /// to drive the core as `instance.rs` and `nsm_notify::announce` do today (see the module documentation).
     as_today: [bool; 3],
     trace: Vec<String>,
     counts: Counts,
@@ -1059,7 +1059,7 @@ impl Sim {
         a.notifier.as_mut().filter(|n| n.run == run)
     }
 
-    /// A peer finished (acknowledged or given up): removed from sm.bak/ (as `bak.rs`), unless
+    /// A peer finished (acknowledged or given up): removed from sm.bak/ (as `nsm_notify::announce`), unless
     /// the node is fenced.
     fn peer_done(&mut self, node: usize, peer: usize, how: &str) -> Result<(), String> {
         let fence = self.fence_of(node);
