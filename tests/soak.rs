@@ -218,9 +218,11 @@ fn connection_churn(port: u16, stop: &AtomicBool, n: &Counts) {
     }
 }
 
-/// What a hostile datagram's reply may be: `None` when it may only be dropped or answered by
-/// any well-formed reply to its xid.
-fn hostile_datagram(rng: &mut XorShift, xid: u32) -> (Vec<u8>, Option<fn(&Answer) -> bool>) {
+/// The reply a hostile datagram must get.
+type Want = fn(&Answer) -> bool;
+
+/// A hostile datagram and the reply it must get: `None` when it may be dropped or answered.
+fn hostile_datagram(rng: &mut XorShift, xid: u32) -> (Vec<u8>, Option<Want>) {
     let word = |v: u32| v.to_be_bytes();
     match rng.next() % 8 {
         // Random bytes.
