@@ -96,6 +96,18 @@ impl Drop for StopOnPanic<'_> {
     }
 }
 
+/// Runs `f` on a thread of `s` that stops the others (`stop`) if it panics.
+fn guarded<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    stop: &'scope AtomicBool,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    s.spawn(move || {
+        let _g = StopOnPanic(stop);
+        f()
+    })
+}
+
 /// Sleeps `d` in short steps; false when the run is over.
 fn pause(stop: &AtomicBool, d: Duration) -> bool {
     let until = Instant::now() + d;
@@ -684,36 +696,26 @@ fn soak_of_mixed_traffic() {
         let stop = &*stop;
         let (n, mon) = (&n, &mon);
         let (srv, forger, peer) = (&srv, &forger, &peer);
-        let mut workers = Vec::new();
-        workers.push(s.spawn(move || {
-            let _g = StopOnPanic(stop);
-            in_netns(srv, || lockd_churn(port, stop, n, mon));
-        }));
-        workers.push(s.spawn(move || {
-            let _g = StopOnPanic(stop);
-            in_netns(srv, || connection_churn(port, stop, n));
-        }));
-        workers.push(s.spawn(move || {
-            let _g = StopOnPanic(stop);
-            in_netns(srv, || hostile(port, stop, n));
-        }));
-        workers.push(s.spawn(move || {
-            let _g = StopOnPanic(stop);
-            in_netns(srv, || hostile_streams(port, stop, n));
-        }));
-        workers.push(s.spawn(move || {
-            let _g = StopOnPanic(stop);
-            in_netns(forger, || forged_names(srv_addr, stop, n));
-        }));
-        let svc_dir = &svc_dir;
-        let cli_lockd = &cli_lockd;
-        workers.push(s.spawn(move || {
-            let _g = StopOnPanic(stop);
-            takeovers(srv, port, svc_dir, cli_lockd, takeover_period, stop, n);
-        }));
-        let srv_lockd = &srv_lockd;
-        let real = s.spawn(move || {
-            let _g = StopOnPanic(stop);
+        let (svc_dir, cli_lockd, srv_lockd) = (&svc_dir, &cli_lockd, &srv_lockd);
+        let workers = [
+            guarded(s, stop, move || {
+                in_netns(srv, || lockd_churn(port, stop, n, mon));
+            }),
+            guarded(s, stop, move || {
+                in_netns(srv, || connection_churn(port, stop, n))
+            }),
+            guarded(s, stop, move || in_netns(srv, || hostile(port, stop, n))),
+            guarded(s, stop, move || {
+                in_netns(srv, || hostile_streams(port, stop, n))
+            }),
+            guarded(s, stop, move || {
+                in_netns(forger, || forged_names(srv_addr, stop, n));
+            }),
+            guarded(s, stop, move || {
+                takeovers(srv, port, svc_dir, cli_lockd, takeover_period, stop, n);
+            }),
+        ];
+        let real = guarded(s, stop, move || {
             real_notifies(peer, forger, srv_addr, srv_lockd, stop, n)
         });
 
