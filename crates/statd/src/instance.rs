@@ -195,7 +195,16 @@ impl Instance {
         let dir = Arc::new(StateDir::open(&cfg.state_dir)?);
         let state = dir.state(false)?;
         let (loaded, report) = dir.load(Dir::Sm)?;
-        let committer = Committer::spawn(dir.clone());
+        // A service instance's fence is checked again right before each batch reaches the
+        // disk (a write queued before a forced takeover must not land after the new owner's
+        // retire); the node instance has none and pays nothing.
+        let committer = match cfg.fence.clone() {
+            Some(fence) => Committer::checked(
+                dir.clone(),
+                Box::new(move || fence.check().map_err(|e| e.to_string())),
+            ),
+            None => Committer::spawn(dir.clone()),
+        };
         let callouts = Mutex::new(callouts_for(cfg.ha_callout.clone()));
         let authority = cfg.authority.unwrap_or_else(|| {
             Arc::new(DirectAuthority {
@@ -826,6 +835,67 @@ mod tests {
         assert!(files(&inst, Dir::Bak).is_empty());
         assert_eq!(inst.state_dir().state(false).unwrap(), state);
         assert_eq!(inst.peers(), [("client1".to_owned(), "srv".to_owned())]);
+    }
+
+    /// The real ownership, taken over by force by another node at its `at`-th check: the
+    /// request's check passes, the takeover happens while the write is queued.
+    #[derive(Debug)]
+    struct TakenOverAt {
+        own: crate::ownership::Ownership,
+        dir: PathBuf,
+        checks: std::sync::atomic::AtomicUsize,
+        at: usize,
+    }
+
+    impl TakenOverAt {
+        fn claimed(dir: &std::path::Path, at: usize) -> Arc<dyn Fence> {
+            Arc::new(Self {
+                own: crate::ownership::Ownership::claim(dir, "node-a").unwrap(),
+                dir: dir.to_owned(),
+                checks: Default::default(),
+                at,
+            })
+        }
+    }
+
+    impl Fence for TakenOverAt {
+        fn check(&self) -> Result<(), crate::ownership::OwnershipError> {
+            if self.checks.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+                crate::ownership::Ownership::claim_over(&self.dir, "node-b").unwrap();
+            }
+            self.own.check()
+        }
+    }
+
+    /// A forced takeover between the request's fence check and the batch that carries its
+    /// write: the write is refused right before it reaches the disk (the new owner's
+    /// directory stays as it was), SM_MON answers stat_fail and nothing is monitored in
+    /// memory; an SM_UNMON's removal is refused the same way.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_queued_before_a_takeover_does_not_land() {
+        let d = tempfile::tempdir().unwrap();
+        // checks: 1 the SM_MON's request, 2 its batch (taken over there)
+        let mut cfg = InstanceConfig::new("svc", d.path().to_owned());
+        cfg.fence = Some(TakenOverAt::claimed(d.path(), 2));
+        let (inst, _) = Instance::open(cfg).unwrap();
+        let r = inst.mon(local(), &lockd_mon(b"client1")).await;
+        assert_eq!(
+            r.res_stat,
+            Res::StatFail,
+            "answered after losing the service"
+        );
+        assert!(inst.is_empty());
+        assert!(files(&inst, Dir::Sm).is_empty(), "the write landed");
+        drop(inst);
+
+        // checks: 1 and 2 the SM_MON, 3 the SM_UNMON's request, 4 its batch (taken over)
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = InstanceConfig::new("svc", d.path().to_owned());
+        cfg.fence = Some(TakenOverAt::claimed(d.path(), 4));
+        let (inst, _) = Instance::open(cfg).unwrap();
+        ok(inst.mon(local(), &lockd_mon(b"client1")).await);
+        inst.unmon(local(), &unmon_id(b"client1")).await;
+        assert_eq!(files(&inst, Dir::Sm).len(), 1, "the removal landed");
     }
 
     /// lockd as a test peer on loopback: rpcbind's GETPORT and NLM's SM_NOTIFY callback

@@ -1,4 +1,14 @@
 //! Group commit: many concurrent record writes share the expensive directory fsync.
+//!
+//! A committer may carry a [`BatchCheck`] (a service instance's fence: "does this node still
+//! own the directory?"), run on the commit thread once per batch right before the batch
+//! touches the disk; when it refuses, the whole batch fails with [`StoreError::Fenced`] and
+//! nothing is written. This narrows the window in which a node that lost an instance to a
+//! forced takeover still writes to its state directory (a write queued before the takeover
+//! no longer lands after the new owner retired `sm/`), but does not close it: a check then
+//! a write is not atomic across nodes, so a batch checked just before the takeover still
+//! lands. Only the cluster manager's fencing (STONITH, or cutting the old node off the
+//! storage) closes it. The node instance has no check and pays nothing for it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,10 +30,25 @@ struct Request {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-#[derive(Debug)]
+/// Checked once per batch, on the commit thread, right before the batch touches the disk:
+/// `Err(reason)` fails every commit of the batch with [`StoreError::Fenced`] and writes
+/// nothing. It must not block for long (every waiter of the batch waits for it).
+pub type BatchCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 struct Shared<D: Disk> {
     state_dir: Arc<StateDir<D>>,
     counters: Counters,
+    check: Option<BatchCheck>,
+}
+
+impl<D: Disk> std::fmt::Debug for Shared<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state_dir", &self.state_dir)
+            .field("counters", &self.counters)
+            .field("check", &self.check.is_some())
+            .finish()
+    }
 }
 
 /// Durable record writes with group commit.
@@ -73,10 +98,21 @@ impl<D: Disk> Committer<D> {
     /// If the thread cannot be created, the error is logged and every commit fails with
     /// [`StoreError::CommitterGone`].
     pub fn with_mode(state_dir: Arc<StateDir<D>>, mode: SyncMode) -> Self {
+        Self::start(state_dir, mode, None)
+    }
+
+    /// Starts the commit thread with the default [`SyncMode`] and a [`BatchCheck`], run
+    /// before every batch (a service instance's fence).
+    pub fn checked(state_dir: Arc<StateDir<D>>, check: BatchCheck) -> Self {
+        Self::start(state_dir, SyncMode::default(), Some(check))
+    }
+
+    fn start(state_dir: Arc<StateDir<D>>, mode: SyncMode, check: Option<BatchCheck>) -> Self {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             state_dir,
             counters: Counters::default(),
+            check,
         });
         let thread_shared = Arc::clone(&shared);
         if let Err(e) = std::thread::Builder::new()
@@ -148,6 +184,7 @@ impl<D: Disk> Committer<D> {
         let shared = Arc::new(Shared {
             state_dir,
             counters: Counters::default(),
+            check: None,
         });
         let batches = ManualBatches {
             rx,
@@ -194,6 +231,17 @@ fn process<D: Disk>(shared: &Shared<D>, mode: SyncMode, batch: Vec<Request>) {
     let c = &shared.counters;
     let n = batch.len() as u64;
     c.batch(n);
+    if let Some(Err(reason)) = shared.check.as_ref().map(|check| check()) {
+        let e = StoreError::Fenced {
+            path: shared.state_dir.path().to_owned(),
+            reason,
+        };
+        tracing::error!(error = %e, commits = n, "record batch refused");
+        for r in batch {
+            let _ = r.done.send(Err(e.clone()));
+        }
+        return;
+    }
     let mut pending: Vec<Pending> = Vec::new();
     let mut index: HashMap<(Dir, String), usize> = HashMap::new();
     for r in batch {
@@ -377,6 +425,61 @@ mod tests {
         assert_eq!(st.file_fsyncs, 0);
         assert_eq!(st.syncfs, st.batches);
         assert_eq!(c.state_dir().load(Dir::Bak).unwrap().0.len(), 8);
+    }
+
+    /// The check runs right before each batch: while it passes, commits are written as
+    /// without one; once it refuses, every commit of the batch fails with the reason and
+    /// the state directory, and nothing of it reaches the disk.
+    #[tokio::test]
+    async fn a_refusing_check_fails_the_whole_batch_and_writes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Arc::new(StateDir::open(t.path()).unwrap());
+        let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = fenced.clone();
+        let c = Committer::checked(
+            s,
+            Box::new(move || {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    Err("epoch 3 claimed by node-b".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+        c.commit(Dir::Sm, "kept", vec![rec("kept", 1)])
+            .await
+            .unwrap();
+        c.commit(Dir::Bak, "old", vec![rec("old", 2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("sm/kept")).unwrap(),
+            rec("kept", 1).to_line()
+        );
+        fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+        let fs = vec![
+            c.commit(Dir::Sm, "new", vec![rec("new", 3)]),
+            c.commit(Dir::Sm, "kept", vec![]),
+            c.commit(Dir::Bak, "old", vec![]),
+            c.commit(Dir::Sm, "new", vec![rec("new", 4)]),
+        ];
+        for f in fs {
+            let e = f.await.unwrap_err();
+            assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains(&t.path().display().to_string()), "{msg}");
+            assert!(msg.contains("epoch 3 claimed by node-b"), "{msg}");
+            assert!(msg.contains("taken over elsewhere"), "{msg}");
+        }
+        assert!(!t.path().join("sm/new").exists());
+        assert!(t.path().join("sm/kept").exists());
+        assert!(t.path().join("sm.bak/old").exists());
+        let mut left: Vec<_> = std::fs::read_dir(t.path().join("sm"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept"], "no temporary file either");
     }
 
     #[tokio::test]

@@ -249,6 +249,19 @@ pub enum StoreError {
         #[source]
         source: ParseError,
     },
+    /// The committer's check refused the batch right before it reached the disk: another
+    /// node took the instance over (its ownership epoch moved on). Nothing of the batch was
+    /// written; the new owner's files must not be touched from here.
+    #[error(
+        "nothing written to {path}: {reason}; the instance was taken over elsewhere and this node must not write to its state directory any more",
+        path = .path.display()
+    )]
+    Fenced {
+        /// The state directory.
+        path: PathBuf,
+        /// What the check said.
+        reason: String,
+    },
     /// The state number cannot grow any more.
     #[error("the NSM state number in {path} is {state} and cannot be increased; stop nsmd and reset it by removing the file (it starts again at 3)", path = .path.display())]
     StateOverflow {

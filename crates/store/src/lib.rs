@@ -107,9 +107,9 @@ mod record;
 mod sim;
 mod sync;
 
-pub use commit::Committer;
 #[cfg(feature = "sim")]
 pub use commit::ManualBatches;
+pub use commit::{BatchCheck, Committer};
 pub use dir::{Dir, LoadReport, MAX_FILE_BYTES, Skipped, StateDir, create_dir_durably};
 pub use disk::{Disk, FileKind, Opened, RealDisk};
 pub use error::{Field, NameError, ParseError, SkipReason, StoreError};
