@@ -17,8 +17,9 @@
 //!    the names the caller gives for each record, and removes what a peer acknowledged from
 //!    `sm.bak/` as soon as it finished. A peer given up (out of budget) stays in `sm.bak/`
 //!    for the next announcement (logged, counted in the [`Summary`]). With a [`Fence`],
-//!    nothing is written once it refuses, and the run stops as soon as its verdict says
-//!    another node took over: the peers not acknowledged yet stay in `sm.bak/`.
+//!    nothing is written once it refuses (checked before a removal is queued and again
+//!    right before its batch reaches the disk), and the run stops as soon as its verdict
+//!    says another node took over: the peers not acknowledged yet stay in `sm.bak/`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -102,8 +103,10 @@ pub struct Delivery<'a> {
     pub config: NotifierConfig,
     /// Nothing is sent before this opens.
     pub gate: Option<Gate<'a>>,
-    /// Nothing is written once this refuses; the run stops once it says fenced.
-    pub fence: Option<&'a dyn Fence>,
+    /// Nothing is written once this refuses (checked before a removal is queued, and again
+    /// on the store's commit thread right before each batch of removals reaches the disk);
+    /// the run stops once it says fenced.
+    pub fence: Option<Arc<dyn Fence>>,
 }
 
 impl std::fmt::Debug for Delivery<'_> {
@@ -239,7 +242,7 @@ impl Announcement {
         {
             return Err(AnnounceError::GateClosed);
         }
-        if let Some(f) = fence {
+        if let Some(f) = &fence {
             f.check().map_err(AnnounceError::Fenced)?;
         }
         if self.groups.is_empty() {
@@ -253,7 +256,7 @@ impl Announcement {
             Source::Bound(s) => s,
             Source::Bind(spec) => bind_sources(&spec)?,
         };
-        let run = notify_groups(dir, self.groups, names, config, sources, fence);
+        let run = notify_groups(dir, self.groups, names, config, sources, fence.clone());
         match fence {
             None => run.await,
             Some(f) => tokio::select! {
@@ -312,14 +315,17 @@ fn same_peer(files: BTreeMap<String, Vec<Record>>) -> Vec<Group> {
 /// Notifies every group with the names `names` gives for each of its records; removes what
 /// a peer acknowledged from `sm.bak/` as soon as it finished. Removals go through the
 /// store's group commit: the fsyncs of many acknowledgements share batches, off the event
-/// loop, so a large peer list never waits on the disk between replies.
+/// loop, so a large peer list never waits on the disk between replies. The fence is checked
+/// before a removal is queued and again right before its batch reaches the disk, so a
+/// removal queued before a takeover does not land after the new owner's retire (which
+/// would delete a file the new owner must still notify from).
 async fn notify_groups(
     dir: Arc<StateDir>,
     groups: Vec<Group>,
     names: &(dyn Fn(&Record) -> Vec<String> + Sync),
     cfg: NotifierConfig,
     sources: Sources,
-    fence: Option<&dyn Fence>,
+    fence: Option<Arc<dyn Fence>>,
 ) -> Result<Summary, AnnounceError> {
     let mut targets = Vec::with_capacity(groups.len());
     // Keyed by the groups' own file names (no copy per peer).
@@ -342,7 +348,10 @@ async fn notify_groups(
         });
     }
     let notifier = Notifier::new(cfg, sources, targets)?;
-    let committer = Committer::spawn(dir);
+    let committer = match fence.clone() {
+        Some(f) => Committer::checked(dir, Box::new(move || f.check())),
+        None => Committer::spawn(dir),
+    };
     // The removals under way; finished ones are reaped as peers finish, so a large list does
     // not keep a finished task per acknowledged peer until the end.
     let mut pending = tokio::task::JoinSet::new();
@@ -373,7 +382,7 @@ async fn notify_groups(
                 if remaining.len() == recs.len() {
                     continue;
                 }
-                if let Some(Err(e)) = fence.map(Fence::check) {
+                if let Some(Err(e)) = fence.as_deref().map(Fence::check) {
                     warn!("{file} not updated: {e}");
                     return;
                 }
@@ -698,9 +707,9 @@ mod tests {
         ]);
         let answering = peer("127.0.0.14", 0, |_| true, nothing()).await;
         let silent = peer("127.0.0.15", answering.port, |_| false, nothing()).await;
-        let fence = TestFence::default();
+        let fence = Arc::new(TestFence::default());
         let mut how = delivery(answering.port, None);
-        how.fence = Some(&fence);
+        how.fence = Some(fence.clone());
         let a = restart(&dir);
         let run = a.send(dir.clone(), how);
         tokio::pin!(run);
@@ -733,7 +742,7 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_node_removes_nothing() {
         let (_t, dir) = state_dir(&[("127.0.0.16", vec![rec("127.0.0.16", "srv")])]);
-        let fence = TestFence::default();
+        let fence = Arc::new(TestFence::default());
         let refuse = fence.refuse.clone();
         let p = peer(
             "127.0.0.16",
@@ -746,12 +755,34 @@ mod tests {
         )
         .await;
         let mut how = delivery(p.port, None);
-        how.fence = Some(&fence);
+        how.fence = Some(fence);
         let summary = within("the announcement", restart(&dir).send(dir.clone(), how))
             .await
             .unwrap();
         assert_eq!(summary.acked(), 1);
         assert_eq!(bak_files(&dir), ["127.0.0.16"], "acknowledged, but fenced");
+    }
+
+    /// A takeover after the acknowledged peer's removal was queued, before its batch reached
+    /// the disk: the store's check refuses the batch, the file stays in sm.bak/ for the new
+    /// owner to notify from.
+    #[tokio::test]
+    async fn a_removal_queued_before_a_takeover_does_not_land() {
+        let (_t, dir) = state_dir(&[("127.0.0.17", vec![rec("127.0.0.17", "srv")])]);
+        // checks: 1 before sending, 2 before queueing the removal, 3 its batch
+        let fence = Arc::new(TestFence {
+            refuse_from: 3,
+            ..TestFence::default()
+        });
+        let p = peer("127.0.0.17", 0, |_| true, nothing()).await;
+        let mut how = delivery(p.port, None);
+        how.fence = Some(fence.clone());
+        let summary = within("the announcement", restart(&dir).send(dir.clone(), how))
+            .await
+            .unwrap();
+        assert_eq!(summary.acked(), 1);
+        assert_eq!(bak_files(&dir), ["127.0.0.17"], "the removal landed");
+        assert_eq!(fence.checks.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// Out of budget: a peer that acknowledged none of its names stays whole in sm.bak/; one
@@ -831,11 +862,13 @@ mod tests {
     }
 
     /// A fence whose verdict the test sets, and whose check (the ownership on disk) it
-    /// can make refuse alone.
+    /// can make refuse alone (at once, or from its `refuse_from`-th check on).
     #[derive(Debug)]
     struct TestFence {
         verdict: Arc<watch::Sender<Option<String>>>,
         refuse: Arc<std::sync::atomic::AtomicBool>,
+        checks: std::sync::atomic::AtomicUsize,
+        refuse_from: usize,
     }
 
     impl Default for TestFence {
@@ -843,13 +876,19 @@ mod tests {
             Self {
                 verdict: Arc::new(watch::Sender::new(None)),
                 refuse: Arc::default(),
+                checks: Default::default(),
+                refuse_from: usize::MAX,
             }
         }
     }
 
     impl Fence for TestFence {
         fn check(&self) -> Result<(), String> {
-            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            let n = self
+                .checks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            if n >= self.refuse_from || self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err("the ownership moved on".into());
             }
             self.verdict.borrow().clone().map_or(Ok(()), Err)

@@ -511,7 +511,7 @@ impl Instance {
                 info!(instance = %name, state, "not notified: nsmd stops before it was registered; the peers stay in sm.bak/");
                 return;
             }
-            match notify_bak_now(dir, &cn, state, fence.as_deref()).await {
+            match notify_bak_now(dir, &cn, state, fence).await {
                 Ok(msg) => info!(instance = %name, state, "notification: {msg}"),
                 Err(e) => warn!(instance = %name, state, "peers in sm.bak/ not notified: {e}"),
             }
@@ -576,7 +576,7 @@ async fn notify_bak_now(
     dir: Arc<StateDir>,
     cn: &CrashNotify,
     state: i32,
-    fence: Option<&dyn Fence>,
+    fence: Option<Arc<dyn Fence>>,
 ) -> Result<String, nsm_notify::AnnounceError> {
     let announcement = nsm_notify::Announcement::again(&dir, state)?;
     if announcement.is_empty() {
@@ -589,7 +589,6 @@ async fn notify_bak_now(
             cn.names.clone()
         }
     };
-    let fence = fence.map(crate::ownership::Checked);
     let summary = announcement
         .send(
             dir,
@@ -601,7 +600,8 @@ async fn notify_bak_now(
                     ..NotifierConfig::default()
                 },
                 gate: None,
-                fence: fence.as_ref().map(|f| f as &dyn nsm_notify::Fence),
+                fence: fence
+                    .map(|f| Arc::new(crate::ownership::Checked(f)) as Arc<dyn nsm_notify::Fence>),
             },
         )
         .await?;

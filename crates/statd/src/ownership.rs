@@ -74,10 +74,10 @@ pub trait Fence: Send + Sync + std::fmt::Debug {
 /// A [`Fence`] as the announce path's ([`nsm_notify::Fence`]): checked before every write to
 /// `sm.bak/`; it has no verdict to watch, so only a refused write stops the run (an active
 /// service instance's announcements also stop on its fence watch's verdict).
-#[derive(Debug, Clone, Copy)]
-pub struct Checked<'a>(pub &'a dyn Fence);
+#[derive(Debug, Clone)]
+pub struct Checked(pub std::sync::Arc<dyn Fence>);
 
-impl nsm_notify::Fence for Checked<'_> {
+impl nsm_notify::Fence for Checked {
     fn check(&self) -> Result<(), String> {
         self.0.check().map_err(|e| e.to_string())
     }

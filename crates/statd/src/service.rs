@@ -1583,7 +1583,7 @@ async fn notify_task(
                     }
                     open
                 })),
-                fence: Some(&fence),
+                fence: Some(Arc::new(fence.clone())),
             },
         )
         .await;
