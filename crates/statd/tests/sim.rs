@@ -42,10 +42,12 @@
 //!   the budget gave it up), and every client that reboots then is called back by lockd on the
 //!   serving node for its registration.
 //!
-//! The core broke none of them. The simulation's driver does three things the daemon's does
-//! not do today, each because seeds failed without it; `NSMD_SIM_AS_TODAY=1`, `2`, `3` (or
-//! `all`) leaves that rule out (rule 1: seeds 190, 335; rule 2: 222, 227, and 297 where a
-//! fenced node answers an SM_MON `stat_succ` after losing the service; rule 3: 263, 265):
+//! The core broke none of them. The simulation's driver does three things, each because seeds
+//! failed without it; the daemon has rule 2 now, not yet 1 and 3. `NSMD_SIM_AS_TODAY=1`, `2`,
+//! `3` (or `all`) leaves that rule out (rule 1: seeds 190, 335; rule 2: 222, 227, and 297
+//! where a fenced node answers an SM_MON `stat_succ` after losing the service; rule 3: 263,
+//! 265); for rule 2 that reproduces the daemon before the fix, kept so the finding stays
+//! visible:
 //! 1. a restart (SM_SIMU_CRASH) first stops the announcement in progress and lets the
 //!    removals from `sm.bak/` it queued finish; otherwise a peer that acknowledged the old
 //!    state, was monitored again and moved to `sm.bak/` by the restart loses its new
@@ -55,8 +57,11 @@
 //!    go on; one that bumped without retiring announces the new state;
 //! 2. the committer reads the fence before each batch (and the fenced instance stops):
 //!    otherwise a write queued before a forced takeover lands after the new owner's retire
-//!    and deletes an `sm.bak/` file the new owner has to notify from (the daemon reads the
-//!    fence before a request and before queueing a removal, not before the write);
+//!    and deletes an `sm.bak/` file the new owner has to notify from. The daemon does this
+//!    now (`Committer::checked` in `Instance::open` for a service instance and in the
+//!    announce path's removals): a refused batch fails with `StoreError::Fenced`, so its
+//!    SM_MONs answer `stat_fail` where the driver here drops the process (no answer); both
+//!    write nothing and answer no `stat_succ`, and the fence watch silences the instance;
 //! 3. a record file that cannot be read (`SkipReason::Unreadable`, a transient `EIO`) fails
 //!    the load, and the start or the announcement is tried again; otherwise the instance
 //!    serves without that client (no callback when it reboots) or announces without that peer
