@@ -129,6 +129,7 @@ type Group = Vec<(String, Vec<Record>)>;
 pub struct Retired {
     moved: usize,
     groups: Vec<Group>,
+    retires: u64,
 }
 
 impl Retired {
@@ -143,9 +144,11 @@ impl Retired {
             dir: dir.path().to_owned(),
             source,
         })?;
+        let retires = dir.retires();
         Ok(Self {
             moved,
             groups: same_peer(load_bak(dir)?),
+            retires,
         })
     }
 
@@ -178,6 +181,7 @@ impl Retired {
             state,
             moved: self.moved,
             groups: self.groups,
+            retires: self.retires,
         })
     }
 }
@@ -189,16 +193,21 @@ pub struct Announcement {
     state: i32,
     moved: usize,
     groups: Vec<Group>,
+    /// [`StateDir::retires`] before `sm.bak/` was loaded: a file is removed only if nothing
+    /// was moved into `sm.bak/` since.
+    retires: u64,
 }
 
 impl Announcement {
     /// The peers still in `sm.bak/`, announced again with `state`, which is on disk already
     /// (a resumed instance, `nsmctl notify`, SIGUSR1). Nothing moves.
     pub fn again(dir: &StateDir, state: i32) -> Result<Self, AnnounceError> {
+        let retires = dir.retires();
         Ok(Self {
             state,
             moved: 0,
             groups: same_peer(load_bak(dir)?),
+            retires,
         })
     }
 
@@ -256,7 +265,14 @@ impl Announcement {
             Source::Bound(s) => s,
             Source::Bind(spec) => bind_sources(&spec)?,
         };
-        let run = notify_groups(dir, self.groups, names, config, sources, fence.clone());
+        let run = notify_groups(
+            dir,
+            (self.groups, self.retires),
+            names,
+            config,
+            sources,
+            fence.clone(),
+        );
         match fence {
             None => run.await,
             Some(f) => tokio::select! {
@@ -319,9 +335,14 @@ fn same_peer(files: BTreeMap<String, Vec<Record>>) -> Vec<Group> {
 /// before a removal is queued and again right before its batch reaches the disk, so a
 /// removal queued before a takeover does not land after the new owner's retire (which
 /// would delete a file the new owner must still notify from).
+/// A removal is made only if `sm/` was not retired to `sm.bak/` since `retires` (the count
+/// read before `sm.bak/` was loaded): otherwise the file may hold the peer monitored again
+/// and moved there by a restart (SM_SIMU_CRASH) while this announcement ran, owed the newer
+/// state by the announcement that restart starts; aborting this one does not take back a
+/// removal it queued (tests/sim.rs, seeds 190 and 335).
 async fn notify_groups(
     dir: Arc<StateDir>,
-    groups: Vec<Group>,
+    (groups, retires): (Vec<Group>, u64),
     names: &(dyn Fn(&Record) -> Vec<String> + Sync),
     cfg: NotifierConfig,
     sources: Sources,
@@ -389,11 +410,13 @@ async fn notify_groups(
                 let label = file.clone();
                 let path = committer.state_dir().file_path(Dir::Bak, &label);
                 let gone = remaining.is_empty();
-                let commit = committer.commit(Dir::Bak, label.clone(), remaining);
+                let commit =
+                    committer.commit_unless_retired(Dir::Bak, label.clone(), remaining, retires);
                 pending.spawn(async move {
                     match commit.await {
                         Ok(()) if gone => info!("{label} removed from sm.bak"),
                         Ok(()) => info!("acknowledged records of {label} removed from sm.bak"),
+                        Err(e @ StoreError::Retired { .. }) => info!("{e}"),
                         Err(e) => error!(
                             "cannot update {}: {e}; the peer will be notified again next time",
                             path.display()
@@ -645,6 +668,46 @@ mod tests {
         assert!(
             bak_files(&dir).is_empty(),
             "acknowledged: removed from sm.bak/"
+        );
+    }
+
+    /// SM_SIMU_CRASH while an announcement runs: the peer, monitored again, is moved into
+    /// sm.bak/ by the restart's retire after this announcement loaded sm.bak/. Its
+    /// acknowledgement of the older state must not remove the new file, which the restart's
+    /// own announcement has to notify of the newer state (tests/sim.rs, seeds 190 and 335).
+    #[tokio::test]
+    async fn a_removal_does_not_take_a_file_a_later_retire_moved_into_sm_bak() {
+        let (_t, dir) = state_dir(&[("127.0.0.20", vec![rec("127.0.0.20", "srv")])]);
+        let p = peer("127.0.0.20", 0, |_| true, nothing()).await;
+        let old = restart(&dir);
+        // Monitored again (the same record: lockd's cookie does not change), then retired.
+        dir.write(Dir::Sm, "127.0.0.20", &[rec("127.0.0.20", "srv")])
+            .unwrap();
+        assert_eq!(dir.retire().unwrap(), 1);
+        let summary = within(
+            "the older announcement",
+            old.send(dir.clone(), delivery(p.port, None)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.acked(), 1);
+        assert_eq!(
+            bak_files(&dir),
+            ["127.0.0.20"],
+            "the file moved by the later retire stays for the newer announcement"
+        );
+        // The newer announcement (loaded after that retire) removes it once acknowledged.
+        let newer = Announcement::again(&dir, 7).unwrap();
+        within(
+            "the newer announcement",
+            newer.send(dir.clone(), delivery(p.port, None)),
+        )
+        .await
+        .unwrap();
+        assert!(bak_files(&dir).is_empty());
+        assert_eq!(
+            p.seen.lock().unwrap().notifies,
+            [("srv".to_owned(), 5), ("srv".to_owned(), 7)]
         );
     }
 

@@ -76,6 +76,11 @@ pub struct InstanceConfig {
     pub name: String,
     /// The state directory (`sm/`, `sm.bak/`, `state`).
     pub state_dir: PathBuf,
+    /// `state_dir` opened already: a service instance's, the one its takeover retired and
+    /// announces from, so that a removal that announcement queued is never made over a file
+    /// this instance's SM_SIMU_CRASH moved into `sm.bak/` ([`StateDir::retires`] counts per
+    /// `StateDir`). `None`: opened here.
+    pub dir: Option<Arc<StateDir>>,
     /// Where to write the state number for the kernel (`/proc/sys/fs/nfs/nsm_local_state`);
     /// skipped when the file does not exist.
     pub nsm_local_state: Option<PathBuf>,
@@ -117,6 +122,7 @@ impl InstanceConfig {
         Self {
             name: name.to_owned(),
             state_dir,
+            dir: None,
             nsm_local_state: None,
             callback: CallbackPolicy::default(),
             ha_callout: None,
@@ -192,7 +198,10 @@ impl Instance {
     /// does), tells the kernel, loads every record in `sm/`, and starts the callback and
     /// callout workers. Must run inside a tokio runtime.
     pub fn open(cfg: InstanceConfig) -> Result<(Arc<Self>, LoadReport), InstanceError> {
-        let dir = Arc::new(StateDir::open(&cfg.state_dir)?);
+        let dir = match cfg.dir.clone() {
+            Some(dir) => dir,
+            None => Arc::new(StateDir::open(&cfg.state_dir)?),
+        };
         let state = dir.state(false)?;
         let (loaded, report) = dir.load(Dir::Sm)?;
         // A service instance's fence is checked again right before each batch reaches the

@@ -891,6 +891,7 @@ impl Services {
         let state = claimed.announcement.state();
         let spec = &s.spec;
         let mut icfg = InstanceConfig::new(&spec.name, spec.state_dir.clone());
+        icfg.dir = Some(claimed.dir.clone());
         icfg.ha_callout = self.cfg.ha_callout.clone();
         icfg.callback = self.cfg.callback.clone();
         icfg.fence = Some(claimed.ownership.clone() as Arc<dyn Fence>);

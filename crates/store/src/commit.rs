@@ -27,6 +27,7 @@ struct Request {
     dir: Dir,
     file: String,
     records: Vec<Record>,
+    unless_retired_since: Option<u64>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -132,13 +133,38 @@ impl<D: Disk> Committer<D> {
         file: impl Into<String>,
         records: Vec<Record>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.queue(dir, file.into(), records, None)
+    }
+
+    /// Like [`commit`](Self::commit), but the write is made only if
+    /// [`StateDir::retires`] still gives `since` when its batch runs (checked under the
+    /// directory's lock, so no retire falls between the check and the write); otherwise the
+    /// file is left as it is and the future resolves to [`StoreError::Retired`].
+    pub fn commit_unless_retired(
+        &self,
+        dir: Dir,
+        file: impl Into<String>,
+        records: Vec<Record>,
+        since: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.queue(dir, file.into(), records, Some(since))
+    }
+
+    fn queue(
+        &self,
+        dir: Dir,
+        file: String,
+        records: Vec<Record>,
+        unless_retired_since: Option<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (done, rx) = oneshot::channel();
         let sent = self
             .tx
             .send(Request {
                 dir,
-                file: file.into(),
+                file,
                 records,
+                unless_retired_since,
                 done,
             })
             .is_ok();
@@ -223,6 +249,7 @@ struct Pending {
     dir: Dir,
     file: String,
     records: Vec<Record>,
+    unless_retired_since: Option<u64>,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
@@ -249,6 +276,7 @@ fn process<D: Disk>(shared: &Shared<D>, mode: SyncMode, batch: Vec<Request>) {
             Some(&i) => {
                 // Newer content replaces older; the older waiter is answered with it.
                 pending[i].records = r.records;
+                pending[i].unless_retired_since = r.unless_retired_since;
                 pending[i].waiters.push(r.done);
             }
             None => {
@@ -257,6 +285,7 @@ fn process<D: Disk>(shared: &Shared<D>, mode: SyncMode, batch: Vec<Request>) {
                     dir: r.dir,
                     file: r.file,
                     records: r.records,
+                    unless_retired_since: r.unless_retired_since,
                     waiters: vec![r.done],
                 });
             }
@@ -269,6 +298,7 @@ fn process<D: Disk>(shared: &Shared<D>, mode: SyncMode, batch: Vec<Request>) {
             dir: p.dir,
             file: &p.file,
             records: &p.records,
+            unless_retired_since: p.unless_retired_since,
         })
         .collect();
     let results = shared.state_dir.write_batch(&items, mode, c);

@@ -109,6 +109,8 @@ struct Pending {
     /// A write of the state file failed at or after its rename: the number in the file may
     /// not be durable, and must be before it is handed out.
     state_unsynced: bool,
+    /// How many times [`StateDir::retire`] ran (see [`StateDir::retires`]).
+    retires: u64,
 }
 
 /// One file to write in a batch.
@@ -116,6 +118,9 @@ pub(crate) struct Item<'a> {
     pub(crate) dir: Dir,
     pub(crate) file: &'a str,
     pub(crate) records: &'a [Record],
+    /// Written only if [`StateDir::retires`] still gives this (otherwise
+    /// [`StoreError::Retired`]).
+    pub(crate) unless_retired_since: Option<u64>,
 }
 
 /// A directory opened for one operation.
@@ -369,6 +374,7 @@ impl<D: Disk> StateDir<D> {
     /// leftovers (`X.new`) stay in `sm/`. Returns how many files moved.
     pub fn retire(&self) -> Result<usize, StoreError> {
         let mut g = self.guard();
+        g.retires += 1;
         let base = self.open_base()?;
         let sm = self.open_dir(&base, Dir::Sm)?;
         let bak = self.open_dir(&base, Dir::Bak)?;
@@ -440,6 +446,17 @@ impl<D: Disk> StateDir<D> {
         result.map(|()| moved)
     }
 
+    /// How many times [`retire`](Self::retire) was called on this `StateDir` (failed calls
+    /// too). Read before loading `sm.bak/`, it lets a later write of what was loaded be made
+    /// only if nothing was moved into `sm.bak/` since ([`Committer::commit_unless_retired`]):
+    /// a peer monitored again and moved there by a restart is not removed by the removal an
+    /// older announcement queued when that peer acknowledged the older state.
+    ///
+    /// [`Committer::commit_unless_retired`]: crate::Committer::commit_unless_retired
+    pub fn retires(&self) -> u64 {
+        self.guard().retires
+    }
+
     /// Rewrites `sm/<file>` (or `sm.bak/<file>`) durably with exactly these records, one line
     /// each, in order; an empty slice removes the file. Returns once the change is on stable
     /// storage.
@@ -460,7 +477,12 @@ impl<D: Disk> StateDir<D> {
     /// Removing is `unlinkat(<file>)` (a missing file is fine) and `fsync(dir)`. The temp
     /// name starts with a dot, so neither nsmd nor nfs-utils (2.6 or later) loads it.
     pub fn write(&self, dir: Dir, file: &str, records: &[Record]) -> Result<(), StoreError> {
-        let item = Item { dir, file, records };
+        let item = Item {
+            dir,
+            file,
+            records,
+            unless_retired_since: None,
+        };
         let mut results = self.write_batch(&[item], SyncMode::FsyncEach, &Counters::default());
         results.pop().unwrap_or(Ok(()))
     }
@@ -506,6 +528,12 @@ impl<D: Disk> StateDir<D> {
                         continue;
                     }
                 };
+                if item.unless_retired_since.is_some_and(|n| n != g.retires) {
+                    results[i] = Err(StoreError::Retired {
+                        path: d.path.join(item.file),
+                    });
+                    continue;
+                }
                 match prepare(disk, d, item) {
                     Ok(Some((tmp, file))) => unsynced.push(Unsynced {
                         index: i,
@@ -1342,6 +1370,7 @@ mod tests {
                 dir: Dir::Sm,
                 file: &names[i],
                 records: &recs[i],
+                unless_retired_since: None,
             })
             .collect();
         // The last item's directory is missing: the chunk before it must still be synced.
@@ -1349,11 +1378,13 @@ mod tests {
             dir: Dir::Sm,
             file: "bad/name",
             records: &recs[0],
+            unless_retired_since: None,
         });
         items.push(Item {
             dir: Dir::Bak,
             file: "gone",
             records: &recs[0],
+            unless_retired_since: None,
         });
         for mode in [
             SyncMode::FsyncEach,

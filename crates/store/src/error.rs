@@ -279,6 +279,13 @@ pub enum StoreError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// A write made only if `sm/` was not retired since (see `StateDir::retires`) was not
+    /// made: the file may hold a record moved there since, which must stay.
+    #[error("{path} left as it is: sm/ was moved to sm.bak/ since it was loaded, and the file may hold a peer to notify of the newer state", path = .path.display())]
+    Retired {
+        /// The file not written.
+        path: PathBuf,
+    },
     /// The group-commit thread is gone (it could not be started, or it panicked).
     #[error("the record writer thread for {path} is not running; restart nsmd", path = .path.display())]
     CommitterGone {
