@@ -208,6 +208,9 @@ struct Notifier {
     state: i32,
     /// peer id -> (file in sm.bak/, client).
     peers: Vec<(String, Option<usize>)>,
+    /// `StateDir::retires` before `sm.bak/` was loaded: a removal is made only if `sm/` was
+    /// not retired since (the daemon's rule, `nsm_notify::announce`).
+    retires: u64,
 }
 
 /// One nsmd process serving the service instance.
@@ -514,6 +517,7 @@ impl Sim {
         let Some(loaded) = self.load(node, what, &dir, Dir::Sm) else {
             return Ok(false);
         };
+        let retires = dir.retires();
         let Some(bak) = self.load(node, what, &dir, Dir::Bak) else {
             return Ok(false);
         };
@@ -532,7 +536,7 @@ impl Sim {
             loaded.len(),
             bak.len()
         ));
-        let notifier = self.notifier(state, bak);
+        let notifier = self.notifier(state, bak, retires);
         self.nodes[node].active = Some(Active {
             core,
             dir,
@@ -604,7 +608,7 @@ impl Sim {
         }
     }
 
-    fn notifier(&mut self, state: i32, bak: Vec<(String, Record)>) -> Notifier {
+    fn notifier(&mut self, state: i32, bak: Vec<(String, Record)>, retires: u64) -> Notifier {
         let mut files: BTreeMap<String, Vec<Record>> = BTreeMap::new();
         for (f, r) in bak {
             files.entry(f).or_default().push(r);
@@ -626,6 +630,7 @@ impl Sim {
             sched,
             state,
             peers,
+            retires,
         }
     }
 
@@ -675,18 +680,10 @@ impl Sim {
                 Effect::LookUp(name) => lookups.push(name),
                 Effect::Callout { .. } => {}
                 Effect::Restart { request } => {
-                    // The announcement in progress stops, and the removals from sm.bak/ it
-                    // queued are done before sm/ moves there (see `drain_announcement`).
-                    let mut stopped = None;
-                    if !self.as_today[0] {
-                        stopped = a.notifier.take();
-                        let mut cx = Context::from_waker(Waker::noop());
-                        a.batches.run(usize::MAX);
-                        a.pending.retain_mut(|p| match p {
-                            Pending::Bak(f) => f.as_mut().poll(&mut cx).is_pending(),
-                            Pending::Sm(..) => true,
-                        });
-                    }
+                    // The announcement in progress pauses while the restart runs (it is
+                    // synchronous here); the removals from sm.bak/ it queued stay queued and
+                    // are made only if nothing was retired since its load (`peer_done`).
+                    let stopped = a.notifier.take();
                     let dir = Arc::clone(&a.dir);
                     let result = match dir.state(true) {
                         Err(e) => Restarted::NotBumped(e.to_string()),
@@ -749,8 +746,9 @@ impl Sim {
             return;
         };
         let dir = Arc::clone(&a.dir);
+        let retires = dir.retires();
         if let Some(bak) = self.load(node, "announce", &dir, Dir::Bak) {
-            let n = self.notifier(state, bak);
+            let n = self.notifier(state, bak, retires);
             if let Some(a) = self.nodes[node].active.as_mut() {
                 a.notifier = Some(n);
                 a.announce = None;
@@ -1103,7 +1101,16 @@ impl Sim {
             self.log(format!("node {node}: {file} {how}, not removed (fenced)"));
             return Ok(());
         }
-        let f = Box::pin(a.committer.commit(Dir::Bak, file.clone(), Vec::new()));
+        let f = if self.as_today[0] {
+            Box::pin(a.committer.commit(Dir::Bak, file.clone(), Vec::new())) as _
+        } else {
+            Box::pin(a.committer.commit_unless_retired(
+                Dir::Bak,
+                file.clone(),
+                Vec::new(),
+                n.retires,
+            )) as _
+        };
         a.pending.push(Pending::Bak(f));
         self.log(format!(
             "node {node}: sm.bak/{file} {how} (state {state}): removing"
