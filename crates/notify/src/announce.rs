@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use nsm_store::{Committer, Dir, Record, StateDir, StoreError};
+use nsm_store::{Committer, Dir, Disk, Record, StateDir, StoreError};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -49,7 +49,7 @@ pub enum AnnounceError {
         /// The store's error.
         source: StoreError,
     },
-    /// `sm.bak/` could not be read.
+    /// `sm.bak/`, or one of its files, could not be read: nothing was sent.
     #[error("cannot read {dir}/sm.bak: {source}", dir = .dir.display())]
     Load {
         /// The state directory.
@@ -284,8 +284,18 @@ impl Announcement {
 }
 
 /// The records of `sm.bak/`, by file (one file per peer name).
-fn load_bak(dir: &StateDir) -> Result<BTreeMap<String, Vec<Record>>, AnnounceError> {
-    let (records, _report) = dir.load(Dir::Bak).map_err(|source| AnnounceError::Load {
+fn load_bak<D: Disk>(dir: &StateDir<D>) -> Result<BTreeMap<String, Vec<Record>>, AnnounceError> {
+    let load = || {
+        let (records, report) = dir.load(Dir::Bak)?;
+        // A peer whose file cannot be read now (a transient EIO) is not dropped from the
+        // announcement: it fails, to be tried again (tests/sim.rs, seeds 263 and 265).
+        report.unreadable()?;
+        for s in &report.skipped {
+            warn!(path = %s.path.display(), "record file skipped and left in place: {}", s.reason);
+        }
+        Ok(records)
+    };
+    let records = load().map_err(|source| AnnounceError::Load {
         dir: dir.path().to_owned(),
         source,
     })?;
@@ -709,6 +719,40 @@ mod tests {
             p.seen.lock().unwrap().notifies,
             [("srv".to_owned(), 5), ("srv".to_owned(), 7)]
         );
+    }
+
+    /// A file of sm.bak/ that cannot be read now (a transient EIO) fails the load: the
+    /// announcement is not made without that peer (tests/sim.rs, seeds 263 and 265).
+    #[test]
+    fn an_unreadable_sm_bak_file_fails_the_announcement() {
+        use nsm_store::SimDisk;
+        let disk = SimDisk::new(1);
+        let dir = StateDir::open_on(disk.clone(), std::path::Path::new("/srv/statd")).unwrap();
+        dir.write(Dir::Bak, "127.0.0.21", &[rec("127.0.0.21", "srv")])
+            .unwrap();
+        assert_eq!(load_bak(&dir).unwrap().len(), 1);
+        // Each operation of the load in turn fails with EIO, until it is the file's read.
+        let mut failed = None;
+        for k in 0..16 {
+            disk.fail_at(disk.ops() + k, nix::errno::Errno::EIO);
+            let r = load_bak(&dir);
+            disk.clear_faults();
+            match r {
+                Err(AnnounceError::Load {
+                    source: e @ StoreError::RecordUnreadable { .. },
+                    ..
+                }) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                // The directory itself, or the file's lstat: an error as before.
+                Err(AnnounceError::Load { .. }) => {}
+                Ok(files) => assert_eq!(files.len(), 1, "a peer dropped from the announcement"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let e = failed.expect("no EIO on the record file's read");
+        assert!(e.contains("sm.bak/127.0.0.21"), "{e}");
     }
 
     /// A gate that closes without opening: nothing is sent, sm.bak/ stays.

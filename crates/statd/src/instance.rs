@@ -520,9 +520,23 @@ impl Instance {
                 info!(instance = %name, state, "not notified: nsmd stops before it was registered; the peers stay in sm.bak/");
                 return;
             }
-            match notify_bak_now(dir, &cn, state, fence).await {
-                Ok(msg) => info!(instance = %name, state, "notification: {msg}"),
-                Err(e) => warn!(instance = %name, state, "peers in sm.bak/ not notified: {e}"),
+            // sm.bak/ or one of its files that cannot be read now (a transient EIO) is tried
+            // again (1 s, 2 s, ... 64 s): the peers are not announced to without it.
+            let mut wait = Duration::from_secs(1);
+            loop {
+                match notify_bak_now(dir.clone(), &cn, state, fence.clone()).await {
+                    Ok(msg) => info!(instance = %name, state, "notification: {msg}"),
+                    Err(e @ nsm_notify::AnnounceError::Load { .. })
+                        if wait <= Duration::from_secs(64) =>
+                    {
+                        warn!(instance = %name, state, "peers in sm.bak/ not notified yet: {e}; trying again in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                        continue;
+                    }
+                    Err(e) => warn!(instance = %name, state, "peers in sm.bak/ not notified: {e}"),
+                }
+                break;
             }
         });
         if let Some(old) = lock(&self.notifying).replace(task) {

@@ -913,12 +913,26 @@ impl Services {
                 nsm_local_state: None,
             }),
         });
-        let instance = match Instance::open(icfg) {
-            Ok((i, _)) => i,
+        // A record file that cannot be read now fails the takeover (the cluster manager
+        // tries again): serving without it, that client would not be called back when it
+        // reboots (tests/sim.rs, seeds 46 and 263). Damaged files are logged and skipped, as
+        // for the node.
+        let opened = Instance::open(icfg).map_err(Error::from).and_then(|(i, report)| {
+            report.unreadable()?;
+            for sk in &report.skipped {
+                warn!(instance = %spec.name, path = %sk.path.display(), "record file skipped and left in place: {}", sk.reason);
+            }
+            for p in &report.leftovers {
+                warn!(instance = %spec.name, path = %p.display(), "temporary file of an interrupted write ignored");
+            }
+            Ok(i)
+        });
+        let instance = match opened {
+            Ok(i) => i,
             Err(e) => {
                 claimed.ownership.release();
                 self.remove_marker(&spec.name);
-                return Err(e.into());
+                return Err(e);
             }
         };
         if instance.state() != state {

@@ -72,6 +72,24 @@ impl LoadReport {
     pub fn is_clean(&self) -> bool {
         self.skipped.is_empty() && self.leftovers.is_empty() && self.removed.is_empty()
     }
+
+    /// The first file skipped because it could not be read ([`SkipReason::Unreadable`], a
+    /// transient `EIO` as much as a permission), as an error; damaged files (unparsable,
+    /// empty, too large, badly named, not regular) are not errors. For callers that must not
+    /// go on without a record: a takeover would serve without that client, an announcement
+    /// would leave that peer unnotified.
+    pub fn unreadable(&self) -> Result<(), StoreError> {
+        match self.skipped.iter().find_map(|s| match &s.reason {
+            SkipReason::Unreadable(e) => Some((&s.path, e)),
+            _ => None,
+        }) {
+            Some((path, source)) => Err(StoreError::RecordUnreadable {
+                path: path.clone(),
+                source: Arc::clone(source),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One skipped file.
@@ -1157,6 +1175,8 @@ mod tests {
                 ("hôte-ünïcode".to_owned(), good.clone())
             ]
         );
+        // Damage and unusable files are skipped, never an error (only an unreadable file is).
+        report.unreadable().unwrap();
         let reason = |name: &[u8]| {
             let p = sm.join(OsStr::from_bytes(name));
             report

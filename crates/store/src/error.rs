@@ -279,6 +279,17 @@ pub enum StoreError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// A record file could not be read (not a damaged one: `EIO`, `EACCES`, ...). A
+    /// takeover or an announcement that would go on without it would leave that peer
+    /// unmonitored or unnotified: it fails instead (see `LoadReport::unreadable`).
+    #[error("cannot read the record file {path}: {source} (it was neither loaded nor changed; check the disk and the file's permissions, then try again: the cluster manager retries a takeover, `nsmctl notify` announces again)", path = .path.display())]
+    RecordUnreadable {
+        /// The record file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: Arc<io::Error>,
+    },
     /// A write made only if `sm/` was not retired since (see `StateDir::retires`) was not
     /// made: the file may hold a record moved there since, which must stay.
     #[error("{path} left as it is: sm/ was moved to sm.bak/ since it was loaded, and the file may hold a peer to notify of the newer state", path = .path.display())]

@@ -830,3 +830,92 @@ fn sim_disk_loses_what_was_not_made_durable() {
     assert_eq!(disk.injected().len(), 1);
     assert_eq!(dir.load(Dir::Sm).unwrap().0, vec![("h".into(), rec(2))]);
 }
+
+/// A record file that cannot be read (an injected `EIO`) is reported, and
+/// `LoadReport::unreadable` turns it into an error naming the file (damaged files stay
+/// skipped without an error: `dir.rs`'s tests).
+#[test]
+fn an_unreadable_record_file_is_an_error() {
+    let disk = SimDisk::new(2);
+    let dir = StateDir::open_on(disk.clone(), Path::new(BASE)).unwrap();
+    let rec = Record {
+        mon_name: b"h".to_vec(),
+        my_name: b"me".to_vec(),
+        my_prog: 100_021,
+        my_vers: 4,
+        my_proc: 16,
+        priv_: [1; 16],
+    };
+    dir.write(Dir::Bak, "h", std::slice::from_ref(&rec))
+        .unwrap();
+    let (loaded, report) = dir.load(Dir::Bak).unwrap();
+    assert_eq!(loaded, vec![("h".to_owned(), rec.clone())]);
+    report.unreadable().unwrap();
+    // Each operation of a load in turn fails with EIO: when it is the file's, the file is
+    // skipped as unreadable, and that is an error naming it.
+    let mut seen = false;
+    for k in 0..16 {
+        let ops = disk.ops();
+        disk.fail_at(ops + k, Errno::EIO);
+        let Ok((loaded, report)) = dir.load(Dir::Bak) else {
+            continue;
+        };
+        disk.clear_faults();
+        if loaded.is_empty() {
+            let e = report.unreadable().unwrap_err();
+            assert!(matches!(e, StoreError::RecordUnreadable { .. }), "{e}");
+            assert!(e.to_string().contains("sm.bak/h"), "{e}");
+            seen = true;
+            break;
+        }
+    }
+    disk.clear_faults();
+    assert!(seen, "no EIO on the record file's read");
+}
+
+/// `Committer::commit_unless_retired` writes only if `sm/` was not retired since the count
+/// it was given (an announcement's removal must not take a file a restart moved into
+/// `sm.bak/` after the announcement loaded it).
+#[test]
+fn a_write_unless_retired_is_not_made_after_a_retire() {
+    let disk = SimDisk::new(3);
+    let dir = Arc::new(StateDir::open_on(disk.clone(), Path::new(BASE)).unwrap());
+    let rec = Record {
+        mon_name: b"h".to_vec(),
+        my_name: b"me".to_vec(),
+        my_prog: 100_021,
+        my_vers: 4,
+        my_proc: 16,
+        priv_: [1; 16],
+    };
+    dir.write(Dir::Bak, "h", std::slice::from_ref(&rec))
+        .unwrap();
+    let (committer, batches) = Committer::manual(Arc::clone(&dir), SyncMode::FsyncEach);
+    let poll = |f: &mut Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>| match f
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(r) => r,
+        Poll::Pending => panic!("not answered after its batch"),
+    };
+    let since = dir.retires();
+    // Monitored again, retired (SM_SIMU_CRASH) while the removal waits for its batch.
+    let mut removal: Pin<Box<dyn Future<Output = _> + Send>> =
+        Box::pin(committer.commit_unless_retired(Dir::Bak, "h", Vec::new(), since));
+    dir.write(Dir::Sm, "h", std::slice::from_ref(&rec)).unwrap();
+    assert_eq!(dir.retire().unwrap(), 1);
+    batches.run(usize::MAX);
+    let e = poll(&mut removal).unwrap_err();
+    assert!(matches!(e, StoreError::Retired { .. }), "{e}");
+    assert_eq!(
+        dir.load(Dir::Bak).unwrap().0.len(),
+        1,
+        "the moved file stays"
+    );
+    // Nothing retired since: the removal is made.
+    let mut removal: Pin<Box<dyn Future<Output = _> + Send>> =
+        Box::pin(committer.commit_unless_retired(Dir::Bak, "h", Vec::new(), dir.retires()));
+    batches.run(usize::MAX);
+    poll(&mut removal).unwrap();
+    assert!(dir.load(Dir::Bak).unwrap().0.is_empty());
+}
