@@ -42,19 +42,19 @@
 //!   the budget gave it up), and every client that reboots then is called back by lockd on the
 //!   serving node for its registration.
 //!
-//! The core broke none of them. The simulation's driver does three things, each because seeds
-//! failed without it; the daemon has rule 2 now, not yet 1 and 3. `NSMD_SIM_AS_TODAY=1`, `2`,
-//! `3` (or `all`) leaves that rule out (rule 1: seeds 190, 335; rule 2: 222, 227, and 297
-//! where a fenced node answers an SM_MON `stat_succ` after losing the service; rule 3: 263,
-//! 265); for rule 2 that reproduces the daemon before the fix, kept so the finding stays
-//! visible:
-//! 1. a restart (SM_SIMU_CRASH) first stops the announcement in progress and lets the
-//!    removals from `sm.bak/` it queued finish; otherwise a peer that acknowledged the old
-//!    state, was monitored again and moved to `sm.bak/` by the restart loses its new
-//!    `sm.bak/` file to the old removal and is never told of the new state (`instance.rs`
-//!    bumps and retires while the old announcement still runs; aborting it later does not
-//!    take back what its committer queued). A restart that did nothing lets the announcement
-//!    go on; one that bumped without retiring announces the new state;
+//! The core broke none of them. Three rules of the driver come from seeds that failed
+//! without them; the daemon has all three now, and the driver does what the daemon does.
+//! `NSMD_SIM_AS_TODAY=1`, `2`, `3` (or `all`) leaves that rule out, which reproduces the
+//! daemon before that fix, kept so the findings stay visible (rule 1: seeds 190, 335; rule
+//! 2: 222, 227, and 297 where a fenced node answers an SM_MON `stat_succ` after losing the
+//! service; rule 3: 46, 263, 265):
+//! 1. an announcement removes a peer from `sm.bak/` only if `sm/` was not retired since it
+//!    loaded `sm.bak/` (`Committer::commit_unless_retired` with `StateDir::retires`, as
+//!    `nsm_notify::announce` does); otherwise a peer that acknowledged the old state, was
+//!    monitored again and moved to `sm.bak/` by a restart (SM_SIMU_CRASH) loses its new
+//!    `sm.bak/` file to the removal the old announcement queued, and is never told of the new
+//!    state. (A restart pauses the announcement while it runs; one that did nothing lets it go
+//!    on; one that bumped without retiring announces the new state: the sim's own.)
 //! 2. the committer reads the fence before each batch (and the fenced instance stops):
 //!    otherwise a write queued before a forced takeover lands after the new owner's retire
 //!    and deletes an `sm.bak/` file the new owner has to notify from. The daemon does this
@@ -63,9 +63,10 @@
 //!    SM_MONs answer `stat_fail` where the driver here drops the process (no answer); both
 //!    write nothing and answer no `stat_succ`, and the fence watch silences the instance;
 //! 3. a record file that cannot be read (`SkipReason::Unreadable`, a transient `EIO`) fails
-//!    the load, and the start or the announcement is tried again; otherwise the instance
-//!    serves without that client (no callback when it reboots) or announces without that peer
-//!    (left in `sm.bak/` until the next restart): the daemon ignores the load report.
+//!    the load, and the start or the announcement is tried again, as the daemon does
+//!    (`LoadReport::unreadable`); without it the instance serves without that client (no
+//!    callback when it reboots) or announces without that peer (left in `sm.bak/` until the
+//!    next restart).
 //!
 //! `NSMD_SIM_SEED=<n>` replays one seed; `NSMD_SIM_SEEDS=<count>` runs seeds 0..count
 //! (default [`DEFAULT_SEEDS`]); `NSMD_SIM_TRACE=<lines>` prints more of a failing seed's trace.
@@ -315,8 +316,8 @@ struct Sim {
     loss: u64,
     dup: u64,
     faults: bool,
-    /// `NSMD_SIM_AS_TODAY`: which of the driver's three rules the daemon lacks to leave out,
-    /// to drive the core as `instance.rs` and `nsm_notify::announce` do today (see the module documentation).
+    /// `NSMD_SIM_AS_TODAY`: which of the driver's three rules to leave out (the daemon
+    /// before that fix; see the module documentation).
     as_today: [bool; 3],
     trace: Vec<String>,
     counts: Counts,
