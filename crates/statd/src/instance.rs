@@ -729,6 +729,23 @@ mod tests {
         assert_eq!(names(Dir::Bak), ["before"]);
     }
 
+    /// A service instance opened on its takeover's `StateDir` retires through it at
+    /// SM_SIMU_CRASH: the takeover announcement's removals, queued against that directory's
+    /// retire count, then leave what the restart moved into sm.bak/ alone.
+    #[tokio::test(start_paused = true)]
+    async fn sm_simu_crash_retires_through_the_state_dir_given() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Arc::new(StateDir::open(d.path()).unwrap());
+        let since = dir.retires();
+        let mut cfg = InstanceConfig::new("svc", d.path().to_owned());
+        cfg.dir = Some(dir.clone());
+        let (inst, _) = Instance::open(cfg).unwrap();
+        ok(inst.mon(local(), &lockd_mon(b"client1")).await);
+        inst.simu_crash(local()).await;
+        assert_eq!(dir.retires(), since + 1, "retired through another StateDir");
+        assert_eq!(files(&inst, Dir::Bak).len(), 1);
+    }
+
     const LOCAL: &str = "127.0.0.1:700";
 
     fn local() -> SocketAddr {
