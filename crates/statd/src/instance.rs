@@ -20,7 +20,7 @@ use nsm_store::{Committer, Dir, LoadReport, Record, StateDir, StoreError};
 use nsm_xdr::nsm::{Mon, MonId, MyId, Res, SmStat, SmStatRes, StatChge};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::callback::{CallbackPolicy, Callbacks};
 use crate::callout::Callouts;
@@ -289,12 +289,17 @@ impl Instance {
                 // Queued now, in the order decided; the wait is another task's.
                 let done = self.committer.commit(Dir::Sm, file, records);
                 let me = self.me.clone();
-                tokio::spawn(async move {
-                    let result = done.await;
-                    if let Some(this) = me.upgrade() {
-                        this.with_core(|c| c.handle_committed(id, result));
+                // In the span of the request that caused it (xid, procedure, peer), so what
+                // the core logs when the write is done names that request.
+                tokio::spawn(
+                    async move {
+                        let result = done.await;
+                        if let Some(this) = me.upgrade() {
+                            this.with_core(|c| c.handle_committed(id, result));
+                        }
                     }
-                });
+                    .instrument(Span::current()),
+                );
             }
             Effect::Reply { request, reply } => {
                 if let Some(tx) = lock(&self.replies).remove(&request) {
@@ -304,43 +309,49 @@ impl Instance {
             Effect::CallBack(cb) => self.callbacks.queue(cb),
             Effect::LookUp(name) => {
                 let (me, sem) = (self.me.clone(), self.resolving.clone());
-                tokio::spawn(async move {
-                    let Ok(_permit) = sem.acquire().await else {
-                        return;
-                    };
-                    let addrs = resolve(&name).await;
-                    if let Some(this) = me.upgrade() {
-                        this.with_core(|c| c.handle_resolved(now(), &name, addrs));
+                tokio::spawn(
+                    async move {
+                        let Ok(_permit) = sem.acquire().await else {
+                            return;
+                        };
+                        let addrs = resolve(&name).await;
+                        if let Some(this) = me.upgrade() {
+                            this.with_core(|c| c.handle_resolved(now(), &name, addrs));
+                        }
                     }
-                });
+                    .instrument(Span::current()),
+                );
             }
             Effect::Callout { kind, args } => lock(&self.callouts).send(kind.as_str(), args),
             Effect::Restart { request } => {
                 let (dir, authority, me) =
                     (self.dir.clone(), self.authority.clone(), self.me.clone());
-                tokio::spawn(async move {
-                    let done = tokio::task::spawn_blocking(move || {
-                        let state = match authority.bump() {
-                            Ok(s) => s,
-                            Err(e) => return Restarted::NotBumped(e.to_string()),
-                        };
-                        match dir.retire() {
-                            Ok(moved) => {
-                                debug!(state, moved, "SM_SIMU_CRASH: retired sm/");
-                                Restarted::Done(state)
+                tokio::spawn(
+                    async move {
+                        let done = tokio::task::spawn_blocking(move || {
+                            let state = match authority.bump() {
+                                Ok(s) => s,
+                                Err(e) => return Restarted::NotBumped(e.to_string()),
+                            };
+                            match dir.retire() {
+                                Ok(moved) => {
+                                    debug!(state, moved, "SM_SIMU_CRASH: retired sm/");
+                                    Restarted::Done(state)
+                                }
+                                Err(e) => Restarted::NotRetired {
+                                    state,
+                                    error: e.to_string(),
+                                },
                             }
-                            Err(e) => Restarted::NotRetired {
-                                state,
-                                error: e.to_string(),
-                            },
+                        })
+                        .await
+                        .unwrap_or_else(|e| Restarted::NotBumped(e.to_string()));
+                        if let Some(this) = me.upgrade() {
+                            this.with_core(|c| c.handle_restarted(request, done));
                         }
-                    })
-                    .await
-                    .unwrap_or_else(|e| Restarted::NotBumped(e.to_string()));
-                    if let Some(this) = me.upgrade() {
-                        this.with_core(|c| c.handle_restarted(request, done));
                     }
-                });
+                    .instrument(Span::current()),
+                );
             }
             Effect::Announce { state } => self.notify_peers(state),
             Effect::PublishState(state) => {
