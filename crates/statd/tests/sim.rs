@@ -85,7 +85,7 @@ use nix::errno::Errno;
 use nsm_notify::{AckResult, Action, Policy, Scheduler};
 use nsm_statd::core::{Core, CoreConfig, Effect, Reply, RequestId, Restarted};
 use nsm_store::{
-    Committer, Dir, Disk, ManualBatches, Record, SimDisk, SkipReason, StateDir, StoreError,
+    Committer, Dir, Disk, ManualBatches, Record, Rng, SimDisk, SkipReason, StateDir, StoreError,
     SyncMode,
 };
 use nsm_xdr::Opaque;
@@ -101,27 +101,6 @@ const LOCAL: &str = "127.0.0.1:700";
 /// The notify budget of an announcement (the real default is 15 minutes; shorter here so
 /// that seeds see it run out).
 const BUDGET: Duration = Duration::from_secs(40);
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
 
 fn client_name(c: usize) -> String {
     format!("c{c}.example")
@@ -330,7 +309,7 @@ fn svc() -> PathBuf {
 impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = Rng(seed ^ 0x0057_A7D5_11CE_0001);
-        let disk = SimDisk::new(rng.next());
+        let disk = SimDisk::new(rng.next_u64());
         for p in ["/srv", "/srv/nfs", "/srv/nfs/svc-a"] {
             disk.mkdir(Path::new(p), 0o755).unwrap();
         }
@@ -427,10 +406,10 @@ impl Sim {
     /// Sends `msg` to arrive after `delay`; over UDP (`lossy`) it may be lost or duplicated.
     fn send(&mut self, msg: Msg, lossy: bool) {
         let copies = if lossy && self.faults {
-            if self.rng.chance(self.loss) {
+            if self.rng.per_mille(self.loss) {
                 self.counts.lost += 1;
                 0
-            } else if self.rng.chance(self.dup) {
+            } else if self.rng.per_mille(self.dup) {
                 2
             } else {
                 1
@@ -1383,7 +1362,7 @@ impl Sim {
         if self.clients[client].outstanding.is_some() {
             return;
         }
-        let op = if self.clients[client].acked.is_some() && self.rng.chance(400) {
+        let op = if self.clients[client].acked.is_some() && self.rng.per_mille(400) {
             Op::Unmon
         } else {
             Op::Mon(self.rng.below(256) as u8)
@@ -1456,7 +1435,7 @@ impl Sim {
         let n_nodes = self.nodes.len() as u64;
         let node = self.rng.below(n_nodes) as usize;
         let client = self.rng.below(self.clients.len() as u64) as usize;
-        let die = self.faults && self.rng.chance(30);
+        let die = self.faults && self.rng.per_mille(30);
         if die {
             let at = self.disk.ops() + self.rng.below(40);
             self.disk.die_at(at);
@@ -1485,7 +1464,9 @@ impl Sim {
             // crash (resume), else a takeover.
             760..=789 if self.serving().is_none() => match self.owner {
                 Some(o)
-                    if self.resumable && self.nodes[o].active.is_none() && self.rng.chance(600) =>
+                    if self.resumable
+                        && self.nodes[o].active.is_none()
+                        && self.rng.per_mille(600) =>
                 {
                     self.start(o, false)?;
                 }
@@ -1508,14 +1489,14 @@ impl Sim {
                 self.log(format!("node {node}: lockd alive: {alive}"));
             }
             890..=899 if self.faults => {
-                let full = self.rng.chance(500);
+                let full = self.rng.per_mille(500);
                 self.disk.set_full(full);
                 self.log(format!("disk full: {full}"));
             }
             900..=904 => self.simu_crash(node)?,
             905..=909 if self.faults => {
                 let at = self.disk.ops() + 1 + self.rng.below(20);
-                let e = if self.rng.chance(500) {
+                let e = if self.rng.per_mille(500) {
                     Errno::EIO
                 } else {
                     Errno::ENOSPC

@@ -116,5 +116,5 @@ pub use error::{Field, NameError, ParseError, SkipReason, StoreError};
 pub use name::{MAX_FILE_NAME, file_name};
 pub use record::{MAX_LINE_LEN, MAX_NAMES_LEN, PRIV_SIZE, Record, SM_MAXSTRLEN};
 #[cfg(feature = "sim")]
-pub use sim::{InjectedError, SimDir, SimDisk, SimFile, SimOp};
+pub use sim::{InjectedError, Rng, SimDir, SimDisk, SimFile, SimOp};
 pub use sync::{CommitStats, SyncMode};

@@ -60,7 +60,7 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nsm_store::{
-    Committer, Dir, Disk, ManualBatches, Record, SimDisk, StateDir, StoreError, SyncMode,
+    Committer, Dir, Disk, ManualBatches, Record, Rng, SimDisk, StateDir, StoreError, SyncMode,
 };
 
 /// Seeds run by default: about 10 s in a debug build on the project's 2-CPU test machine.
@@ -77,31 +77,6 @@ const PEERS: [&str; 6] = [
     "host-six",
 ];
 const MY_NAMES: [&str; 3] = ["server1", "svc-a.example", "svc-b.example"];
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
 
 /// A record file's bytes; `None`: no file.
 type Content = Option<Vec<u8>>;
@@ -298,7 +273,7 @@ struct Counts {
 impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = Rng(seed ^ 0x005E_ED0F_57A7_D15C);
-        let disk = SimDisk::new(rng.next());
+        let disk = SimDisk::new(rng.next_u64());
         // What the system has before nsmd runs (Debian's nfs-common creates /var/lib/nfs).
         for p in ["/var", "/var/lib", "/var/lib/nfs"] {
             disk.mkdir(Path::new(p), 0o755).unwrap();
@@ -387,7 +362,7 @@ impl Sim {
                 let my_name = my.remove(i);
                 let mut cookie = [0u8; 16];
                 for b in &mut cookie {
-                    *b = self.rng.next() as u8;
+                    *b = self.rng.next_u64() as u8;
                 }
                 Record {
                     mon_name: peer.as_bytes().to_vec(),
@@ -559,12 +534,12 @@ impl Sim {
             75..=79 => self.state_read()?,
             80..=87 => self.load(),
             88..=93 => {
-                let on = self.rng.chance(50);
+                let on = self.rng.percent(50);
                 self.disk.set_read_only(on);
                 self.log(format!("disk read-only: {on}"));
             }
             _ => {
-                let on = self.rng.chance(50);
+                let on = self.rng.percent(50);
                 self.disk.set_full(on);
                 self.log(format!("disk full: {on}"));
             }
@@ -684,7 +659,7 @@ impl Sim {
         self.disk.set_fault_rate(self.rate);
         for _ in 0..STEPS {
             // The machine may stop anywhere in the next store call.
-            let die = self.rng.chance(12);
+            let die = self.rng.percent(12);
             if die {
                 let at = self.disk.ops() + self.rng.below(60);
                 self.disk.die_at(at);
@@ -696,10 +671,10 @@ impl Sim {
             } else if die {
                 self.disk.cancel_die();
             }
-            if self.rng.chance(3) {
+            if self.rng.percent(3) {
                 self.log("stop between two calls".into());
                 self.stop_and_check()?;
-            } else if self.rng.chance(5) {
+            } else if self.rng.percent(5) {
                 // Nothing stopped: what is on the disk now must already be allowed.
                 self.check(false)?;
                 self.dir = None;
