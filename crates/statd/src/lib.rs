@@ -208,7 +208,6 @@ impl Service for NsmService {
 mod tests {
     use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
-    use std::time::Duration;
 
     use nsm_rpc::{Auth, Transport};
     use nsm_xdr::nsm::{NLM_PROG, Res, SmStat, SmStatRes};
@@ -216,26 +215,12 @@ mod tests {
     use super::*;
     use crate::callback::CallbackPolicy;
 
+    /// service.rs's test spec without the kernel's unlock files.
     fn spec(name: &str, addr: &str, dir: &Path) -> ServiceSpec {
         ServiceSpec {
-            name: name.into(),
-            hostname: format!("{name}.example.test"),
-            aliases: vec![],
-            addresses: vec![addr.parse().unwrap()],
-            interface: None,
-            state_dir: dir.to_owned(),
-            notify_names: vec![],
-            notify_port: Some(0),
-            retry: Some(Duration::from_secs(1)),
-            window: 4,
-            ready_programs: vec![],
-            ready_command: vec![],
-            ready_timeout: Duration::from_secs(1),
-            takeover_command: vec![],
-            takeover_timeout: Duration::from_secs(1),
             unlock_ip: false,
             exports: vec![],
-            takeover_at_start: false,
+            ..service::tests::spec(name, addr, dir)
         }
     }
 

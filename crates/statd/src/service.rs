@@ -1627,10 +1627,11 @@ async fn notify_task(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(name: &str, addr: &str, dir: &Path) -> ServiceSpec {
+    /// A service instance's spec for in-process tests (also used by `lib.rs`'s tests).
+    pub(crate) fn spec(name: &str, addr: &str, dir: &Path) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
             hostname: format!("{name}.example.test"),
