@@ -13,6 +13,9 @@
 #   FUZZ_TARGETS   space-separated targets (default: all, from `cargo fuzz list`)
 #   FUZZ_TOOLCHAIN e.g. "+nightly" to run with AddressSanitizer instead (default: stable, -s none)
 #   FUZZ_EXTRA_ARGS more libFuzzer flags, e.g. "-rss_limit_mb=512"
+#   FUZZ_JOBS      targets run at the same time (default 1); long runs on demand, e.g.
+#                  FUZZ_SECONDS=3600 FUZZ_JOBS=6 FUZZ_TOOLCHAIN=+nightly nice fuzz/smoke.sh
+#   FUZZ_KEEP      a directory to keep each target's log and grown corpus in (default: removed)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."   # the repository root: cargo fuzz finds ./fuzz
@@ -38,30 +41,58 @@ cargo $toolchain fuzz build "${sanitizer[@]}"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-failed=()
-for t in "${targets[@]}"; do
-    corpus="$work/corpus/$t"
+keep="${FUZZ_KEEP:-}"
+jobs="${FUZZ_JOBS:-1}"
+
+# Runs one target; its exit status says whether it crashed. Output goes to "$work/$1.log".
+run_one() {
+    local t="$1" corpus="$work/corpus/$1" log="$work/$1.log"
     mkdir -p "$corpus"
     if [[ -d "fuzz/corpus/$t" ]]; then
         cp -R "fuzz/corpus/$t/." "$corpus/"
     fi
-    inputs=("$corpus")
+    local inputs=("$corpus")
     if [[ -d "fuzz/regressions/$t" ]] && compgen -G "fuzz/regressions/$t/*" >/dev/null; then
         # Replayed as part of the initial corpus: libFuzzer runs every file once before fuzzing.
         inputs+=("fuzz/regressions/$t")
     fi
-    log="$work/$t.log"
-    echo "== $t"
     # shellcheck disable=SC2086
-    if cargo $toolchain fuzz run "${sanitizer[@]}" "$t" "${inputs[@]}" -- \
-        -max_total_time="$seconds" -print_final_stats=1 ${FUZZ_EXTRA_ARGS:-} >"$log" 2>&1; then
-        grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units|^stat::average_exec_per_sec' "$log" || true
+    cargo $toolchain fuzz run "${sanitizer[@]}" "$t" "${inputs[@]}" -- \
+        -max_total_time="$seconds" -print_final_stats=1 ${FUZZ_EXTRA_ARGS:-} >"$log" 2>&1
+}
+
+failed=()
+declare -A pids=()
+report() {   # $1 target, $2 exit status
+    echo "== $1"
+    if [[ "$2" == 0 ]]; then
+        grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units|^stat::average_exec_per_sec' \
+            "$work/$1.log" || true
     else
-        failed+=("$t")
-        echo "smoke.sh: $t FAILED; last lines of its log:" >&2
-        tail -n 60 "$log" >&2
+        failed+=("$1")
+        echo "smoke.sh: $1 FAILED; last lines of its log:" >&2
+        tail -n 60 "$work/$1.log" >&2
     fi
+    if [[ -n "$keep" ]]; then
+        mkdir -p "$keep/corpus"
+        cp "$work/$1.log" "$keep/"
+        rm -rf "${keep:?}/corpus/$1"
+        cp -R "$work/corpus/$1" "$keep/corpus/"
+    fi
+}
+wait_one() {   # waits for one running target to end and reports it
+    local done_pid status=0 t
+    wait -n -p done_pid "${!pids[@]}" || status=$?
+    t="${pids[$done_pid]}"
+    unset "pids[$done_pid]"
+    report "$t" "$status"
+}
+for t in "${targets[@]}"; do
+    while ((${#pids[@]} >= jobs)); do wait_one; done
+    run_one "$t" &
+    pids[$!]="$t"
 done
+while ((${#pids[@]})); do wait_one; done
 
 if ((${#failed[@]})); then
     echo "smoke.sh: crashes in: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
