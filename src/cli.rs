@@ -11,7 +11,7 @@ use crate::config::cli::parse_port;
 /// Tell every host in the notify list (sm.bak/) that this host restarted.
 ///
 /// Settings come from the flags, then from nfs.conf ([sm-notify] retry-time, outgoing-port,
-/// outgoing-addr, lift-grace, update-state, force, debug; [statd] state-directory-path),
+/// outgoing-addr, lift-grace, update-state, force, debug; `[statd]` state-directory-path),
 /// then from sm-notify's defaults.
 #[derive(Debug, Parser)]
 #[command(name = "nsm-notify", version, disable_version_flag = true)]

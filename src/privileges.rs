@@ -303,7 +303,7 @@ pub const MAX_HELPER_LINE: usize = 16 * 1024;
 /// (`{"bump-instance":{"name":"svc1"}}`, `"bump"`). The helper is nsmd's own executable,
 /// started by it: both sides are always of the same version. It trusts nothing in a
 /// request: it names an instance, never a path, and every field is checked
-/// ([`HelperRequest::check`], then the instance files the helper reads itself).
+/// (`HelperRequest::check`, then the instance files the helper reads itself).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum HelperRequest {

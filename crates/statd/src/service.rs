@@ -769,7 +769,7 @@ impl Services {
     /// [`Services::takeover`] as the cluster manager's decision (`nsmctl takeover --force`,
     /// CTDB's takeip): when another nsmd still holds the ownership lock (its node lost the
     /// cluster, its ctdbd was killed, a partition), the next epoch is claimed without the
-    /// lock. The old holder's fence watch sees the epoch move on within [`FENCE_CHECK`] and
+    /// lock. The old holder's fence watch sees the epoch move on within a second and
     /// stops answering on the addresses and notifying; its kernel locks stay until it is
     /// released there. This node takes the lock once the old holder lets it go.
     pub async fn takeover_forced(&self, name: &str) -> Result<i32, Error> {
