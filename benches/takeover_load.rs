@@ -1,0 +1,1061 @@
+//! Load benchmark: a service instance's takeover (`nsmctl takeover`) with N clients in its
+//! `sm/`, and, in the same run, Debian's `sm-notify -v HOSTNAME` on a copy of the same `sm/`
+//! (how HA setups notify with nfs-utils).
+//!
+//! Run as root: `cargo bench --bench takeover_load`. Results and the machine they came from
+//! are in BENCHMARKS.md. Without root, `sm-notify`, `rpcbind` or working network namespaces it
+//! prints why and exits 0 (it is run on demand, not in CI); run by `cargo test` (no `--bench`
+//! argument) it does nothing.
+//!
+//! Layout: one lab, two hosts on its bridge.
+//! - `srv` (198.51.100.10/24, and the service address 198.51.100.50/24, named
+//!   `nfs-svc.example.test` in the lab's hosts file) runs Debian's rpcbind and the real nsmd
+//!   (`nsmd -F -L --instances DIR`, the release build), whose instance `svc` has its state
+//!   directory on the disk (`CARGO_TARGET_TMPDIR`). The service's lock manager and NFS server
+//!   (100021, 100003) are registered with rpcbind before the takeover (PMAP SET from this
+//!   process; the readiness gate only asks rpcbind), as when the cluster manager starts the
+//!   NFS server before the takeover. Its `/proc/sys/fs/nfs/nsm_local_state` is a private file
+//!   (bind mount in the host's mount namespace), so sm-notify's write never reaches the kernel.
+//! - `farm` (198.51.100.20/24) holds all of 198.18.0.0/15 (RFC 2544's benchmark range) as a
+//!   local route on `lo`, and `srv` routes that range to it. Peer number `i` (1..=N) is the
+//!   host name `pNNNNNN` on 198.(18 + c / 256).(c % 256).(i % 200 + 10), c = i / 200, listed in
+//!   the lab's hosts file (as peers' names are in HA setups; both tools read it). One
+//!   responder (two threads in the farm's network namespace) plays rpcbind (UDP
+//!   0.0.0.0:111, PMAP v2 GETPORT → 32765) and statd (UDP 0.0.0.0:32765, SM_NOTIFY → success)
+//!   for every peer, replying from the address asked (`IP_PKTINFO`). Every peer whose number
+//!   is a multiple of 10 is dead: nothing sent to its address is answered. For each peer the
+//!   responder keeps the instant of its first acknowledged SM_NOTIFY and that SM_NOTIFY's
+//!   mon_name and state.
+//!
+//! One nsmd trial: write N record files (nfs-utils format) into a fresh `sm/` and the state
+//! `41` into `state`, start nsmd (idle: the instance is not taken over at start), then run
+//! `nsmctl --json takeover svc` and stop when every live peer acknowledged (or at the cap).
+//! - takeover command: from starting `nsmctl` (through `nsenter`) until it returned. nsmd
+//!   answers it once the instance is claimed, its state bumped, `sm/` retired to `sm.bak/`, its
+//!   records opened, its addresses answered and the readiness gate open: the instance is
+//!   active, and its notification starts then.
+//! - ready → last ack: from `nsmctl takeover` returning until the responder answered the last
+//!   live peer's first SM_NOTIFY. command → last ack: the sum, what an operator waits.
+//! - checked at the responder: the distinct live peers acknowledged (must be every live peer),
+//!   each with mon_name = the service hostname and the state nsmctl reported, odd and larger
+//!   than the state before; dead peers must have been tried (a GETPORT reached their address).
+//! - nsmd's `VmRSS` and `VmHWM` (`/proc/PID/status`) are sampled every 50 ms: RSS before the
+//!   takeover (idle, after start-up), the peak (largest VmRSS sample, and VmHWM, which also
+//!   holds start-up's peak) until the last ack, and RSS 1 s after it (nsmd still retries the
+//!   dead peers then). CPU: nsmd's user + system time from the command until the last ack.
+//! - `sm.bak/` down to the dead: from the command until `sm.bak/` holds only the dead peers'
+//!   files (a peer's file leaves it once the peer acknowledged), watched (every 250 ms) up to
+//!   `NSMD_BENCH_BAK_WAIT` after the last ack.
+//!
+//! The sm-notify trial: a fresh copy of the same N records and state, then
+//! `sm-notify -d -f -v nfs-svc.example.test -P DIR` on `srv` (it retires `sm/` itself, bumps
+//! the state and binds to the service address); from its start until the last live peer's
+//! acknowledgement, with the same checks; stopped then or at its cap.
+//!
+//! Environment (all optional):
+//! - `NSMD_BENCH_LEVELS`: comma-separated client counts (default `1000,10000`; `100000` on
+//!   demand: 100,000 record files are written per tool, and sm-notify does not finish);
+//! - `NSMD_BENCH_ROUNDS`: nsmd trials per level (default 1);
+//! - `NSMD_BENCH_SMNOTIFY_CAP`: sm-notify's cap in seconds (default 60; 0: sm-notify is not
+//!   run);
+//! - `NSMD_BENCH_NSMD_CAP`: the cap of an nsmd takeover in seconds (default 120);
+//! - `NSMD_BENCH_BAK_WAIT`: how long `sm.bak/` is watched after the last ack, in seconds
+//!   (default 30).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::sched::{CloneFlags, setns};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, sendmsg, setsockopt,
+    sockopt,
+};
+use nsm_testhost::{Host, Lab, Proc, prerequisites, tool_path};
+
+/// The nsmd and nsmctl under test: `cargo bench` builds them with the release profile.
+const NSMD: &str = env!("CARGO_BIN_EXE_nsmd");
+const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
+/// Where the service's state directories go (on the disk, as shared storage would be).
+const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+const SRV_ADDR: &str = "198.51.100.10";
+const FARM_ADDR: &str = "198.51.100.20";
+const SVC_ADDR: &str = "198.51.100.50";
+const SVC_HOSTNAME: &str = "nfs-svc.example.test";
+const PEER_NET: &str = "198.18.0.0/15";
+/// The state in the service's `state` file before each trial (odd: it ran before).
+const STATE_BEFORE: i32 = 41;
+
+/// The statd port the responder's rpcbind hands out.
+const STATD_PORT: u16 = 32765;
+const PMAP_PROG: u32 = 100_000;
+const SM_PROG: u32 = 100_024;
+const SM_NOTIFY: u32 = 6;
+/// Every tenth peer is dead.
+const DEAD_EVERY: usize = 10;
+/// The most peers the address plan holds (198.18.0.0/15, 200 per /24, peer 0 unused).
+const MAX_PEERS: usize = 512 * 200 - 1;
+
+/// Peer number `i` → its address.
+fn peer_addr(i: usize) -> Ipv4Addr {
+    assert!((1..=MAX_PEERS).contains(&i));
+    let c = i / 200;
+    Ipv4Addr::new(
+        198,
+        (18 + c / 256) as u8,
+        (c % 256) as u8,
+        (i % 200 + 10) as u8,
+    )
+}
+
+/// An address → its peer number, if it is one.
+fn peer_of(a: Ipv4Addr) -> Option<usize> {
+    let o = a.octets();
+    (o[0] == 198 && (18..20).contains(&o[1]) && (10..210).contains(&o[3]))
+        .then(|| (usize::from(o[1] - 18) * 256 + usize::from(o[2])) * 200 + usize::from(o[3]) - 10)
+        .filter(|&i| i >= 1)
+}
+
+fn peer_name(i: usize) -> String {
+    format!("p{i:06}")
+}
+
+fn is_dead(i: usize) -> bool {
+    i % DEAD_EVERY == 0
+}
+
+fn live_count(n: usize) -> usize {
+    n - n / DEAD_EVERY
+}
+
+/// A peer's first acknowledged SM_NOTIFY.
+#[derive(Debug, Clone)]
+struct Ack {
+    at: Instant,
+    mon_name: Vec<u8>,
+    state: i32,
+}
+
+/// What the responder saw since its last reset.
+#[derive(Debug, Default)]
+struct Seen {
+    /// By peer number.
+    acked: Vec<Option<Ack>>,
+    /// By peer number: any call (GETPORT or SM_NOTIFY) reached its address.
+    asked: Vec<bool>,
+}
+
+#[derive(Debug)]
+struct Responder {
+    seen: Arc<Mutex<Seen>>,
+    /// Live peers acknowledged since the last reset.
+    live_acked: Arc<AtomicUsize>,
+    getports: Arc<AtomicUsize>,
+    notifies: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn word(m: &[u8], i: usize) -> u32 {
+    m.get(i * 4..i * 4 + 4)
+        .map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// An XDR opaque (length, bytes, padding) at byte `at`: (bytes, the offset after it).
+fn opaque(m: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let len = usize::try_from(u32::from_be_bytes(m.get(at..at + 4)?.try_into().ok()?)).ok()?;
+    let body = m.get(at + 4..at + 4 + len)?;
+    Some((body, at + 4 + len.div_ceil(4) * 4))
+}
+
+/// SM_NOTIFY's arguments (`stat_chge`: mon_name, state) after the call header.
+fn notify_args(m: &[u8]) -> Option<(Vec<u8>, i32)> {
+    // xid, CALL, rpcvers, prog, vers, proc, then the credential and the verifier (flavour
+    // and opaque body each).
+    let (_, at) = opaque(m, 28)?;
+    let (_, at) = opaque(m, at + 4)?;
+    let (name, at) = opaque(m, at)?;
+    let state = i32::from_be_bytes(m.get(at..at + 4)?.try_into().ok()?);
+    Some((name.to_vec(), state))
+}
+
+impl Responder {
+    fn start(host: &Host, max_peers: usize) -> Self {
+        let seen = Arc::new(Mutex::new(Seen {
+            acked: vec![None; max_peers + 1],
+            asked: vec![false; max_peers + 1],
+        }));
+        let live_acked = Arc::new(AtomicUsize::new(0));
+        let getports = Arc::new(AtomicUsize::new(0));
+        let notifies = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for port in [111u16, STATD_PORT] {
+            let ns = File::open(host.netns_path()).expect("open the farm's netns");
+            let (seen, live_acked, stop, tx) =
+                (seen.clone(), live_acked.clone(), stop.clone(), tx.clone());
+            let counter = if port == 111 {
+                getports.clone()
+            } else {
+                notifies.clone()
+            };
+            threads.push(std::thread::spawn(move || {
+                setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the farm");
+                let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind responder");
+                setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).expect("IP_PKTINFO");
+                setsockopt(&sock, sockopt::RcvBufForce, &(8 << 20)).expect("SO_RCVBUFFORCE");
+                sock.set_read_timeout(Some(Duration::from_millis(100)))
+                    .expect("read timeout");
+                tx.send(()).expect("started");
+                serve(&sock, port, &seen, &live_acked, &counter, &stop);
+            }));
+        }
+        for _ in 0..2 {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the responder starts");
+        }
+        Self {
+            seen,
+            live_acked,
+            getports,
+            notifies,
+            stop,
+            threads,
+        }
+    }
+
+    fn reset(&self) {
+        let mut s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        s.acked.iter_mut().for_each(|a| *a = None);
+        s.asked.iter_mut().for_each(|a| *a = false);
+        self.live_acked.store(0, Ordering::SeqCst);
+        self.getports.store(0, Ordering::SeqCst);
+        self.notifies.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers PMAP GETPORT (port 111) or SM_NOTIFY (port 32765) for every live peer address,
+/// replying from the address asked.
+fn serve(
+    sock: &UdpSocket,
+    port: u16,
+    seen: &Mutex<Seen>,
+    live_acked: &AtomicUsize,
+    counter: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    let fd = sock.as_raw_fd();
+    let mut buf = vec![0u8; 9000];
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    while !stop.load(Ordering::Relaxed) {
+        let (n, from, dst) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let Ok(msg) = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+            else {
+                continue;
+            };
+            let mut dst = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
+                        dst = Some(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr)));
+                    }
+                }
+            }
+            (msg.bytes, msg.address, dst)
+        };
+        let (Some(from), Some(dst)) = (from, dst) else {
+            continue;
+        };
+        let m = &buf[..n];
+        // A call: xid, CALL, rpcvers 2, prog, vers, proc.
+        if n < 40 || word(m, 1) != 0 || word(m, 2) != 2 {
+            continue;
+        }
+        let Some(peer) = peer_of(dst) else {
+            continue;
+        };
+        if let Some(a) = seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .asked
+            .get_mut(peer)
+        {
+            *a = true;
+        }
+        if is_dead(peer) {
+            continue;
+        }
+        let (prog, proc_) = (word(m, 3), word(m, 5));
+        let mut reply = Vec::with_capacity(28);
+        for w in [word(m, 0), 1, 0, 0, 0, 0] {
+            reply.extend_from_slice(&w.to_be_bytes());
+        }
+        let mut notified = None;
+        if port == 111 {
+            if prog != PMAP_PROG {
+                continue;
+            }
+            if proc_ == 3 {
+                reply.extend_from_slice(&u32::from(STATD_PORT).to_be_bytes());
+            }
+        } else if prog != SM_PROG {
+            continue;
+        } else if proc_ == SM_NOTIFY {
+            let Some(args) = notify_args(m) else {
+                continue;
+            };
+            notified = Some(args);
+        }
+        let pi = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from(dst).to_be(),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        let sent = sendmsg(
+            fd,
+            &[IoSlice::new(&reply)],
+            &[ControlMessage::Ipv4PacketInfo(&pi)],
+            MsgFlags::empty(),
+            Some(&from),
+        );
+        if sent.is_err() {
+            continue;
+        }
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some((mon_name, state)) = notified {
+            let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = s.acked.get_mut(peer)
+                && slot.is_none()
+            {
+                *slot = Some(Ack {
+                    at: Instant::now(),
+                    mon_name,
+                    state,
+                });
+                live_acked.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// `VmRSS` and `VmHWM` of `pid` in kB.
+fn rss_hwm_kb(pid: u32) -> Option<(u64, u64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// User + system CPU time of `pid` so far (`/proc/PID/stat`, 100 ticks per second).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (in parentheses): state is field 3; utime and stime are
+    // fields 14 and 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Samples a process's VmRSS every 50 ms on a thread of its own until dropped.
+struct Sampler {
+    max_rss: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Self {
+        let max_rss = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max_rss.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some((rss, _)) = rss_hwm_kb(pid) {
+                    m.fetch_max(rss as usize, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            max_rss,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The largest VmRSS sampled so far, in kB.
+    fn max_rss_kb(&self) -> u64 {
+        self.max_rss.load(Ordering::Relaxed) as u64
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The record line nfs-utils writes for an SM_MON of `name` (my_name: the service's name).
+fn record(name: &str, i: usize) -> String {
+    let addr = format!("{:08x}", u32::from_ne_bytes([127, 0, 0, 1]));
+    let cookie: String = (i as u128)
+        .to_be_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{addr} 000186b5 00000003 00000010 {cookie} {name} {SVC_HOSTNAME}\n")
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+/// Waits (at most `wait`) until `DIR/sm.bak/` holds at most `dead` files; the time from `t0`
+/// when it did.
+fn bak_settled(dir: &Path, dead: usize, t0: Instant, wait: Duration) -> Option<Duration> {
+    let until = Instant::now() + wait;
+    loop {
+        if count_files(&dir.join("sm.bak")) <= dead {
+            return Some(t0.elapsed());
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Nsmd,
+    SmNotify,
+}
+
+impl Tool {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Nsmd => "nsmd (nsmctl takeover)",
+            Self::SmNotify => "sm-notify -v (Debian)",
+        }
+    }
+}
+
+/// One trial's outcome.
+#[derive(Debug, Clone)]
+struct Trial {
+    tool: Tool,
+    n: usize,
+    live: usize,
+    /// Distinct live peers acknowledged.
+    live_acked: usize,
+    /// Dead peers whose address was tried at all.
+    dead_tried: usize,
+    /// Acknowledged SM_NOTIFYs whose mon_name or state was not the expected one.
+    wrong: usize,
+    all_acked: bool,
+    /// nsmd: until `nsmctl takeover` returned.
+    command: Option<Duration>,
+    /// From the start of the command (nsmctl or sm-notify) to the last live peer's first ack
+    /// (or the last ack there was).
+    to_last_ack: Option<Duration>,
+    /// When the trial was stopped (all live acked, or the cap), from the same start.
+    stopped_at: Duration,
+    state: i32,
+    rss_before_kb: u64,
+    max_rss_kb: u64,
+    hwm_kb: u64,
+    rss_after_kb: u64,
+    cpu: Option<Duration>,
+    getports: usize,
+    notifies: usize,
+    /// From the start of the command until `sm.bak/` held only the dead peers' files (the
+    /// acknowledged ones removed), if it got there within `NSMD_BENCH_BAK_WAIT` after the last ack.
+    bak_settled: Option<Duration>,
+}
+
+impl Trial {
+    fn ready_to_last(&self) -> Option<Duration> {
+        Some(self.to_last_ack?.saturating_sub(self.command?))
+    }
+}
+
+struct Bench {
+    srv: Host,
+    farm_responder: Responder,
+    sm_notify: String,
+    seq: usize,
+    /// How long `sm.bak/` is watched after the last ack.
+    bak_wait: Duration,
+    /// Kept alive for the hosts and rpcbind.
+    _farm: Host,
+    _rpcbind: Proc,
+    _lab: Lab,
+}
+
+/// PMAP SET of `prog`/`vers` on UDP `port` at the rpcbind on 127.0.0.1 (inside a netns).
+fn pmap_set(prog: u32, vers: u32, port: u16) -> Result<(), String> {
+    let mut msg = Vec::new();
+    for w in [0x7a6b_0001, 0, 2, PMAP_PROG, 2, 1, 0, 0, 0, 0] {
+        msg.extend_from_slice(&u32::to_be_bytes(w));
+    }
+    for w in [prog, vers, 17, u32::from(port)] {
+        msg.extend_from_slice(&w.to_be_bytes());
+    }
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let to: SocketAddr = "127.0.0.1:111".parse().map_err(|e| format!("{e}"))?;
+    s.send_to(&msg, to).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+    // xid, REPLY, MSG_ACCEPTED, verf (0, 0), SUCCESS, bool.
+    if n >= 28 && word(&buf, 5) == 0 && word(&buf, 6) == 1 {
+        Ok(())
+    } else {
+        Err(format!("PMAP SET {prog}/{vers} refused"))
+    }
+}
+
+impl Bench {
+    fn new(sm_notify: String, max: usize, bak_wait: Duration) -> Self {
+        let lab = Lab::new("takeover_load").expect("create the lab");
+        let mut hosts = String::new();
+        for i in 1..=max {
+            hosts.push_str(&format!("{} {}\n", peer_addr(i), peer_name(i)));
+        }
+        OpenOptions::new()
+            .append(true)
+            .open(lab.hosts_file())
+            .and_then(|mut f| f.write_all(hosts.as_bytes()))
+            .expect("write the lab's hosts file");
+        lab.add_name(SVC_ADDR, &[SVC_HOSTNAME])
+            .expect("name the service address");
+        let srv = lab
+            .host("srv", &[&format!("{SRV_ADDR}/24")])
+            .expect("create host srv");
+        let farm = lab
+            .host("farm", &[&format!("{FARM_ADDR}/24")])
+            .expect("create host farm");
+        srv.add_addr(&format!("{SVC_ADDR}/24"))
+            .expect("add the service address");
+        let t = Duration::from_secs(10);
+        farm.run_ok(&["ip", "route", "add", "local", PEER_NET, "dev", "lo"], t)
+            .expect("the farm takes the peers' range");
+        srv.run_ok(&["ip", "route", "add", PEER_NET, "via", FARM_ADDR], t)
+            .expect("route the peers' range to the farm");
+        let rpcbind = srv.start_rpcbind().expect("start rpcbind on srv");
+        // The service's lock manager and NFS server, as the readiness gate sees them.
+        srv.in_netns(|| {
+            for (prog, vers, port) in [(100_021, 4, 4045), (100_021, 1, 4045), (100_003, 3, 2049)] {
+                pmap_set(prog, vers, port)?;
+            }
+            Ok::<(), String>(())
+        })
+        .expect("enter srv")
+        .expect("register 100021 and 100003 with srv's rpcbind");
+        // nsmd's kernel files, and a private nsm_local_state for sm-notify.
+        for f in [
+            "sys/fs/nfs/nsm_local_state",
+            "fs/nfsd/unlock_ip",
+            "fs/nfsd/unlock_filesystem",
+        ] {
+            srv.write_file(&format!("/run/proc/{f}"), "")
+                .expect("write srv's kernel files");
+        }
+        if Path::new("/proc/sys/fs/nfs/nsm_local_state").exists() {
+            srv.run_ok(
+                &[
+                    "mount",
+                    "--bind",
+                    "/run/proc/sys/fs/nfs/nsm_local_state",
+                    "/proc/sys/fs/nfs/nsm_local_state",
+                ],
+                t,
+            )
+            .expect("give srv a private nsm_local_state");
+        }
+        let farm_responder = Responder::start(&farm, max);
+        Self {
+            srv,
+            farm_responder,
+            sm_notify,
+            seq: 0,
+            bak_wait,
+            _farm: farm,
+            _rpcbind: rpcbind,
+            _lab: lab,
+        }
+    }
+
+    /// A fresh state directory holding `n` records and the state [`STATE_BEFORE`].
+    fn state_dir(&mut self, n: usize) -> PathBuf {
+        self.seq += 1;
+        let dir = Path::new(TARGET_TMP).join(format!(
+            "takeover_load-{}-{}",
+            std::process::id(),
+            self.seq
+        ));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).expect("remove an old state directory");
+        }
+        let sm = dir.join("sm");
+        fs::create_dir_all(&sm).expect("create sm/");
+        fs::create_dir_all(dir.join("sm.bak")).expect("create sm.bak/");
+        for i in 1..=n {
+            let name = peer_name(i);
+            fs::write(sm.join(&name), record(&name, i)).expect("write a record");
+        }
+        fs::write(dir.join("state"), STATE_BEFORE.to_ne_bytes()).expect("write the state");
+        let d = File::open(&dir).expect("open the state directory");
+        nix::unistd::syncfs(&d).expect("syncfs");
+        dir
+    }
+
+    /// Checks the responder's records against `n` peers and the expected `state` (`None`:
+    /// whatever the first acknowledgement carried, the same for all).
+    fn check(&self, n: usize, state: Option<i32>) -> (usize, usize, usize, i32, Option<Instant>) {
+        let s = self
+            .farm_responder
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let acks: Vec<&Ack> = s.acked[1..=n].iter().flatten().collect();
+        let state = state.or_else(|| acks.first().map(|a| a.state)).unwrap_or(0);
+        let wrong = acks
+            .iter()
+            .filter(|a| a.mon_name != SVC_HOSTNAME.as_bytes() || a.state != state)
+            .count();
+        let dead_tried = (1..=n).filter(|&i| is_dead(i) && s.asked[i]).count();
+        let last = acks.iter().map(|a| a.at).max();
+        (acks.len(), dead_tried, wrong, state, last)
+    }
+
+    fn nsmd_trial(&mut self, n: usize, cap: Duration) -> Trial {
+        let dir = self.state_dir(n);
+        let inst = dir.with_extension("instances");
+        fs::create_dir_all(&inst).expect("create the instances directory");
+        fs::write(
+            inst.join("svc.toml"),
+            format!(
+                "hostname = \"{SVC_HOSTNAME}\"\naddresses = [\"{SVC_ADDR}\"]\n\
+                 state_dir = \"{}\"\n\
+                 [notify]\nnames = [\"{SVC_HOSTNAME}\"]\nretry_seconds = 30\n\
+                 [readiness]\nrpcbind = [100021, 100003]\ntimeout_seconds = 60\n",
+                dir.display()
+            ),
+        )
+        .expect("write the instance file");
+        let live = live_count(n);
+        let inst_s = inst.to_string_lossy().into_owned();
+        let p = self
+            .srv
+            .spawn(
+                &format!("nsmd-{}", self.seq),
+                &[
+                    NSMD,
+                    "-F",
+                    "-L",
+                    "-P",
+                    "/var/lib/nfs/node",
+                    "--proc-root",
+                    "/run/proc",
+                    "--instances",
+                    &inst_s,
+                ],
+            )
+            .expect("start nsmd");
+        p.wait_for_log_line(
+            "serving program 100024 version 1 on",
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("nsmd did not start: {e}\n{}", p.log_tail(20)));
+        self.srv
+            .wait_registered(SM_PROG, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("nsmd did not register: {e}\n{}", p.log_tail(20)));
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = p.pid();
+        let (rss_before_kb, _) = rss_hwm_kb(pid).expect("nsmd's /proc/PID/status");
+        self.farm_responder.reset();
+        let sampler = Sampler::start(pid);
+        let cpu0 = cpu_time(pid);
+        let t0 = Instant::now();
+        let out = self
+            .srv
+            .run(
+                &[NSMCTL, "--json", "--timeout", "600", "takeover", "svc"],
+                Duration::from_secs(660),
+            )
+            .expect("run nsmctl takeover");
+        let command = t0.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "nsmctl takeover svc failed: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            p.log_tail(20)
+        );
+        let reply: serde_json::Value = serde_json::from_str(&stdout).expect("nsmctl's JSON answer");
+        let state = reply["state"]
+            .as_i64()
+            .and_then(|s| i32::try_from(s).ok())
+            .unwrap_or_else(|| panic!("no state in nsmctl's answer: {stdout}"));
+        let all_acked = self.wait_acked(live, t0, cap, &p);
+        let stopped_at = t0.elapsed();
+        let cpu = cpu_time(pid).zip(cpu0).map(|(b, a)| b.saturating_sub(a));
+        let (_, hwm_kb) = rss_hwm_kb(pid).unwrap_or_default();
+        let max_rss_kb = sampler.max_rss_kb();
+        drop(sampler);
+        std::thread::sleep(Duration::from_secs(1));
+        let (rss_after_kb, _) = rss_hwm_kb(pid).unwrap_or_default();
+        let bak_settled = all_acked
+            .then(|| bak_settled(&dir, n - live, t0, self.bak_wait))
+            .flatten();
+        let (live_acked, dead_tried, wrong, _, last) = self.check(n, Some(state));
+        let t = Trial {
+            tool: Tool::Nsmd,
+            n,
+            live,
+            live_acked,
+            dead_tried,
+            wrong,
+            all_acked,
+            command: Some(command),
+            to_last_ack: last.map(|l| l - t0),
+            stopped_at,
+            state,
+            rss_before_kb,
+            max_rss_kb,
+            hwm_kb,
+            rss_after_kb,
+            cpu,
+            getports: self.farm_responder.getports.load(Ordering::SeqCst),
+            notifies: self.farm_responder.notifies.load(Ordering::SeqCst),
+            bak_settled,
+        };
+        let rel = self
+            .srv
+            .run(&[NSMCTL, "release", "svc"], Duration::from_secs(60))
+            .expect("run nsmctl release");
+        if !rel.status.success() {
+            eprintln!(
+                "takeover_load: nsmctl release svc failed: {}",
+                String::from_utf8_lossy(&rel.stderr)
+            );
+        }
+        p.stop(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("stopping nsmd: {e}"));
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&inst);
+        t
+    }
+
+    fn sm_notify_trial(&mut self, n: usize, cap: Duration) -> Trial {
+        let dir = self.state_dir(n);
+        let live = live_count(n);
+        self.farm_responder.reset();
+        let dir_s = dir.to_string_lossy().into_owned();
+        let t0 = Instant::now();
+        let p = self
+            .srv
+            .spawn(
+                &format!("sm-notify-{}", self.seq),
+                &[
+                    self.sm_notify.as_str(),
+                    "-d",
+                    "-f",
+                    "-v",
+                    SVC_HOSTNAME,
+                    "-P",
+                    &dir_s,
+                ],
+            )
+            .expect("start sm-notify");
+        let pid = p.pid();
+        let sampler = Sampler::start(pid);
+        let all_acked = self.wait_acked(live, t0, cap, &p);
+        let stopped_at = t0.elapsed();
+        let cpu = cpu_time(pid);
+        let (_, hwm_kb) = rss_hwm_kb(pid).unwrap_or_default();
+        let max_rss_kb = sampler.max_rss_kb();
+        drop(sampler);
+        let bak_settled = all_acked
+            .then(|| bak_settled(&dir, n - live, t0, self.bak_wait))
+            .flatten();
+        let _ = p.stop(Duration::from_secs(2));
+        let (live_acked, dead_tried, wrong, state, last) = self.check(n, None);
+        let _ = fs::remove_dir_all(&dir);
+        Trial {
+            tool: Tool::SmNotify,
+            n,
+            live,
+            live_acked,
+            dead_tried,
+            wrong,
+            all_acked,
+            command: None,
+            to_last_ack: last.map(|l| l - t0),
+            stopped_at,
+            state,
+            rss_before_kb: 0,
+            max_rss_kb,
+            hwm_kb,
+            rss_after_kb: 0,
+            cpu,
+            getports: self.farm_responder.getports.load(Ordering::SeqCst),
+            notifies: self.farm_responder.notifies.load(Ordering::SeqCst),
+            bak_settled,
+        }
+    }
+
+    /// Waits until `live` peers acknowledged: true, or false at `cap` after `t0` or when `p`
+    /// exited.
+    fn wait_acked(&self, live: usize, t0: Instant, cap: Duration, p: &Proc) -> bool {
+        loop {
+            if self.farm_responder.live_acked.load(Ordering::SeqCst) >= live {
+                return true;
+            }
+            if t0.elapsed() >= cap {
+                return false;
+            }
+            if !p.is_running() {
+                eprintln!(
+                    "takeover_load: {} exited before every live peer acknowledged:\n{}",
+                    p.name(),
+                    p.log_tail(20)
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn env_list(key: &str, default: &str) -> Vec<usize> {
+    std::env::var(key)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect()
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".to_owned(), |d| format!("{:.3}", d.as_secs_f64()))
+}
+
+fn kb(v: u64) -> String {
+    if v == 0 {
+        "-".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+fn print_trial(t: &Trial, started: Instant) {
+    eprintln!(
+        "takeover_load: N={} {}: command {} s, last live ack at {} s after it started \
+         ({} s after the command returned), {}/{} live acked, {} of {} dead tried, {} wrong \
+         name/state, state {}, RSS before {} kB, max {} kB, VmHWM {} kB, after {} kB, CPU {} s, \
+         {} GETPORT and {} SM_NOTIFY answered, sm.bak/ down to the dead peers at {} s ({:.0} s \
+         so far)",
+        t.n,
+        t.tool.label(),
+        secs(t.command),
+        secs(t.to_last_ack),
+        secs(t.ready_to_last()),
+        t.live_acked,
+        t.live,
+        t.dead_tried,
+        t.n - t.live,
+        t.wrong,
+        t.state,
+        t.rss_before_kb,
+        t.max_rss_kb,
+        t.hwm_kb,
+        t.rss_after_kb,
+        secs(t.cpu),
+        t.getports,
+        t.notifies,
+        secs(t.bak_settled),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!(
+            "takeover_load: a load benchmark; run it with `cargo bench --bench takeover_load`"
+        );
+        return;
+    }
+    let sm_notify = match prerequisites(&["sm-notify", "rpcbind", "rpcinfo"])
+        .and_then(|()| tool_path("sm-notify").ok_or_else(|| "sm-notify not found".to_owned()))
+    {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(why) => {
+            println!("takeover_load: skipped: {why}");
+            return;
+        }
+    };
+    if cfg!(debug_assertions) || !NSMD.contains("/release/") {
+        eprintln!(
+            "takeover_load: WARNING: not an optimised build ({NSMD}); figures are meaningless. \
+             Use `cargo bench`."
+        );
+    }
+    let levels = env_list("NSMD_BENCH_LEVELS", "1000,10000");
+    let rounds: usize = env_or("NSMD_BENCH_ROUNDS", 1);
+    let sm_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_SMNOTIFY_CAP", 60.0));
+    let nsmd_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_NSMD_CAP", 120.0));
+    let bak_wait = Duration::from_secs_f64(env_or("NSMD_BENCH_BAK_WAIT", 30.0));
+    let max = levels.iter().copied().max().unwrap_or(0);
+    assert!(
+        max <= MAX_PEERS,
+        "at most {MAX_PEERS} clients (the address plan)"
+    );
+    let started = Instant::now();
+    let mut bench = Bench::new(sm_notify, max, bak_wait);
+    eprintln!("takeover_load: nsmd {NSMD}, nsmctl {NSMCTL}");
+    eprintln!("takeover_load: sm-notify {}", bench.sm_notify);
+    eprintln!(
+        "takeover_load: levels {levels:?}, {rounds} nsmd round(s), caps: nsmd {} s, sm-notify {} \
+         s, state directories in {TARGET_TMP}",
+        nsmd_cap.as_secs_f64(),
+        sm_cap.as_secs_f64()
+    );
+
+    let mut trials = Vec::new();
+    let mut failed = Vec::new();
+    for &n in &levels {
+        for _ in 0..rounds {
+            let t = bench.nsmd_trial(n, nsmd_cap);
+            print_trial(&t, started);
+            // What a takeover must do: every live peer told, with the service's name and a
+            // state it has not seen.
+            if !t.all_acked || t.live_acked != t.live {
+                failed.push(format!(
+                    "N={n}: {}/{} live peers acknowledged",
+                    t.live_acked, t.live
+                ));
+            }
+            if t.wrong > 0 {
+                failed.push(format!(
+                    "N={n}: {} SM_NOTIFYs with another mon_name or state",
+                    t.wrong
+                ));
+            }
+            if t.state % 2 == 0 || t.state <= STATE_BEFORE {
+                failed.push(format!("N={n}: state {} after {STATE_BEFORE}", t.state));
+            }
+            trials.push(t);
+        }
+        if !sm_cap.is_zero() {
+            let t = bench.sm_notify_trial(n, sm_cap);
+            print_trial(&t, started);
+            trials.push(t);
+        }
+    }
+
+    println!();
+    println!(
+        "| N | tool | takeover command (s) | ready → last live ack (s) | command → last live ack \
+         (s) | live acked | dead tried | wrong name/state | state | RSS before (kB) | max RSS \
+         (kB) | VmHWM (kB) | RSS 1 s after (kB) | (max − before) / N (B) | CPU (s) | sm.bak/ \
+         down to the dead (s) |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for t in &trials {
+        let last = if t.all_acked {
+            secs(t.to_last_ack)
+        } else {
+            format!(
+                "not reached in {:.0} (last ack {})",
+                t.stopped_at.as_secs_f64(),
+                secs(t.to_last_ack)
+            )
+        };
+        let per = if t.rss_before_kb > 0 {
+            format!(
+                "{:.0}",
+                (t.max_rss_kb.saturating_sub(t.rss_before_kb) * 1024) as f64 / t.n as f64
+            )
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "| {} | {} | {} | {} | {last} | {}/{} | {}/{} | {} | {}→{} | {} | {} | {} | {} | {per} \
+             | {} | {} |",
+            t.n,
+            t.tool.label(),
+            secs(t.command),
+            if t.all_acked {
+                secs(t.ready_to_last())
+            } else {
+                "-".to_owned()
+            },
+            t.live_acked,
+            t.live,
+            t.dead_tried,
+            t.n - t.live,
+            t.wrong,
+            STATE_BEFORE,
+            t.state,
+            kb(t.rss_before_kb),
+            t.max_rss_kb,
+            t.hwm_kb,
+            kb(t.rss_after_kb),
+            secs(t.cpu),
+            secs(t.bak_settled)
+        );
+    }
+    println!(
+        "\nnsmd: \"takeover command\" = `nsmctl takeover svc` started → returned (claimed, state \
+         bumped, sm/ retired, records opened, readiness gate open); \"ready\" = that return. \
+         sm-notify: from its start. CPU: nsmd's from the command to the last live ack; \
+         sm-notify's until it was stopped. \
+         \"sm.bak/ down to the dead\": from the start until only the dead peers' files were left \
+         in sm.bak/ (watched up to NSMD_BENCH_BAK_WAIT after the last ack)."
+    );
+    eprintln!(
+        "takeover_load: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed.is_empty(),
+        "takeover_load: the takeover did not do its work:\n{}",
+        failed.join("\n")
+    );
+}
