@@ -50,7 +50,8 @@
 //! The sm-notify trial: a fresh copy of the same N records and state, then
 //! `sm-notify -d -f -v nfs-svc.example.test -P DIR` on `srv` (it retires `sm/` itself, bumps
 //! the state and binds to the service address); from its start until the last live peer's
-//! acknowledgement, with the same checks; stopped then or at its cap.
+//! acknowledgement, with the same checks (the state: the one it wrote to `state`); stopped
+//! then or at its cap.
 //!
 //! Environment (all optional):
 //! - `NSMD_BENCH_LEVELS`: comma-separated client counts (default `1000,10000`; `100000` on
@@ -60,7 +61,10 @@
 //!   run);
 //! - `NSMD_BENCH_NSMD_CAP`: the cap of an nsmd takeover in seconds (default 120);
 //! - `NSMD_BENCH_BAK_WAIT`: how long `sm.bak/` is watched after the last ack, in seconds
-//!   (default 30).
+//!   (default 30);
+//! - `NSMD_BENCH_STATE_BASE`: where the state directories are made (default
+//!   `CARGO_TARGET_TMPDIR`, i.e. `target/tmp`). The file system and its mount options are
+//!   printed: with `discard`, every removal from `sm.bak/` waits for the device.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, IoSliceMut, Write};
@@ -433,6 +437,14 @@ fn record(name: &str, i: usize) -> String {
     format!("{addr} 000186b5 00000003 00000010 {cookie} {name} {SVC_HOSTNAME}\n")
 }
 
+/// The state number in `DIR/state` (nfs-utils' format: a native-endian 32-bit integer).
+fn read_state(dir: &Path) -> i32 {
+    fs::read(dir.join("state"))
+        .ok()
+        .and_then(|b| Some(i32::from_ne_bytes(b.get(..4)?.try_into().ok()?)))
+        .unwrap_or(0)
+}
+
 fn count_files(dir: &Path) -> usize {
     fs::read_dir(dir).map_or(0, Iterator::count)
 }
@@ -513,6 +525,11 @@ struct Bench {
     seq: usize,
     /// How long `sm.bak/` is watched after the last ack.
     bak_wait: Duration,
+    /// Where the state directories are made.
+    base: PathBuf,
+    /// Directories of finished trials, removed at the end: removing 100,000 files takes
+    /// minutes on a file system mounted with `discard`, and would disturb the next trial.
+    used: Vec<PathBuf>,
     /// Kept alive for the hosts and rpcbind.
     _farm: Host,
     _rpcbind: Proc,
@@ -544,7 +561,7 @@ fn pmap_set(prog: u32, vers: u32, port: u16) -> Result<(), String> {
 }
 
 impl Bench {
-    fn new(sm_notify: String, max: usize, bak_wait: Duration) -> Self {
+    fn new(sm_notify: String, max: usize, bak_wait: Duration, base: PathBuf) -> Self {
         let lab = Lab::new("takeover_load").expect("create the lab");
         let mut hosts = String::new();
         for i in 1..=max {
@@ -608,6 +625,8 @@ impl Bench {
             sm_notify,
             seq: 0,
             bak_wait,
+            base,
+            used: Vec::new(),
             _farm: farm,
             _rpcbind: rpcbind,
             _lab: lab,
@@ -617,11 +636,9 @@ impl Bench {
     /// A fresh state directory holding `n` records and the state [`STATE_BEFORE`].
     fn state_dir(&mut self, n: usize) -> PathBuf {
         self.seq += 1;
-        let dir = Path::new(TARGET_TMP).join(format!(
-            "takeover_load-{}-{}",
-            std::process::id(),
-            self.seq
-        ));
+        let dir = self
+            .base
+            .join(format!("takeover_load-{}-{}", std::process::id(), self.seq));
         if dir.exists() {
             fs::remove_dir_all(&dir).expect("remove an old state directory");
         }
@@ -638,23 +655,22 @@ impl Bench {
         dir
     }
 
-    /// Checks the responder's records against `n` peers and the expected `state` (`None`:
-    /// whatever the first acknowledgement carried, the same for all).
-    fn check(&self, n: usize, state: Option<i32>) -> (usize, usize, usize, i32, Option<Instant>) {
+    /// Checks the responder's records against `n` peers and the expected `state`: (live
+    /// acked, dead tried, acks with another mon_name or state, last ack).
+    fn check(&self, n: usize, state: i32) -> (usize, usize, usize, Option<Instant>) {
         let s = self
             .farm_responder
             .seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let acks: Vec<&Ack> = s.acked[1..=n].iter().flatten().collect();
-        let state = state.or_else(|| acks.first().map(|a| a.state)).unwrap_or(0);
         let wrong = acks
             .iter()
             .filter(|a| a.mon_name != SVC_HOSTNAME.as_bytes() || a.state != state)
             .count();
         let dead_tried = (1..=n).filter(|&i| is_dead(i) && s.asked[i]).count();
         let last = acks.iter().map(|a| a.at).max();
-        (acks.len(), dead_tried, wrong, state, last)
+        (acks.len(), dead_tried, wrong, last)
     }
 
     fn nsmd_trial(&mut self, n: usize, cap: Duration) -> Trial {
@@ -726,6 +742,12 @@ impl Bench {
             .as_i64()
             .and_then(|s| i32::try_from(s).ok())
             .unwrap_or_else(|| panic!("no state in nsmctl's answer: {stdout}"));
+        assert_eq!(
+            read_state(&dir),
+            state,
+            "the state nsmctl reported is not the one in {}/state",
+            dir.display()
+        );
         let all_acked = self.wait_acked(live, t0, cap, &p);
         let stopped_at = t0.elapsed();
         let cpu = cpu_time(pid).zip(cpu0).map(|(b, a)| b.saturating_sub(a));
@@ -737,7 +759,7 @@ impl Bench {
         let bak_settled = all_acked
             .then(|| bak_settled(&dir, n - live, t0, self.bak_wait))
             .flatten();
-        let (live_acked, dead_tried, wrong, _, last) = self.check(n, Some(state));
+        let (live_acked, dead_tried, wrong, last) = self.check(n, state);
         let t = Trial {
             tool: Tool::Nsmd,
             n,
@@ -771,8 +793,7 @@ impl Bench {
         }
         p.stop(Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("stopping nsmd: {e}"));
-        let _ = fs::remove_dir_all(&dir);
-        let _ = fs::remove_dir_all(&inst);
+        self.used.extend([dir, inst]);
         t
     }
 
@@ -809,8 +830,10 @@ impl Bench {
             .then(|| bak_settled(&dir, n - live, t0, self.bak_wait))
             .flatten();
         let _ = p.stop(Duration::from_secs(2));
-        let (live_acked, dead_tried, wrong, state, last) = self.check(n, None);
-        let _ = fs::remove_dir_all(&dir);
+        // The state sm-notify wrote: what every SM_NOTIFY must carry.
+        let state = read_state(&dir);
+        let (live_acked, dead_tried, wrong, last) = self.check(n, state);
+        self.used.push(dir);
         Trial {
             tool: Tool::SmNotify,
             n,
@@ -855,6 +878,23 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// The file system holding `path` and its mount options (`/proc/self/mounts`, longest
+/// matching mount point): a `discard` mount makes every unlink wait for the device.
+fn mount_of(path: &Path) -> String {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (point, fstype, options) = (*f.get(1)?, f.get(2)?, f.get(3)?);
+            path.starts_with(point)
+                .then(|| (point.len(), format!("{fstype} on {point}, {options}")))
+        })
+        .max()
+        .map_or_else(|| "file system unknown".to_owned(), |(_, s)| s)
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -941,20 +981,23 @@ fn main() {
     let sm_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_SMNOTIFY_CAP", 60.0));
     let nsmd_cap = Duration::from_secs_f64(env_or("NSMD_BENCH_NSMD_CAP", 120.0));
     let bak_wait = Duration::from_secs_f64(env_or("NSMD_BENCH_BAK_WAIT", 30.0));
+    let base = PathBuf::from(env_or("NSMD_BENCH_STATE_BASE", TARGET_TMP.to_owned()));
     let max = levels.iter().copied().max().unwrap_or(0);
     assert!(
         max <= MAX_PEERS,
         "at most {MAX_PEERS} clients (the address plan)"
     );
     let started = Instant::now();
-    let mut bench = Bench::new(sm_notify, max, bak_wait);
+    let mut bench = Bench::new(sm_notify, max, bak_wait, base.clone());
     eprintln!("takeover_load: nsmd {NSMD}, nsmctl {NSMCTL}");
     eprintln!("takeover_load: sm-notify {}", bench.sm_notify);
     eprintln!(
         "takeover_load: levels {levels:?}, {rounds} nsmd round(s), caps: nsmd {} s, sm-notify {} \
-         s, state directories in {TARGET_TMP}",
+         s, state directories in {} ({})",
         nsmd_cap.as_secs_f64(),
-        sm_cap.as_secs_f64()
+        sm_cap.as_secs_f64(),
+        base.display(),
+        mount_of(&base)
     );
 
     let mut trials = Vec::new();
@@ -1049,6 +1092,13 @@ fn main() {
          \"sm.bak/ down to the dead\": from the start until only the dead peers' files were left \
          in sm.bak/ (watched up to NSMD_BENCH_BAK_WAIT after the last ack)."
     );
+    eprintln!(
+        "takeover_load: measured in {:.0} s; removing the state directories",
+        started.elapsed().as_secs_f64()
+    );
+    for d in bench.used.drain(..) {
+        let _ = fs::remove_dir_all(d);
+    }
     eprintln!(
         "takeover_load: done in {:.0} s",
         started.elapsed().as_secs_f64()
