@@ -39,6 +39,7 @@
 //! - checked at the responder: the distinct live peers acknowledged (must be every live peer),
 //!   each with mon_name = the service hostname and the state nsmctl reported, odd and larger
 //!   than the state before; dead peers must have been tried (a GETPORT reached their address).
+//!   A failed check makes the benchmark fail (after it printed its table).
 //! - nsmd's `VmRSS` and `VmHWM` (`/proc/PID/status`) are sampled every 50 ms: RSS before the
 //!   takeover (idle, after start-up), the peak (largest VmRSS sample, and VmHWM, which also
 //!   holds start-up's peak) until the last ack, and RSS 1 s after it (nsmd still retries the
@@ -1018,6 +1019,13 @@ fn main() {
                 failed.push(format!(
                     "N={n}: {} SM_NOTIFYs with another mon_name or state",
                     t.wrong
+                ));
+            }
+            if t.dead_tried != t.n - t.live {
+                failed.push(format!(
+                    "N={n}: {} of {} dead peers tried",
+                    t.dead_tried,
+                    t.n - t.live
                 ));
             }
             if t.state % 2 == 0 || t.state <= STATE_BEFORE {
