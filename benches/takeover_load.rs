@@ -69,7 +69,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, IoSliceMut, Write};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -79,10 +79,11 @@ use std::time::{Duration, Instant};
 use nix::libc;
 use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, sendmsg, setsockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, sendmsg, setsockopt,
     sockopt,
 };
 use nsm_testhost::{Host, Lab, Proc, prerequisites, tool_path};
+use nsm_xdr::rpcbind::uaddr;
 
 /// The nsmd and nsmctl under test: `cargo bench` builds them with the release profile.
 const NSMD: &str = env!("CARGO_BIN_EXE_nsmd");
@@ -90,42 +91,42 @@ const NSMCTL: &str = env!("CARGO_BIN_EXE_nsmctl");
 /// Where the service's state directories go (on the disk, as shared storage would be).
 const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
-const SRV_ADDR: &str = "198.51.100.10";
-const FARM_ADDR: &str = "198.51.100.20";
-const SVC_ADDR: &str = "198.51.100.50";
+const SRV_ADDR4: &str = "198.51.100.10";
+const SRV_ADDR: &str = "2001:db8::10";
+const FARM_ADDR: &str = "2001:db8::20";
+const SVC_ADDR: &str = "2001:db8::50";
 const SVC_HOSTNAME: &str = "nfs-svc.example.test";
-const PEER_NET: &str = "198.18.0.0/15";
+/// The peers' block: a /96 of the documentation prefix's 2001:db8::/64.
+const PEER_NET: &str = "2001:db8::1:0:0/96";
+/// The peers' block's first address (peer `i` is this + `i`).
+const PEER_BASE: u128 = 0x2001_0db8_0000_0000_0000_0001_0000_0000;
 /// The state in the service's `state` file before each trial (odd: it ran before).
 const STATE_BEFORE: i32 = 41;
 
 /// The statd port the responder's rpcbind hands out.
 const STATD_PORT: u16 = 32765;
 const PMAP_PROG: u32 = 100_000;
+/// rpcbind's GETADDR (v3, v4) and portmapper's GETPORT (v2) share procedure number 3.
+const RPCB_LOOKUP: u32 = 3;
 const SM_PROG: u32 = 100_024;
 const SM_NOTIFY: u32 = 6;
 /// Every tenth peer is dead.
 const DEAD_EVERY: usize = 10;
-/// The most peers the address plan holds (198.18.0.0/15, 200 per /24, peer 0 unused).
-const MAX_PEERS: usize = 512 * 200 - 1;
+/// The most peers the names hold (`p000001` … `p999999`; the /96 holds many more).
+const MAX_PEERS: usize = 999_999;
 
 /// Peer number `i` → its address.
-fn peer_addr(i: usize) -> Ipv4Addr {
+fn peer_addr(i: usize) -> Ipv6Addr {
     assert!((1..=MAX_PEERS).contains(&i));
-    let c = i / 200;
-    Ipv4Addr::new(
-        198,
-        (18 + c / 256) as u8,
-        (c % 256) as u8,
-        (i % 200 + 10) as u8,
-    )
+    Ipv6Addr::from(PEER_BASE + i as u128)
 }
 
 /// An address → its peer number, if it is one.
-fn peer_of(a: Ipv4Addr) -> Option<usize> {
-    let o = a.octets();
-    (o[0] == 198 && (18..20).contains(&o[1]) && (10..210).contains(&o[3]))
-        .then(|| (usize::from(o[1] - 18) * 256 + usize::from(o[2])) * 200 + usize::from(o[3]) - 10)
-        .filter(|&i| i >= 1)
+fn peer_of(a: Ipv6Addr) -> Option<usize> {
+    u128::from(a)
+        .checked_sub(PEER_BASE)
+        .and_then(|i| usize::try_from(i).ok())
+        .filter(|i| (1..=MAX_PEERS).contains(i))
 }
 
 fn peer_name(i: usize) -> String {
@@ -153,8 +154,34 @@ struct Ack {
 struct Seen {
     /// By peer number.
     acked: Vec<Option<Ack>>,
-    /// By peer number: any call (GETPORT or SM_NOTIFY) reached its address.
+    /// By peer number: any call (an rpcbind lookup or SM_NOTIFY) reached its address.
     asked: Vec<bool>,
+}
+
+/// Calls the responder answered since its last reset.
+#[derive(Debug, Default)]
+struct Answered {
+    /// rpcbind lookups by version: portmapper v2 GETPORT, rpcbind v3 and v4 GETADDR.
+    lookups: [AtomicUsize; 3],
+    notifies: AtomicUsize,
+    /// SM_NOTIFYs that did not come from the service address.
+    foreign_source: AtomicUsize,
+}
+
+impl Answered {
+    fn lookups(&self) -> [usize; 3] {
+        [0, 1, 2].map(|v| self.lookups[v].load(Ordering::SeqCst))
+    }
+
+    fn reset(&self) {
+        for c in self
+            .lookups
+            .iter()
+            .chain([&self.notifies, &self.foreign_source])
+        {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -162,8 +189,7 @@ struct Responder {
     seen: Arc<Mutex<Seen>>,
     /// Live peers acknowledged since the last reset.
     live_acked: Arc<AtomicUsize>,
-    getports: Arc<AtomicUsize>,
-    notifies: Arc<AtomicUsize>,
+    answered: Arc<Answered>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -198,29 +224,32 @@ impl Responder {
             asked: vec![false; max_peers + 1],
         }));
         let live_acked = Arc::new(AtomicUsize::new(0));
-        let getports = Arc::new(AtomicUsize::new(0));
-        let notifies = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(Answered::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (tx, rx) = std::sync::mpsc::channel();
         for port in [111u16, STATD_PORT] {
             let ns = File::open(host.netns_path()).expect("open the farm's netns");
-            let (seen, live_acked, stop, tx) =
-                (seen.clone(), live_acked.clone(), stop.clone(), tx.clone());
-            let counter = if port == 111 {
-                getports.clone()
-            } else {
-                notifies.clone()
-            };
+            let (seen, live_acked, answered, stop, tx) = (
+                seen.clone(),
+                live_acked.clone(),
+                answered.clone(),
+                stop.clone(),
+                tx.clone(),
+            );
             threads.push(std::thread::spawn(move || {
                 setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the farm");
-                let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind responder");
-                setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).expect("IP_PKTINFO");
+                let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).expect("bind responder");
+                setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true).expect("IPV6_RECVPKTINFO");
+                // The `local` route delivers the peers' block to this socket, but a reply's
+                // IPV6_PKTINFO source must be an address of an interface (EINVAL) unless the
+                // socket may use nonlocal addresses: IP_FREEBIND (IPV6_FREEBIND's flag too).
+                setsockopt(&sock, sockopt::IpFreebind, &true).expect("IP_FREEBIND");
                 setsockopt(&sock, sockopt::RcvBufForce, &(8 << 20)).expect("SO_RCVBUFFORCE");
                 sock.set_read_timeout(Some(Duration::from_millis(100)))
                     .expect("read timeout");
                 tx.send(()).expect("started");
-                serve(&sock, port, &seen, &live_acked, &counter, &stop);
+                serve(&sock, port, &seen, &live_acked, &answered, &stop);
             }));
         }
         for _ in 0..2 {
@@ -230,8 +259,7 @@ impl Responder {
         Self {
             seen,
             live_acked,
-            getports,
-            notifies,
+            answered,
             stop,
             threads,
         }
@@ -242,8 +270,7 @@ impl Responder {
         s.acked.iter_mut().for_each(|a| *a = None);
         s.asked.iter_mut().for_each(|a| *a = false);
         self.live_acked.store(0, Ordering::SeqCst);
-        self.getports.store(0, Ordering::SeqCst);
-        self.notifies.store(0, Ordering::SeqCst);
+        self.answered.reset();
     }
 }
 
@@ -256,31 +283,33 @@ impl Drop for Responder {
     }
 }
 
-/// Answers PMAP GETPORT (port 111) or SM_NOTIFY (port 32765) for every live peer address,
-/// replying from the address asked.
+/// Answers rpcbind lookups (port 111: portmapper v2 GETPORT, rpcbind v3/v4 GETADDR) or
+/// SM_NOTIFY (port 32765) for every live peer address, replying from the address asked.
 fn serve(
     sock: &UdpSocket,
     port: u16,
     seen: &Mutex<Seen>,
     live_acked: &AtomicUsize,
-    counter: &AtomicUsize,
+    answered: &Answered,
     stop: &AtomicBool,
 ) {
     let fd = sock.as_raw_fd();
     let mut buf = vec![0u8; 9000];
-    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let mut warned = false;
+    let svc_addr: Ipv6Addr = SVC_ADDR.parse().expect("the service address");
     while !stop.load(Ordering::Relaxed) {
         let (n, from, dst) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let Ok(msg) = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+            let Ok(msg) = recvmsg::<SockaddrIn6>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
             else {
                 continue;
             };
             let mut dst = None;
             if let Ok(cmsgs) = msg.cmsgs() {
                 for c in cmsgs {
-                    if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
-                        dst = Some(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr)));
+                    if let ControlMessageOwned::Ipv6PacketInfo(pi) = c {
+                        dst = Some(Ipv6Addr::from(pi.ipi6_addr.s6_addr));
                     }
                 }
             }
@@ -308,45 +337,69 @@ fn serve(
         if is_dead(peer) {
             continue;
         }
-        let (prog, proc_) = (word(m, 3), word(m, 5));
-        let mut reply = Vec::with_capacity(28);
+        let (prog, vers, proc_) = (word(m, 3), word(m, 4), word(m, 5));
+        let mut reply = Vec::with_capacity(64);
         for w in [word(m, 0), 1, 0, 0, 0, 0] {
             reply.extend_from_slice(&w.to_be_bytes());
         }
         let mut notified = None;
-        if port == 111 {
+        let counter = if port == 111 {
             if prog != PMAP_PROG {
                 continue;
             }
-            if proc_ == 3 {
-                reply.extend_from_slice(&u32::from(STATD_PORT).to_be_bytes());
-            }
-        } else if prog != SM_PROG {
-            continue;
-        } else if proc_ == SM_NOTIFY {
-            let Some(args) = notify_args(m) else {
+            let Some(slot) = vers
+                .checked_sub(2)
+                .and_then(|v| answered.lookups.get(v as usize))
+            else {
                 continue;
             };
-            notified = Some(args);
-        }
-        let pi = libc::in_pktinfo {
-            ipi_ifindex: 0,
-            ipi_spec_dst: libc::in_addr {
-                s_addr: u32::from(dst).to_be(),
+            if proc_ == RPCB_LOOKUP {
+                if vers == 2 {
+                    reply.extend_from_slice(&u32::from(STATD_PORT).to_be_bytes());
+                } else {
+                    // The universal address of the peer's statd: a string.
+                    let ua = uaddr(SocketAddr::new(IpAddr::V6(dst), STATD_PORT));
+                    reply.extend_from_slice(&(ua.len() as u32).to_be_bytes());
+                    reply.extend_from_slice(ua.as_bytes());
+                    reply.resize(reply.len() + ua.len().next_multiple_of(4) - ua.len(), 0);
+                }
+            }
+            slot
+        } else if prog != SM_PROG {
+            continue;
+        } else {
+            if proc_ == SM_NOTIFY {
+                let Some(args) = notify_args(m) else {
+                    continue;
+                };
+                notified = Some(args);
+            }
+            &answered.notifies
+        };
+        let pi = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr {
+                s6_addr: dst.octets(),
             },
-            ipi_addr: libc::in_addr { s_addr: 0 },
+            ipi6_ifindex: 0,
         };
         let sent = sendmsg(
             fd,
             &[IoSlice::new(&reply)],
-            &[ControlMessage::Ipv4PacketInfo(&pi)],
+            &[ControlMessage::Ipv6PacketInfo(&pi)],
             MsgFlags::empty(),
             Some(&from),
         );
-        if sent.is_err() {
+        if let Err(e) = sent {
+            if !warned {
+                eprintln!("takeover_load: the farm could not answer {from} from {dst}: {e}");
+                warned = true;
+            }
             continue;
         }
         counter.fetch_add(1, Ordering::Relaxed);
+        if notified.is_some() && from.ip() != svc_addr {
+            answered.foreign_source.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some((mon_name, state)) = notified {
             let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(slot) = s.acked.get_mut(peer)
@@ -506,8 +559,11 @@ struct Trial {
     hwm_kb: u64,
     rss_after_kb: u64,
     cpu: Option<Duration>,
-    getports: usize,
+    /// rpcbind lookups answered: v2 GETPORT, v3 GETADDR, v4 GETADDR.
+    lookups: [usize; 3],
     notifies: usize,
+    /// SM_NOTIFYs from another address than the service's.
+    foreign_source: usize,
     /// From the start of the command until `sm.bak/` held only the dead peers' files (the
     /// acknowledged ones removed), if it got there within `NSMD_BENCH_BAK_WAIT` after the last ack.
     bak_settled: Option<Duration>,
@@ -576,18 +632,25 @@ impl Bench {
         lab.add_name(SVC_ADDR, &[SVC_HOSTNAME])
             .expect("name the service address");
         let srv = lab
-            .host("srv", &[&format!("{SRV_ADDR}/24")])
+            .host(
+                "srv",
+                &[&format!("{SRV_ADDR4}/24"), &format!("{SRV_ADDR}/64")],
+            )
             .expect("create host srv");
         let farm = lab
-            .host("farm", &[&format!("{FARM_ADDR}/24")])
+            .host("farm", &[&format!("{FARM_ADDR}/64")])
             .expect("create host farm");
-        srv.add_addr(&format!("{SVC_ADDR}/24"))
+        srv.add_addr(&format!("{SVC_ADDR}/64"))
             .expect("add the service address");
         let t = Duration::from_secs(10);
-        farm.run_ok(&["ip", "route", "add", "local", PEER_NET, "dev", "lo"], t)
-            .expect("the farm takes the peers' range");
-        srv.run_ok(&["ip", "route", "add", PEER_NET, "via", FARM_ADDR], t)
-            .expect("route the peers' range to the farm");
+        farm.run_ok(
+            &["ip", "-6", "route", "add", "local", PEER_NET, "dev", "lo"],
+            t,
+        )
+        .expect("the farm takes the peers' block");
+        // One neighbour entry on srv (the farm's) instead of one per peer.
+        srv.run_ok(&["ip", "-6", "route", "add", PEER_NET, "via", FARM_ADDR], t)
+            .expect("route the peers' block to the farm");
         let rpcbind = srv.start_rpcbind().expect("start rpcbind on srv");
         // The service's lock manager and NFS server, as the readiness gate sees them.
         srv.in_netns(|| {
@@ -778,8 +841,13 @@ impl Bench {
             hwm_kb,
             rss_after_kb,
             cpu,
-            getports: self.farm_responder.getports.load(Ordering::SeqCst),
-            notifies: self.farm_responder.notifies.load(Ordering::SeqCst),
+            lookups: self.farm_responder.answered.lookups(),
+            notifies: self.farm_responder.answered.notifies.load(Ordering::SeqCst),
+            foreign_source: self
+                .farm_responder
+                .answered
+                .foreign_source
+                .load(Ordering::SeqCst),
             bak_settled,
         };
         let rel = self
@@ -852,8 +920,13 @@ impl Bench {
             hwm_kb,
             rss_after_kb: 0,
             cpu,
-            getports: self.farm_responder.getports.load(Ordering::SeqCst),
-            notifies: self.farm_responder.notifies.load(Ordering::SeqCst),
+            lookups: self.farm_responder.answered.lookups(),
+            notifies: self.farm_responder.answered.notifies.load(Ordering::SeqCst),
+            foreign_source: self
+                .farm_responder
+                .answered
+                .foreign_source
+                .load(Ordering::SeqCst),
             bak_settled,
         }
     }
@@ -930,7 +1003,8 @@ fn print_trial(t: &Trial, started: Instant) {
         "takeover_load: N={} {}: command {} s, last live ack at {} s after it started \
          ({} s after the command returned), {}/{} live acked, {} of {} dead tried, {} wrong \
          name/state, state {}, RSS before {} kB, max {} kB, VmHWM {} kB, after {} kB, CPU {} s, \
-         {} GETPORT and {} SM_NOTIFY answered, sm.bak/ down to the dead peers at {} s ({:.0} s \
+         rpcbind lookups answered: {} GETPORT v2, {} GETADDR v3, {} GETADDR v4; {} SM_NOTIFY \
+         answered ({} not from the service address), sm.bak/ down to the dead peers at {} s ({:.0} s \
          so far)",
         t.n,
         t.tool.label(),
@@ -948,8 +1022,11 @@ fn print_trial(t: &Trial, started: Instant) {
         t.hwm_kb,
         t.rss_after_kb,
         secs(t.cpu),
-        t.getports,
+        t.lookups[0],
+        t.lookups[1],
+        t.lookups[2],
         t.notifies,
+        t.foreign_source,
         secs(t.bak_settled),
         started.elapsed().as_secs_f64()
     );
@@ -1019,6 +1096,12 @@ fn main() {
                 failed.push(format!(
                     "N={n}: {} SM_NOTIFYs with another mon_name or state",
                     t.wrong
+                ));
+            }
+            if t.foreign_source > 0 {
+                failed.push(format!(
+                    "N={n}: {} SM_NOTIFYs not sent from the service address {SVC_ADDR}",
+                    t.foreign_source
                 ));
             }
             if t.dead_tried != t.n - t.live {
