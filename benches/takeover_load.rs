@@ -7,25 +7,31 @@
 //! prints why and exits 0 (it is run on demand, not in CI); run by `cargo test` (no `--bench`
 //! argument) it does nothing.
 //!
-//! Layout: one lab, two hosts on its bridge.
-//! - `srv` (198.51.100.10/24, and the service address 198.51.100.50/24, named
-//!   `nfs-svc.example.test` in the lab's hosts file) runs Debian's rpcbind and the real nsmd
-//!   (`nsmd -F -L --instances DIR`, the release build), whose instance `svc` has its state
-//!   directory on the disk (`CARGO_TARGET_TMPDIR`). The service's lock manager and NFS server
-//!   (100021, 100003) are registered with rpcbind before the takeover (PMAP SET from this
-//!   process; the readiness gate only asks rpcbind), as when the cluster manager starts the
-//!   NFS server before the takeover. Its `/proc/sys/fs/nfs/nsm_local_state` is a private file
-//!   (bind mount in the host's mount namespace), so sm-notify's write never reaches the kernel.
-//! - `farm` (198.51.100.20/24) holds all of 198.18.0.0/15 (RFC 2544's benchmark range) as a
-//!   local route on `lo`, and `srv` routes that range to it. Peer number `i` (1..=N) is the
-//!   host name `pNNNNNN` on 198.(18 + c / 256).(c % 256).(i % 200 + 10), c = i / 200, listed in
-//!   the lab's hosts file (as peers' names are in HA setups; both tools read it). One
-//!   responder (two threads in the farm's network namespace) plays rpcbind (UDP
-//!   0.0.0.0:111, PMAP v2 GETPORT → 32765) and statd (UDP 0.0.0.0:32765, SM_NOTIFY → success)
-//!   for every peer, replying from the address asked (`IP_PKTINFO`). Every peer whose number
-//!   is a multiple of 10 is dead: nothing sent to its address is answered. For each peer the
-//!   responder keeps the instant of its first acknowledged SM_NOTIFY and that SM_NOTIFY's
-//!   mon_name and state.
+//! Layout: one lab, two hosts on its bridge; the peers are IPv6 (the service address too).
+//! - `srv` (198.51.100.10/24 and 2001:db8::10/64, and the service address 2001:db8::50/64,
+//!   named `nfs-svc.example.test` in the lab's hosts file) runs Debian's rpcbind and the real
+//!   nsmd (`nsmd -F -L --instances DIR`, the release build), whose instance `svc`
+//!   (`addresses = ["2001:db8::50"]`) has its state directory on the disk
+//!   (`CARGO_TARGET_TMPDIR`). The service's lock manager and NFS server (100021, 100003) are
+//!   registered with rpcbind before the takeover (PMAP SET from this process; the readiness
+//!   gate only asks rpcbind), as when the cluster manager starts the NFS server before the
+//!   takeover. Its `/proc/sys/fs/nfs/nsm_local_state` is a private file (bind mount in the
+//!   host's mount namespace), so sm-notify's write never reaches the kernel.
+//! - `farm` (2001:db8::20/64) holds the block 2001:db8::1:0:0/96 of the documentation prefix
+//!   as a local route on `lo`, and `srv` routes that block via 2001:db8::20, so srv's
+//!   neighbour table holds one entry for all peers and no peer address needs DAD. Peer number
+//!   `i` (1..=N) is the host name `pNNNNNN` on 2001:db8::1:0:0 + `i` (2001:db8::1:1:86a0 for
+//!   100,000), listed in the lab's hosts file (as peers' names are in HA setups; both tools
+//!   read it). One responder (two threads in the farm's network namespace, UDP sockets on
+//!   `[::]`) plays rpcbind (port 111: portmapper v2 GETPORT and rpcbind v3/v4 GETADDR → port
+//!   32765 / the universal address of `[peer]:32765`; nsmd asks v4, Debian's sm-notify v3)
+//!   and statd (port 32765, SM_NOTIFY → success) for every peer, replying from the address
+//!   asked (`IPV6_RECVPKTINFO` in, `IPV6_PKTINFO` out; the socket has `IP_FREEBIND`, without
+//!   which the kernel refuses a source that only a local route holds). Every peer whose
+//!   number is a multiple of 10 is dead: nothing sent to its address is answered. For each
+//!   peer the responder keeps the instant of its first acknowledged SM_NOTIFY and that
+//!   SM_NOTIFY's mon_name and state, and it counts SM_NOTIFYs that did not come from the
+//!   service address.
 //!
 //! One nsmd trial: write N record files (nfs-utils format) into a fresh `sm/` and the state
 //! `41` into `state`, start nsmd (idle: the instance is not taken over at start), then run
@@ -38,7 +44,8 @@
 //!   live peer's first SM_NOTIFY. command → last ack: the sum, what an operator waits.
 //! - checked at the responder: the distinct live peers acknowledged (must be every live peer),
 //!   each with mon_name = the service hostname and the state nsmctl reported, odd and larger
-//!   than the state before; dead peers must have been tried (a GETPORT reached their address).
+//!   than the state before, and sent from the service address; dead peers must have been
+//!   tried (an rpcbind lookup reached their address).
 //!   A failed check makes the benchmark fail (after it printed its table).
 //! - nsmd's `VmRSS` and `VmHWM` (`/proc/PID/status`) are sampled every 50 ms: RSS before the
 //!   takeover (idle, after start-up), the peak (largest VmRSS sample, and VmHWM, which also
