@@ -425,6 +425,8 @@ struct Target<'a> {
     pid: u32,
     /// Where it listens: 127.0.0.1 and its port.
     addr: SocketAddr,
+    /// From the daemon's spawn until rpcbind answered GETPORT for SM_PROG (the start-up time).
+    registered_after: Duration,
 }
 
 /// Runs `op` from `workers` callers inside `host`'s network namespace, until `max_ops` calls
@@ -438,7 +440,9 @@ fn drive(
     cap: Duration,
 ) -> Run {
     assert!(!matches!(op, Op::Mon(_)) || max_ops <= names.len());
-    let Target { host, pid, addr } = *target;
+    let Target {
+        host, pid, addr, ..
+    } = *target;
     let ns_path = host.netns_path().to_owned();
     let pin = pinned();
     if pin {
@@ -664,7 +668,9 @@ impl Flow {
 /// daemon busy without costing a wake-up per call in the generator, so the daemon's own cost
 /// per call bounds the rate. A warm-up of [`WINDOW_WARMUP`] comes first, not counted.
 fn drive_window(target: &Target<'_>, op: Op, flows: usize, window: usize, cap: Duration) -> Run {
-    let Target { host, pid, addr } = *target;
+    let Target {
+        host, pid, addr, ..
+    } = *target;
     let (transport, proc_, args) = match op {
         Op::Null(t) => (t, SM_NULL, Vec::new()),
         Op::Stat(t) => {
@@ -899,13 +905,75 @@ fn is_ram_fs(path: &Path) -> bool {
         .unwrap_or(true)
 }
 
-/// The pre-populated names: `pre-00042.bench.test` on 10.1.0.42.
-fn pre_name(i: usize) -> String {
-    format!("pre-{i:05}.bench.test")
+/// The pre-populated names: `pre-00042.bench.test` on 10.1.0.42, or (`literal`) the address
+/// literal `10.64.0.42` itself (as the kernel's lockd sends mon_names by default).
+fn pre_name(i: usize, literal: bool) -> String {
+    if literal {
+        format!("10.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 255, i & 255)
+    } else {
+        format!("pre-{i:05}.bench.test")
+    }
 }
 
+/// The address of `pre_name(i, false)` in the hosts file: 10.1.x.y for the first 65,536, then
+/// 10.5.x.y, 10.6.x.y (10.2 and 10.3 hold the measured names and the SM_STAT target).
 fn pre_addr(i: usize) -> String {
-    format!("10.1.{}.{}", (i >> 8) & 255, i & 255)
+    let second = if i < 1 << 16 { 1 } else { 4 + (i >> 16) };
+    format!("10.{second}.{}.{}", (i >> 8) & 255, i & 255)
+}
+
+/// The resident set size of `pid` in bytes (`VmRSS`).
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Polls the host's rpcbind (PMAP_GETPORT over UDP, every 2 ms) until SM_PROG version 1 is
+/// registered for UDP; returns how long after `since` that was first seen.
+fn wait_rpcbind(host: &Host, since: Instant) -> Duration {
+    in_netns(host, || {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket");
+        s.connect("127.0.0.1:111").expect("connecting to rpcbind");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("setting a timeout");
+        let deadline = since + Duration::from_secs(300);
+        let mut buf = [0u8; 512];
+        for xid in 1u32.. {
+            let mut msg = Vec::with_capacity(56);
+            for w in [xid, 0, 2, 100_000, 2, 3, 0, 0, 0, 0, SM_PROG, 1, 17, 0] {
+                msg.extend_from_slice(&w.to_be_bytes());
+            }
+            s.send(&msg).expect("sending PMAP_GETPORT");
+            let port = loop {
+                match s.recv(&mut buf) {
+                    Ok(n) if n >= 4 && buf[..4] == xid.to_be_bytes() => {
+                        break result_words(xid, &buf[..n])
+                            .ok()
+                            .and_then(|w| w.first().copied());
+                    }
+                    Ok(_) => {}
+                    Err(_) => break None,
+                }
+            };
+            if port.is_some_and(|p| p != 0) {
+                return since.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SM_PROG not registered with rpcbind after 300 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        unreachable!("2^32 polls")
+    })
 }
 
 /// A record line exactly as rpc.statd 2.6.2 writes it (address field host-endian 127.0.0.1).
@@ -1115,6 +1183,8 @@ struct Bench {
 /// What a trial needs: records already there, and the names it will send.
 struct TrialSpec<'a> {
     records: usize,
+    /// The pre-populated records are named by address literals (`10.64.0.42`).
+    literal: bool,
     names: &'a [String],
 }
 
@@ -1197,9 +1267,9 @@ impl Bench {
     fn write_hosts(&self, spec: &TrialSpec<'_>) {
         let mut text = self.hosts_header.clone();
         text.push_str(&format!("10.3.0.1\t{STAT_NAME}\n"));
-        if self.hosts_pre {
+        if self.hosts_pre && !spec.literal {
             for i in 0..spec.records {
-                text.push_str(&format!("{}\t{}\n", pre_addr(i), pre_name(i)));
+                text.push_str(&format!("{}\t{}\n", pre_addr(i), pre_name(i, false)));
             }
         }
         for (i, n) in spec.names.iter().enumerate() {
@@ -1215,7 +1285,7 @@ impl Bench {
             .expect("writing the hosts file");
     }
 
-    fn prepare_dir(&self, outside: &Path, records: usize) {
+    fn prepare_dir(&self, outside: &Path, records: usize, literal: bool) {
         if outside.exists() {
             fs::remove_dir_all(outside).expect("removing an old state directory");
         }
@@ -1229,7 +1299,7 @@ impl Bench {
         }
         let sm = outside.join("sm");
         for i in 0..records {
-            let name = pre_name(i);
+            let name = pre_name(i, literal);
             let p = sm.join(&name);
             fs::write(&p, record_line(&name, cookie(1_000_000 + i))).expect("writing a record");
             if let Some((u, g)) = self.sm_owner {
@@ -1254,7 +1324,7 @@ impl Bench {
         let trial = self.trials;
         let port = 20_000 + u16::try_from(trial).expect("fewer than 45000 trials");
         let (inside, outside) = self.state_dir(imp, trial);
-        self.prepare_dir(&outside, spec.records);
+        self.prepare_dir(&outside, spec.records, spec.literal);
         self.write_hosts(spec);
         let host = self.host(imp);
         let port_s = port.to_string();
@@ -1275,13 +1345,13 @@ impl Bench {
             Impl::Statd => vec![&statd, "-F", "-L", "-p", &port_s, "-P", &inside_s],
             Impl::Echo => panic!("the bare responder runs through echo_trial"),
         };
+        let spawned = Instant::now();
         let p = host
             .spawn(imp.label(), &argv)
             .unwrap_or_else(|e| panic!("starting {}: {e}", imp.label()));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let registered_after = wait_rpcbind(host, spawned);
         wait_answers(host, addr, &p);
-        host.wait_registered(SM_PROG, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{} did not register: {e}", imp.label()));
         if imp == Impl::Nsmd {
             let want = format!("records={}", spec.records);
             let line = p
@@ -1304,6 +1374,7 @@ impl Bench {
             host,
             pid: p.pid(),
             addr,
+            registered_after,
         });
         if let Err(e) = p.check_running() {
             panic!("{} died during the measurement: {e}", imp.label());
@@ -1342,6 +1413,7 @@ impl Bench {
             host,
             pid: p.pid(),
             addr,
+            registered_after: Duration::ZERO,
         });
         if let Err(e) = p.check_running() {
             panic!("the bare UDP responder died during the measurement: {e}");
@@ -1549,8 +1621,9 @@ fn main() {
     let callers: usize = env_or("NSMD_BENCH_CALLERS", SIMPLE_WORKERS);
     let window: usize = env_or("NSMD_BENCH_WINDOW", WINDOW);
     let only = std::env::var("NSMD_BENCH_ONLY")
-        .unwrap_or_else(|_| "floor,null,window,serial,concurrent".into());
+        .unwrap_or_else(|_| "floor,null,window,start,serial,concurrent".into());
     let runs_group = |g: &str| only.split(',').any(|x| x.trim() == g);
+    let statd_mon_max: usize = env_or("NSMD_BENCH_STATD_MON_MAX", 10_000);
     let levels: Vec<usize> = std::env::var("NSMD_BENCH_LEVELS")
         .unwrap_or_else(|_| "0,1000,10000".into())
         .split(',')
@@ -1574,6 +1647,7 @@ fn main() {
     }
     let started = Instant::now();
     let mut results = Results::default();
+    let mut starts = Starts::default();
 
     for round in 1..=rounds {
         eprintln!(
@@ -1616,6 +1690,7 @@ fn main() {
             for imp in order {
                 let spec = TrialSpec {
                     records: 0,
+                    literal: false,
                     names: &[],
                 };
                 let runs = bench.trial(imp, &spec, |t| {
@@ -1658,6 +1733,29 @@ fn main() {
                 );
             }
         }
+        if runs_group("start") {
+            for &level in &levels {
+                for imp in order {
+                    let spec = TrialSpec {
+                        records: level,
+                        literal: true,
+                        names: &[],
+                    };
+                    let (after, rss) = bench.trial(imp, &spec, |t| {
+                        let rss = rss_bytes(t.pid).expect("reading the daemon's VmRSS");
+                        ((t.registered_after, rss), 0)
+                    });
+                    eprintln!(
+                        "  [round {round}] start-{level:<16} {:<9} registered after {:>8.1} ms, \
+                         RSS {:>7.1} MB",
+                        imp.label(),
+                        after.as_secs_f64() * 1e3,
+                        rss as f64 / 1e6
+                    );
+                    starts.0.entry((level, imp)).or_default().push((after, rss));
+                }
+            }
+        }
         for &level in &levels {
             let mut kinds = Vec::new();
             if runs_group("serial") {
@@ -1679,9 +1777,17 @@ fn main() {
             for (kind, op, workers, max) in kinds {
                 let id = format!("mon-{kind}-{level}");
                 for imp in order {
+                    if imp == Impl::Statd && level > statd_mon_max {
+                        eprintln!(
+                            "  [round {round}] {id:<22} rpc.statd not run: {level} records is over \
+                             NSMD_BENCH_STATD_MON_MAX={statd_mon_max}"
+                        );
+                        continue;
+                    }
                     let names = measured_names(&format!("r{round}-{kind}"), max);
                     let spec = TrialSpec {
                         records: level,
+                        literal: false,
                         names: &names,
                     };
                     let run = bench.trial(imp, &spec, |t| {
@@ -1700,4 +1806,70 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     results.print();
+    starts.print();
+}
+
+/// Start-up figures: (time to registration, RSS when idle) per (records, implementation).
+#[derive(Debug, Default)]
+struct Starts(BTreeMap<(usize, Impl), Vec<(Duration, u64)>>);
+
+impl Starts {
+    fn print(&self) {
+        if self.0.is_empty() {
+            return;
+        }
+        println!();
+        println!(
+            "Start-up with N records named by address literals (`-L`): from the spawn until \
+             rpcbind answers GETPORT for 100024, and VmRSS once idle. Medians over rounds \
+             [min-max]; bytes per record: RSS growth from the previous level, of the medians."
+        );
+        println!();
+        println!(
+            "| records | nsmd ms | rpc.statd ms | rpc.statd / nsmd | nsmd RSS MB | rpc.statd RSS MB \
+             | nsmd B/record | rpc.statd B/record |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let med = |level: usize, imp: Impl, f: &dyn Fn(&(Duration, u64)) -> f64| {
+            let mut v: Vec<f64> = self
+                .0
+                .get(&(level, imp))
+                .map_or(Vec::new(), |r| r.iter().map(f).collect());
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => (f64::NAN, f64::NAN, f64::NAN),
+                n if n % 2 == 1 => (v[n / 2], v[0], v[n - 1]),
+                n => ((v[n / 2 - 1] + v[n / 2]) / 2.0, v[0], v[n - 1]),
+            }
+        };
+        let ms = |r: &(Duration, u64)| r.0.as_secs_f64() * 1e3;
+        let mb = |r: &(Duration, u64)| r.1 as f64 / 1e6;
+        let levels: Vec<usize> = {
+            let mut l: Vec<usize> = self.0.keys().map(|(n, _)| *n).collect();
+            l.dedup();
+            l
+        };
+        let cell = |(m, lo, hi): (f64, f64, f64)| format!("{m:.1} [{lo:.1}-{hi:.1}]");
+        let mut prev: Option<usize> = None;
+        for &n in &levels {
+            let per_record = |imp: Impl| match prev {
+                Some(p) if n > p => format!(
+                    "{:.0}",
+                    (med(n, imp, &mb).0 - med(p, imp, &mb).0) * 1e6 / (n - p) as f64
+                ),
+                _ => "-".to_owned(),
+            };
+            println!(
+                "| {n} | {} | {} | {:.2} | {} | {} | {} | {} |",
+                cell(med(n, Impl::Nsmd, &ms)),
+                cell(med(n, Impl::Statd, &ms)),
+                med(n, Impl::Statd, &ms).0 / med(n, Impl::Nsmd, &ms).0,
+                cell(med(n, Impl::Nsmd, &mb)),
+                cell(med(n, Impl::Statd, &mb)),
+                per_record(Impl::Nsmd),
+                per_record(Impl::Statd),
+            );
+            prev = Some(n);
+        }
+    }
 }

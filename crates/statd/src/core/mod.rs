@@ -328,7 +328,7 @@ impl Core {
     /// A core in state `state` with the records `loaded` from `sm/` (file, record); its first
     /// effect tells the kernel the state.
     pub fn new(cfg: CoreConfig, state: i32, loaded: Vec<(String, Record)>) -> Self {
-        let mut records = Records::default();
+        let mut records = Records::with_capacity(loaded.len());
         for (file, record) in loaded {
             records.push(file, record);
         }
@@ -404,8 +404,8 @@ impl Core {
             .into_iter()
             .map(|e| {
                 (
-                    String::from_utf8_lossy(&e.record.mon_name).into_owned(),
-                    String::from_utf8_lossy(&e.record.my_name).into_owned(),
+                    String::from_utf8_lossy(e.mon_name()).into_owned(),
+                    String::from_utf8_lossy(e.my_name()).into_owned(),
                 )
             })
             .collect()
@@ -538,20 +538,13 @@ impl Core {
 
     fn mon(&mut self, request: RequestId, file: String, record: Record) {
         let file = self.records.file_for(&record.mon_name, file);
-        let same = |e: &records::Entry| {
-            e.record.mon_name == record.mon_name
-                && e.record.my_name == record.my_name
-                && e.record.my_prog == record.my_prog
-                && e.record.my_vers == record.my_vers
-                && e.record.my_proc == record.my_proc
-        };
         let found = self
             .records
-            .files
-            .get_mut(&file)
-            .and_then(|l| l.iter_mut().find(|e| same(e)));
-        let previous = match found {
-            Some(e) if e.record.priv_ == record.priv_ => {
+            .in_file(file.as_bytes())
+            .into_iter()
+            .find(|&i| self.records.get(i).same_registration(&record));
+        let previous = match found.map(|i| self.records.get_mut(i)) {
+            Some(e) if e.priv_() == record.priv_ => {
                 debug!(mon_name = %String::from_utf8_lossy(&record.mon_name), "SM_MON repeated with the same cookie");
                 // Durable once the file's newest write is: answered with it.
                 match self.file_commits.get(&file) {
@@ -567,7 +560,11 @@ impl Core {
                 }
                 return;
             }
-            Some(e) => Some(std::mem::replace(&mut e.record, record.clone())),
+            Some(e) => {
+                let old = e.record();
+                e.set_priv(record.priv_);
+                Some(old)
+            }
             None => {
                 self.records.push(file.clone(), record.clone());
                 None
@@ -664,13 +661,13 @@ impl Core {
                 warn!(mon_name = %String::from_utf8_lossy(&record.mon_name), "SM_MON failed: cannot record it durably: {e}");
                 match previous {
                     Some(old) => {
-                        if let Some(e) = self
+                        if let Some(i) = self
                             .records
-                            .files
-                            .get_mut(&file)
-                            .and_then(|l| l.iter_mut().find(|e| e.record == record))
+                            .in_file(file.as_bytes())
+                            .into_iter()
+                            .find(|&i| self.records.get(i).is(&record))
                         {
-                            e.record = old;
+                            self.records.get_mut(i).set_priv(old.priv_);
                         }
                     }
                     None => self.records.remove_one(&file, &record),
@@ -731,32 +728,37 @@ impl Core {
         // One registration, as rpc.statd removes one: the record with this very mon_name (lockd
         // unmonitors with the name it monitored), else the same name in another case, else the
         // only record of the same host by short name. Never several hosts' records.
-        let candidates: Vec<&Record> = self
-            .records
-            .iter()
-            .map(|e| &e.record)
-            .filter(|r| {
-                r.my_name == my_name
-                    && (r.my_prog, r.my_vers, r.my_proc) == cb
-                    && same_host(&r.mon_name, mon_name)
+        // The records of that host only (the by-host index): the cost does not grow with the
+        // number of records.
+        let records = &self.records;
+        let candidates: Vec<u32> = records
+            .same_host_as(mon_name)
+            .into_iter()
+            .filter(|&i| {
+                let e = records.get(i);
+                e.my_name() == my_name && e.callback() == cb
             })
             .collect();
-        let exact = candidates.iter().find(|r| r.mon_name == mon_name);
+        let exact = candidates
+            .iter()
+            .find(|&&i| records.get(i).mon_name() == mon_name);
         let folded = candidates
             .iter()
-            .find(|r| r.mon_name.eq_ignore_ascii_case(mon_name));
-        let chosen = exact
-            .or(folded)
-            .or(match candidates.as_slice() {
-                [only] => Some(only),
-                _ => None,
-            })
-            .map(|r| (*r).clone());
-        let Some(chosen) = chosen else {
+            .find(|&&i| records.get(i).mon_name().eq_ignore_ascii_case(mon_name));
+        let chosen = exact.or(folded).or(match candidates.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        });
+        let Some(chosen) = chosen.map(|&i| records.get(i).record()) else {
             debug!(mon_name = %String::from_utf8_lossy(mon_name), "SM_UNMON: no such registration");
             return self.reply_state(request);
         };
-        let (removed, files) = self.records.remove_where(|r| *r == chosen);
+        // Every record equal to it (the same line in two files), as before.
+        let equal: Vec<u32> = candidates
+            .into_iter()
+            .filter(|&i| records.get(i).is(&chosen))
+            .collect();
+        let (removed, files) = self.records.remove(&equal);
         let del_clients = removed
             .into_iter()
             .map(|r| (r.mon_name, my_name.to_vec()))
@@ -796,9 +798,9 @@ impl Core {
         raw_my_name: &[u8],
         cb: (u32, u32, u32),
     ) {
-        let (removed, files) = self.records.remove_where(|r| {
-            same_host(&r.my_name, my_name) && (r.my_prog, r.my_vers, r.my_proc) == cb
-        });
+        let (removed, files) = self
+            .records
+            .remove_where(|e| same_host(e.my_name(), my_name) && e.callback() == cb);
         if files.is_empty() {
             debug!("SM_UNMON_ALL: nothing registered");
             return self.reply_state(request);
@@ -994,12 +996,43 @@ impl Core {
     /// Matches an SM_NOTIFY against every record with what is known now: calls back the
     /// records it concerns; returns how many, and the (lower-case) names of the records whose
     /// addresses must be looked up first.
+    ///
+    /// Only the records that can match are looked at (the indexes of [`Records`]): those of
+    /// the sender's host by name, those named by the sender's address, and the records whose
+    /// name is not an address literal, by their addresses looked up (once per name, not per
+    /// record). With address-literal names (the kernel's default) the cost does not grow with
+    /// the number of records; with host names it grows with the number of names, for which
+    /// the rule needs addresses that are fresh.
     fn match_now(&mut self, now: Instant, job: &MatchJob) -> (usize, HashSet<Vec<u8>>) {
-        let ambiguous = short_name_is_ambiguous(&job.name, self.records.iter());
-        let (mut matched, mut unknown) = (0, HashSet::new());
+        let records = &self.records;
+        let same_host = records.same_host_as(&job.name);
+        let ambiguous = short_name_is_ambiguous(
+            &job.name,
+            same_host.iter().map(|&i| records.get(i).mon_name()),
+        );
+        let mut candidates = same_host;
+        candidates.extend(records.with_address(job.from));
+        let mut unknown = HashSet::new();
+        for name in records.hostnames() {
+            if name.eq_ignore_ascii_case(&job.name) {
+                // Matched by name, whatever its addresses.
+                continue;
+            }
+            match self.names.fresh(name, now) {
+                None => {
+                    unknown.insert(name.to_vec());
+                }
+                Some(a) if a.contains(&job.from) => candidates.extend(records.named(name)),
+                Some(_) => {}
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut matched = 0;
         let (records, names, effects) = (&mut self.records, &self.names, &mut self.effects);
-        for e in records.iter_mut() {
-            let mon = &e.record.mon_name;
+        for i in candidates {
+            let e = records.get_mut(i);
+            let mon = e.mon_name();
             let literal = ip_literal(mon).map(|ip| vec![canonical(ip)]);
             let key = mon.to_ascii_lowercase();
             let known = literal.as_deref().or_else(|| names.fresh(&key, now));
@@ -1023,23 +1056,26 @@ impl Core {
     /// has the sender's address (as looked up; a name that did not resolve has none).
     fn match_by_address(&mut self, job: &MatchJob, names: &HashSet<Vec<u8>>) {
         let mon_name = String::from_utf8_lossy(&job.name);
-        let ambiguous = short_name_is_ambiguous(&job.name, self.records.iter());
+        let records = &self.records;
+        let ambiguous = short_name_is_ambiguous(
+            &job.name,
+            records
+                .same_host_as(&job.name)
+                .into_iter()
+                .map(|i| records.get(i).mon_name()),
+        );
+        let mut chosen: Vec<u32> = names.iter().flat_map(|n| records.named(n)).collect();
+        chosen.sort_unstable();
         let (records, cache, effects) = (&mut self.records, &self.names, &mut self.effects);
         let mut matched = 0;
-        for e in records.iter_mut() {
-            let key = e.record.mon_name.to_ascii_lowercase();
-            if !names.contains(&key) {
-                continue;
-            }
+        for i in chosen {
+            let e = records.get_mut(i);
+            let key = e.mon_name().to_ascii_lowercase();
             let known = cache.get(&key).unwrap_or(&[]);
-            if let NotifyMatch::Yes(how) = notify_match(
-                &job.name,
-                &e.record.mon_name,
-                Some(known),
-                job.from,
-                ambiguous,
-            ) {
-                debug!(peer = %job.peer, %mon_name, record = %String::from_utf8_lossy(&e.record.mon_name), "SM_NOTIFY matched by {how}");
+            if let NotifyMatch::Yes(how) =
+                notify_match(&job.name, e.mon_name(), Some(known), job.from, ambiguous)
+            {
+                debug!(peer = %job.peer, %mon_name, record = %String::from_utf8_lossy(e.mon_name()), "SM_NOTIFY matched by {how}");
                 matched += call_back(effects, e, job.state);
             }
         }
@@ -1058,13 +1094,14 @@ fn call_back(effects: &mut VecDeque<Effect>, e: &mut records::Entry, state: i32)
         return 0;
     }
     e.last_state = Some(state);
+    let (prog, vers, proc_) = e.callback();
     effects.push_back(Effect::CallBack(Callback {
-        mon_name: e.record.mon_name.clone(),
+        mon_name: e.mon_name().to_vec(),
         state,
-        priv_: e.record.priv_,
-        prog: e.record.my_prog,
-        vers: e.record.my_vers,
-        proc_: e.record.my_proc,
+        priv_: e.priv_(),
+        prog,
+        vers,
+        proc_,
     }));
     1
 }
