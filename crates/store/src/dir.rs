@@ -285,28 +285,37 @@ impl<D: Disk> StateDir<D> {
         let mut g = self.guard();
         let base = self.open_base()?;
         let d = self.open_dir(&base, dir)?;
+        let mut names = list(&self.disk, &d)?;
+        // In file name order: the order of the records loaded, whatever the threads.
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let threads = self
+            .disk
+            .parallel_reads()
+            .clamp(1, names.len().div_ceil(1024).max(1));
+        let chunk = names.len().div_ceil(threads).max(1);
+        let parts: Vec<(Vec<(String, Record)>, LoadReport)> = if threads == 1 {
+            vec![load_files(&self.disk, &d, &names)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = names
+                    .chunks(chunk)
+                    .map(|part| s.spawn(|| load_files(&self.disk, &d, part)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            })
+        };
+        drop(names);
         let mut report = LoadReport::default();
-        let mut out = Vec::new();
-        for entry in list(&self.disk, &d)? {
-            let bytes = entry.as_slice();
-            let path = d.path.join(OsStr::from_bytes(bytes));
-            if is_temp(bytes) {
-                if interrupted_write(&self.disk, &d, bytes) {
-                    report.removed.push(path);
-                } else {
-                    report.leftovers.push(path);
-                }
-                continue;
-            }
-            if bytes.first() == Some(&b'.') {
-                continue;
-            }
-            match load_file(&self.disk, &d, bytes) {
-                Ok((name, records)) => out.extend(records.into_iter().map(|r| (name.clone(), r))),
-                Err(reason) => report.skipped.push(Skipped { path, reason }),
-            }
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+        for (records, r) in parts {
+            out.extend(records);
+            report.skipped.extend(r.skipped);
+            report.removed.extend(r.removed);
+            report.leftovers.extend(r.leftovers);
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         for s in &report.skipped {
             tracing::debug!(path = %s.path.display(), reason = %s.reason, "record file skipped (left as it is)");
         }
@@ -402,7 +411,7 @@ impl<D: Disk> StateDir<D> {
         let mut result = Ok(());
         let disk = &self.disk;
         for entry in list(disk, &sm)? {
-            let bytes = entry.as_slice();
+            let bytes = entry.0.as_slice();
             if bytes.first() == Some(&b'.') || is_temp(bytes) {
                 continue;
             }
@@ -866,7 +875,8 @@ fn open_dir_fd<D: Disk>(
 }
 
 /// The names in a directory (without `.` and `..`).
-fn list<D: Disk>(disk: &D, d: &OpenDir<D>) -> Result<Vec<Vec<u8>>, StoreError> {
+#[allow(clippy::type_complexity)]
+fn list<D: Disk>(disk: &D, d: &OpenDir<D>) -> Result<Vec<(Vec<u8>, Option<FileKind>)>, StoreError> {
     disk.list(&d.fd)
         .map_err(|e| StoreError::io("list directory", &d.path, e))
 }
@@ -897,17 +907,61 @@ fn interrupted_write<D: Disk>(disk: &D, d: &OpenDir<D>, name: &[u8]) -> bool {
     }
 }
 
-/// Reads and parses one record file (never modifies it).
+/// Loads the entries `names` of `d` (in that order) as [`StateDir::load`] describes.
+fn load_files<D: Disk>(
+    disk: &D,
+    d: &OpenDir<D>,
+    names: &[(Vec<u8>, Option<FileKind>)],
+) -> (Vec<(String, Record)>, LoadReport) {
+    let mut report = LoadReport::default();
+    let mut out = Vec::with_capacity(names.len());
+    for (bytes, kind) in names {
+        let path = || d.path.join(OsStr::from_bytes(bytes));
+        if is_temp(bytes) {
+            if interrupted_write(disk, d, bytes) {
+                report.removed.push(path());
+            } else {
+                report.leftovers.push(path());
+            }
+            continue;
+        }
+        if bytes.first() == Some(&b'.') {
+            continue;
+        }
+        match load_file(disk, d, bytes, *kind) {
+            Ok((name, records)) => {
+                let others = records.len().saturating_sub(1);
+                let mut records = records.into_iter();
+                out.extend(records.by_ref().take(others).map(|r| (name.clone(), r)));
+                if let Some(r) = records.next() {
+                    out.push((name, r));
+                }
+            }
+            Err(reason) => report.skipped.push(Skipped {
+                path: path(),
+                reason,
+            }),
+        }
+    }
+    (out, report)
+}
+
+/// Reads and parses one record file (never modifies it). `kind`: what the directory entry
+/// said it is, if it did (else it is looked at first: a device is never opened).
 fn load_file<D: Disk>(
     disk: &D,
     d: &OpenDir<D>,
     bytes: &[u8],
+    kind: Option<FileKind>,
 ) -> Result<(String, Vec<Record>), SkipReason> {
     let name = name::checked(bytes, NAME_MAX)
         .map_err(SkipReason::BadName)?
         .to_owned();
     let unreadable = |e: io::Error| SkipReason::Unreadable(Arc::new(e));
-    let kind = disk.lstat(&d.fd, bytes).map_err(unreadable)?;
+    let kind = match kind {
+        Some(k) => k,
+        None => disk.lstat(&d.fd, bytes).map_err(unreadable)?,
+    };
     if kind != FileKind::Regular {
         return Err(SkipReason::NotRegular {
             kind: kind.describe(),

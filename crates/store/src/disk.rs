@@ -115,8 +115,9 @@ pub trait Disk: fmt::Debug + Send + Sync + 'static {
     /// Whether this process runs as root (effective user id 0): new record files then get the
     /// owner of their directory.
     fn is_root(&self) -> bool;
-    /// The names in `dir`, without `.` and `..`, in the order the file system gives them.
-    fn list(&self, dir: &Self::Dir) -> io::Result<Vec<Vec<u8>>>;
+    /// The names in `dir`, without `.` and `..`, in the order the file system gives them, each
+    /// with its kind when the directory entry tells it (`d_type`; `None`: ask [`Disk::lstat`]).
+    fn list(&self, dir: &Self::Dir) -> io::Result<Vec<(Vec<u8>, Option<FileKind>)>>;
     /// What the entry `name` is, without following a symbolic link (`fstatat`,
     /// `AT_SYMLINK_NOFOLLOW`).
     fn lstat(&self, dir: &Self::Dir, name: &[u8]) -> io::Result<FileKind>;
@@ -157,6 +158,12 @@ pub trait Disk: fmt::Debug + Send + Sync + 'static {
     /// order of its operations, and so the faults drawn for them, do not depend on threads.
     fn parallel_fsyncs(&self) -> usize {
         8
+    }
+    /// How many threads may read the files of one directory at once
+    /// ([`StateDir::load`](crate::StateDir::load)). 1 unless a disk says otherwise, so that a
+    /// simulated disk sees its operations in one order.
+    fn parallel_reads(&self) -> usize {
+        1
     }
 }
 
@@ -208,14 +215,24 @@ impl Disk for RealDisk {
         geteuid().is_root()
     }
 
-    fn list(&self, dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    fn list(&self, dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, Option<FileKind>)>> {
+        use nix::dir::Type;
         let mut d = NixDir::openat(dir, ".", DIR_FLAGS, Mode::empty())?;
         let mut names = Vec::new();
         for entry in d.iter() {
             let entry = entry?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
-                names.push(name.to_vec());
+                let kind = entry.file_type().map(|t| match t {
+                    Type::File => FileKind::Regular,
+                    Type::Directory => FileKind::Directory,
+                    Type::Symlink => FileKind::Symlink,
+                    Type::Fifo => FileKind::Fifo,
+                    Type::Socket => FileKind::Socket,
+                    Type::CharacterDevice => FileKind::CharDevice,
+                    Type::BlockDevice => FileKind::BlockDevice,
+                });
+                names.push((name.to_vec(), kind));
             }
         }
         Ok(names)
@@ -247,12 +264,31 @@ impl Disk for RealDisk {
         if kind != FileKind::Regular {
             return Ok(Opened::Other(kind));
         }
-        let mut content = Vec::new();
-        File::from(fd).take(limit).read_to_end(&mut content)?;
-        Ok(Opened::Regular {
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            content,
-        })
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        // Sized by fstat: one read takes a record file whole, and a read that stops short at
+        // that size is the end of the file (a regular file's read is short only there), so
+        // no second read is needed to see it. A file that grew meanwhile is read on to `limit`.
+        let cap = usize::try_from(size.saturating_add(1).min(limit)).unwrap_or(usize::MAX);
+        let mut content = vec![0u8; cap];
+        let mut file = File::from(fd);
+        let mut filled = 0;
+        while filled < cap {
+            let n = match file.read(&mut content[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            filled += n;
+            if n == 0 || filled as u64 == size {
+                break;
+            }
+        }
+        content.truncate(filled);
+        if filled == cap && (cap as u64) < limit {
+            // Longer than fstat said: read the rest, up to `limit`.
+            file.take(limit - cap as u64).read_to_end(&mut content)?;
+        }
+        Ok(Opened::Regular { size, content })
     }
 
     fn read_head(&self, dir: &OwnedFd, name: &[u8], limit: u64) -> io::Result<Vec<u8>> {
@@ -313,6 +349,10 @@ impl Disk for RealDisk {
         to: &[u8],
     ) -> io::Result<()> {
         Ok(renameat(from_dir, from, to_dir, to)?)
+    }
+
+    fn parallel_reads(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     }
 
     fn unlink(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {

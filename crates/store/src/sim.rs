@@ -622,11 +622,15 @@ impl Disk for SimDisk {
         false
     }
 
-    fn list(&self, dir: &SimDir) -> io::Result<Vec<Vec<u8>>> {
+    fn list(&self, dir: &SimDir) -> io::Result<Vec<(Vec<u8>, Option<FileKind>)>> {
         let mut s = self.lock();
         s.enter(SimOp::List)?;
         s.check(dir.generation)?;
-        Ok(s.entries(dir.ino)?.keys().cloned().collect())
+        // No kinds: every file is looked at with `lstat`, where faults are drawn.
+        Ok(s.entries(dir.ino)?
+            .keys()
+            .map(|k| (k.clone(), None))
+            .collect())
     }
 
     fn lstat(&self, dir: &SimDir, name: &[u8]) -> io::Result<FileKind> {
