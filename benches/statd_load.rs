@@ -78,6 +78,7 @@ const SM_PROG: u32 = 100_024;
 const SM_NULL: u32 = 0;
 const SM_STAT: u32 = 1;
 const SM_MON: u32 = 2;
+const SM_UNMON: u32 = 3;
 const MY_NAME: &[u8] = b"nfs-server-a";
 /// The name SM_STAT asks about (in every trial's hosts file).
 const STAT_NAME: &str = "stat-target.bench.test";
@@ -135,12 +136,15 @@ enum Op {
     Mon(Conn),
     Null(Transport),
     Stat(Transport),
+    /// SM_UNMON of a pre-populated record, a new TCP connection per call (as lockd).
+    Unmon,
 }
 
 impl Op {
     fn what(self) -> &'static str {
         match self {
             Self::Mon(_) => "SM_MON",
+            Self::Unmon => "SM_UNMON",
             Self::Null(_) => "SM_NULL",
             Self::Stat(_) => "SM_STAT",
         }
@@ -183,6 +187,17 @@ fn mon_args(mon_name: &[u8], priv_: [u8; 16]) -> Vec<u8> {
         v.extend_from_slice(&w.to_be_bytes());
     }
     v.extend_from_slice(&priv_);
+    v
+}
+
+/// SM_UNMON arguments: mon_name, my_name, NLM 100021/3/16.
+fn unmon_args(mon_name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(48 + mon_name.len());
+    xdr_string(&mut v, mon_name);
+    xdr_string(&mut v, MY_NAME);
+    for w in [100_021u32, 3, 16] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
     v
 }
 
@@ -293,7 +308,7 @@ struct Caller<'a> {
 impl<'a> Caller<'a> {
     fn new(addr: SocketAddr, op: Op, names: &'a [String], worker: usize) -> io::Result<Self> {
         let (tcp, udp) = match op {
-            Op::Mon(Conn::PerCall) => (None, None),
+            Op::Mon(Conn::PerCall) | Op::Unmon => (None, None),
             Op::Mon(Conn::Persistent) | Op::Null(Transport::Tcp) | Op::Stat(Transport::Tcp) => {
                 (Some(TcpClient::connect(addr)?), None)
             }
@@ -321,12 +336,13 @@ impl<'a> Caller<'a> {
         let xid = self.xid;
         let msg = match self.op {
             Op::Mon(_) => call_msg(xid, SM_MON, &mon_args(self.names[i].as_bytes(), cookie(i))),
+            Op::Unmon => call_msg(xid, SM_UNMON, &unmon_args(self.names[i].as_bytes())),
             Op::Null(_) => call_msg(xid, SM_NULL, &[]),
             Op::Stat(_) => call_msg(xid, SM_STAT, &self.stat_args),
         };
         let start = Instant::now();
         let reply = match (self.op, &mut self.tcp, &mut self.udp) {
-            (Op::Mon(Conn::PerCall), _, _) => {
+            (Op::Mon(Conn::PerCall) | Op::Unmon, _, _) => {
                 TcpClient::connect(self.addr).and_then(|mut c| c.exchange(&msg))
             }
             (_, Some(tcp), _) => tcp.exchange(&msg),
@@ -336,7 +352,7 @@ impl<'a> Caller<'a> {
         let took = start.elapsed();
         let what = self.op.what();
         let name = match self.op {
-            Op::Mon(_) => self.names[i].as_str(),
+            Op::Mon(_) | Op::Unmon => self.names[i].as_str(),
             Op::Stat(_) => STAT_NAME,
             Op::Null(_) => "",
         };
@@ -345,6 +361,14 @@ impl<'a> Caller<'a> {
             result_words(xid, &reply).unwrap_or_else(|e| panic!("{what} {name} (call #{i}): {e}"));
         match self.op {
             Op::Null(_) => assert!(words.is_empty(), "SM_NULL answered {words:?}"),
+            Op::Unmon => {
+                assert!(
+                    words.len() == 1 && words[0] != u32::MAX,
+                    "{what} {name} (call #{i}) was not answered with a state: {words:?}"
+                );
+                let first = *self.state.get_or_insert(words[0]);
+                assert_eq!(words[0], first, "{what} {name}: the state number changed");
+            }
             Op::Mon(_) | Op::Stat(_) => {
                 assert!(
                     words.len() == 2 && words[0] == 0 && words[1] != u32::MAX,
@@ -439,7 +463,7 @@ fn drive(
     max_ops: usize,
     cap: Duration,
 ) -> Run {
-    assert!(!matches!(op, Op::Mon(_)) || max_ops <= names.len());
+    assert!(!matches!(op, Op::Mon(_) | Op::Unmon) || max_ops <= names.len());
     let Target {
         host, pid, addr, ..
     } = *target;
@@ -678,7 +702,9 @@ fn drive_window(target: &Target<'_>, op: Op, flows: usize, window: usize, cap: D
             xdr_string(&mut a, STAT_NAME.as_bytes());
             (t, SM_STAT, a)
         }
-        Op::Mon(_) => panic!("the saturating generator sends SM_NULL and SM_STAT only"),
+        Op::Mon(_) | Op::Unmon => {
+            panic!("the saturating generator sends SM_NULL and SM_STAT only")
+        }
     };
     let pin = pinned();
     if pin {
@@ -1318,7 +1344,7 @@ impl Bench {
         &mut self,
         imp: Impl,
         spec: &TrialSpec<'_>,
-        f: impl FnOnce(&Target<'_>) -> (T, usize),
+        f: impl FnOnce(&Target<'_>) -> (T, isize),
     ) -> T {
         self.trials += 1;
         let trial = self.trials;
@@ -1370,7 +1396,7 @@ impl Bench {
                 busy.as_secs_f64()
             );
         }
-        let (out, mons) = f(&Target {
+        let (out, delta) = f(&Target {
             host,
             pid: p.pid(),
             addr,
@@ -1382,10 +1408,15 @@ impl Bench {
         p.stop(Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("stopping {}: {e}", imp.label()));
         let on_disk = count_files(&outside.join("sm"));
+        let want = spec
+            .records
+            .checked_add_signed(delta)
+            .expect("no more records removed than there were");
         assert_eq!(
             on_disk,
-            spec.records + mons,
-            "{}: sm/ holds {on_disk} records, expected {} pre-populated + {mons} monitored",
+            want,
+            "{}: sm/ holds {on_disk} records, expected {} pre-populated {delta:+} (monitored or \
+             unmonitored)",
             imp.label(),
             spec.records
         );
@@ -1621,7 +1652,7 @@ fn main() {
     let callers: usize = env_or("NSMD_BENCH_CALLERS", SIMPLE_WORKERS);
     let window: usize = env_or("NSMD_BENCH_WINDOW", WINDOW);
     let only = std::env::var("NSMD_BENCH_ONLY")
-        .unwrap_or_else(|_| "floor,null,window,start,serial,concurrent".into());
+        .unwrap_or_else(|_| "floor,null,window,start,serial,unmon,concurrent".into());
     let runs_group = |g: &str| only.split(',').any(|x| x.trim() == g);
     let statd_mon_max: usize = env_or("NSMD_BENCH_STATD_MON_MAX", 10_000);
     let levels: Vec<usize> = std::env::var("NSMD_BENCH_LEVELS")
@@ -1793,9 +1824,37 @@ fn main() {
                     let run = bench.trial(imp, &spec, |t| {
                         let run = drive(t, op, &names, workers, max, cap);
                         let n = run.n;
-                        (run, n)
+                        (run, isize::try_from(n).expect("few calls"))
                     });
                     let note = format!("  (records {level} -> {})", level + run.n);
+                    results.add(&id, imp, round, run, &note);
+                }
+            }
+            if runs_group("unmon") && level > 0 {
+                let id = format!("unmon-percall-{level}");
+                // Pre-populated records spread over the whole set, each unmonitored once.
+                let max = serial_max.min(level);
+                let names: Vec<String> =
+                    (0..max).map(|k| pre_name(k * level / max, false)).collect();
+                for imp in order {
+                    if imp == Impl::Statd && level > statd_mon_max {
+                        eprintln!(
+                            "  [round {round}] {id:<22} rpc.statd not run: {level} records is over \
+                             NSMD_BENCH_STATD_MON_MAX={statd_mon_max}"
+                        );
+                        continue;
+                    }
+                    let spec = TrialSpec {
+                        records: level,
+                        literal: false,
+                        names: &[],
+                    };
+                    let run = bench.trial(imp, &spec, |t| {
+                        let run = drive(t, Op::Unmon, &names, 1, max, cap);
+                        let n = isize::try_from(run.n).expect("few calls");
+                        (run, -n)
+                    });
+                    let note = format!("  (records {level} -> {})", level - run.n);
                     results.add(&id, imp, round, run, &note);
                 }
             }
