@@ -28,7 +28,13 @@
 //! - `mon-percall-N`: serial SM_MON, a new TCP connection per call (lockd's pattern: the kernel
 //!   makes a fresh rpc_clnt per upcall); `mon-persistent-N`: serial SM_MON on one connection
 //!   (at N = 10,000 in the first round only: rpc.statd needs ~15 s per call there);
-//! - `mon-x64-percall-N` (N = 0 and 1,000): 64 concurrent callers, a connection per call.
+//! - `mon-x64-percall-N` (N = 0 and 1,000): 64 concurrent callers, a connection per call;
+//! - `unmon-percall-N` (N > 0): serial SM_UNMON of pre-populated records spread over the N, a
+//!   connection per call;
+//! - `start-N`: the daemon on N records named by address literals (`10.64.0.42`, as the
+//!   kernel's lockd names peers by default): the time from its spawn until rpcbind answers
+//!   GETPORT for program 100024 (polled every 2 ms), and its RSS once idle; the table gives the
+//!   bytes of RSS per record added between two levels.
 //!
 //! Each reports calls/s, p50 and p99 latency (client side, connect included for `percall`) and the
 //! daemon's CPU time per call (all its threads, sampled from /proc before and after).
@@ -44,8 +50,12 @@
 //! - `NSMD_BENCH_SERIAL_MAX`: calls per serial SM_MON measurement (default 300);
 //! - `NSMD_BENCH_ONLY`: comma-separated groups to run: `floor` (the disk alone), `null`
 //!   (SM_NULL and SM_STAT, callers waiting for replies), `window` (SM_NULL and SM_STAT, the
-//!   saturating generator, and the bare UDP responder), `serial`, `concurrent` (default all);
-//! - `NSMD_BENCH_LEVELS`: comma-separated pre-populated record counts (default `0,1000,10000`);
+//!   saturating generator, and the bare UDP responder), `start`, `serial`, `unmon`,
+//!   `concurrent` (default all);
+//! - `NSMD_BENCH_LEVELS`: comma-separated pre-populated record counts (default `0,1000,10000`;
+//!   up to 100,000 on demand, e.g. `1000,10000,100000`);
+//! - `NSMD_BENCH_STATD_MON_MAX`: rpc.statd's SM_MON and SM_UNMON measurements run only at levels
+//!   up to this (default 10,000: one SM_MON takes it 15–30 s there, and its cost grows with N);
 //! - `NSMD_BENCH_HOSTS=measured`: leave the pre-populated names out of the hosts file. A
 //!   diagnostic: every name lookup then reads a short file (rpc.statd's duplicate check, where
 //!   the lookups of pre-populated names now fail; nsmd looks nothing up for SM_MON).
