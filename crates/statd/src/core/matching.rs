@@ -154,8 +154,6 @@ pub(crate) fn short_name_is_ambiguous<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nsm_store::Record;
-    use nsm_xdr::nsm::NLM_PROG;
 
     #[test]
     fn rate_limiter_bounds_a_burst_and_refills() {

@@ -494,7 +494,7 @@ mod tests {
 
     #[test]
     fn an_entry_keeps_every_field_of_its_record_in_64_bytes() {
-        assert_eq!(std::mem::size_of::<Option<Entry>>(), 64);
+        assert_eq!(size_of::<Option<Entry>>(), 64);
         let mut r = Records::default();
         let mut x = rec("Client9.Example.Test", "srv a");
         x.my_prog = 200_000;
@@ -569,7 +569,7 @@ mod tests {
                 );
             }
             for ip in ["198.51.100.7", "2001:db8::7", "fe80::1", "198.51.100.8"] {
-                let ip: IpAddr = ip.parse().unwrap();
+                let ip: IpAddr = ip.parse().expect("an address");
                 assert_eq!(
                     mons(r, &r.with_address(ip)),
                     walk(r, &|e| ip_literal(e.mon_name()).map(canonical) == Some(ip)),
@@ -594,7 +594,10 @@ mod tests {
             ["WEB1.staging.example", "web1", "web1.prod.example"]
         );
         assert_eq!(
-            mons(&r, &r.with_address("198.51.100.7".parse().unwrap())),
+            mons(
+                &r,
+                &r.with_address("198.51.100.7".parse().expect("an address"))
+            ),
             ["198.51.100.7", "::ffff:198.51.100.7"]
         );
         r.remove_where(|e| e.my_name() == b"s1");
