@@ -20,7 +20,7 @@ use clap::Parser;
 use nsm_notify::{
     Delivery, NotifierConfig, Policy, Retired, Source, SourceSpec, bind_sources, default_names,
 };
-use nsm_store::{Record, StateDir};
+use nsm_store::StateDir;
 use nsmd::cli::NotifyArgs;
 use nsmd::config::{
     DEFAULT_STATE_DIR, NfsConf, SmNotifyConfig, SmNotifyOverrides, nfsconf, resolve_sm_notify,
@@ -215,15 +215,15 @@ fn wait_for_go(fd: u32, mut f: std::fs::File) -> Result<bool> {
     }
 }
 
-/// The mon_names for one record.
-fn record_names(args: &NotifyArgs, cfg: &SmNotifyConfig, r: &Record) -> Vec<String> {
+/// The mon_names for the records registered under `my_name`.
+fn record_names(args: &NotifyArgs, cfg: &SmNotifyConfig, my_name: &[u8]) -> Vec<String> {
     if !args.mon_names.is_empty() {
         return args.mon_names.clone();
     }
     let base = cfg
         .outgoing_addr
         .clone()
-        .unwrap_or_else(|| String::from_utf8_lossy(&r.my_name).into_owned());
+        .unwrap_or_else(|| String::from_utf8_lossy(my_name).into_owned());
     if args.no_short_name {
         vec![base]
     } else {

@@ -21,7 +21,7 @@
 //!    right before its batch reaches the disk), and the run stops as soon as its verdict
 //!    says another node took over: the peers not acknowledged yet stay in `sm.bak/`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -95,8 +95,9 @@ pub type Gate<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
 /// How [`Announcement::send`] notifies.
 pub struct Delivery<'a> {
-    /// The mon_names to send for one record (one peer is sent the union, in order).
-    pub names: &'a (dyn Fn(&Record) -> Vec<String> + Sync),
+    /// The mon_names to send for the records of this `my_name` (one peer is sent the union
+    /// over its records, in order). Called once per distinct `my_name`, not per peer.
+    pub names: &'a (dyn Fn(&[u8]) -> Vec<String> + Sync),
     /// Where the SM_NOTIFYs leave from.
     pub source: Source,
     /// Retries, window, timeouts (its `state` is replaced by the announcement's).
@@ -120,15 +121,12 @@ impl std::fmt::Debug for Delivery<'_> {
     }
 }
 
-/// The `sm.bak/` files of one peer (see [`same_peer`]).
-type Group = Vec<(String, Vec<Record>)>;
-
 /// The first half of a restart: `sm/` moved to `sm.bak/`, the peers of `sm.bak/` loaded,
 /// the state not bumped yet ([`Retired::bump`]).
 #[derive(Debug, Clone)]
 pub struct Retired {
     moved: usize,
-    groups: Vec<Group>,
+    peers: Peers,
     retires: u64,
 }
 
@@ -147,7 +145,7 @@ impl Retired {
         let retires = dir.retires();
         Ok(Self {
             moved,
-            groups: same_peer(load_bak(dir)?),
+            peers: load_bak(dir)?,
             retires,
         })
     }
@@ -159,12 +157,12 @@ impl Retired {
 
     /// The peers to notify (one per group of `sm.bak/` files, see the module documentation).
     pub fn peers(&self) -> usize {
-        self.groups.len()
+        self.peers.len()
     }
 
     /// Whether nobody is to be notified (sm-notify then leaves the state alone).
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.peers.is_empty()
     }
 
     /// The restart's new state: `bump` must return it only once it is durable
@@ -180,7 +178,7 @@ impl Retired {
         Ok(Announcement {
             state,
             moved: self.moved,
-            groups: self.groups,
+            peers: self.peers,
             retires: self.retires,
         })
     }
@@ -192,7 +190,7 @@ impl Retired {
 pub struct Announcement {
     state: i32,
     moved: usize,
-    groups: Vec<Group>,
+    peers: Peers,
     /// [`StateDir::retires`] before `sm.bak/` was loaded: a file is removed only if nothing
     /// was moved into `sm.bak/` since.
     retires: u64,
@@ -206,7 +204,7 @@ impl Announcement {
         Ok(Self {
             state,
             moved: 0,
-            groups: same_peer(load_bak(dir)?),
+            peers: load_bak(dir)?,
             retires,
         })
     }
@@ -223,12 +221,12 @@ impl Announcement {
 
     /// The peers to notify (one per group of `sm.bak/` files, see the module documentation).
     pub fn peers(&self) -> usize {
-        self.groups.len()
+        self.peers.len()
     }
 
     /// Whether nobody is to be notified.
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.peers.is_empty()
     }
 
     /// Notifies the peers (see the module documentation); returns when each was
@@ -254,7 +252,7 @@ impl Announcement {
         if let Some(f) = &fence {
             f.check().map_err(AnnounceError::Fenced)?;
         }
-        if self.groups.is_empty() {
+        if self.peers.is_empty() {
             return Ok(Summary {
                 state: self.state,
                 elapsed: std::time::Duration::ZERO,
@@ -267,7 +265,7 @@ impl Announcement {
         };
         let run = notify_groups(
             dir,
-            (self.groups, self.retires),
+            (self.peers, self.retires),
             names,
             config,
             sources,
@@ -283,8 +281,177 @@ impl Announcement {
     }
 }
 
-/// The records of `sm.bak/`, by file (one file per peer name).
-fn load_bak<D: Disk>(dir: &StateDir<D>) -> Result<BTreeMap<String, Vec<Record>>, AnnounceError> {
+/// One file of `sm.bak/` as an announcement keeps it: its name, and what its names to send
+/// are made of. Not its records (about 100 bytes each), unless a partial acknowledgement
+/// needs them.
+#[derive(Debug, Clone)]
+struct BakFile {
+    /// The file name (also the target's label and host when it leads its peer's files).
+    name: Arc<str>,
+    my_names: MyNames,
+}
+
+/// The `my_name`s of a file's records.
+#[derive(Debug, Clone)]
+enum MyNames {
+    /// Every record has this `my_name` (an index into [`Peers::my_names`]): the file's
+    /// records are acknowledged all at once, and the file is removed whole or left as it is.
+    One(u32),
+    /// Records of different `my_name`s: kept, so that a peer that acknowledged only some of
+    /// its names keeps the records of the names it did not (the file is rewritten).
+    Many(Box<[Record]>),
+}
+
+/// The peers of `sm.bak/`: its files, grouped by peer (see [`Peers::from_records`]).
+#[derive(Debug, Clone, Default)]
+struct Peers {
+    /// Every file, the files of one peer next to each other, the one its target is named by
+    /// first.
+    files: Vec<BakFile>,
+    /// Where each peer's files start in `files` (ascending).
+    starts: Vec<u32>,
+    /// The distinct `my_name`s of the records (most directories have one).
+    my_names: Vec<Box<[u8]>>,
+}
+
+impl Peers {
+    /// The files of `sm.bak/` grouped by peer: files whose lines share a mon_name hold the
+    /// same peer under two names (rpc.statd names a file by the mon_name's canonical DNS
+    /// name, nsmd by the mon_name itself; a peer left over from one and monitored again
+    /// under the other has both). Each group is notified once, at the file named by its
+    /// mon_name when there is one (the name lockd gave), else at its first file. Peers come
+    /// in the order of their first file's name; `records` are consumed as they are sorted
+    /// into files, so the loaded list and the kept one are not both held whole.
+    fn from_records(mut records: Vec<(String, Record)>) -> Self {
+        /// A file while the groups are made.
+        struct Loaded {
+            file: BakFile,
+            /// Its records' distinct mon_names.
+            mon_names: Vec<Vec<u8>>,
+            /// Whether one of them is the file's name.
+            own: bool,
+        }
+        if !records.is_sorted_by(|a, b| a.0 <= b.0) {
+            records.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mut my_names: Vec<Box<[u8]>> = Vec::new();
+        let mut interned: HashMap<Vec<u8>, u32> = HashMap::new();
+        let mut intern = |n: Vec<u8>| -> u32 {
+            if let Some(&i) = interned.get(&n) {
+                return i;
+            }
+            let i = u32::try_from(my_names.len()).unwrap_or(u32::MAX);
+            my_names.push(n.clone().into_boxed_slice());
+            interned.insert(n, i);
+            i
+        };
+        let mut loaded: Vec<Loaded> = Vec::new();
+        let mut rest = records.into_iter().peekable();
+        while let Some((name, first)) = rest.next() {
+            let mut recs = vec![first];
+            while let Some((_, r)) = rest.next_if(|(f, _)| *f == name) {
+                recs.push(r);
+            }
+            let own = recs.iter().any(|r| r.mon_name == name.as_bytes());
+            let mut mon_names: Vec<Vec<u8>> = Vec::with_capacity(1);
+            for r in &recs {
+                if !mon_names.contains(&r.mon_name) {
+                    mon_names.push(r.mon_name.clone());
+                }
+            }
+            let one = recs.iter().all(|r| r.my_name == recs[0].my_name);
+            let my_names = if one {
+                let r = recs.swap_remove(0);
+                MyNames::One(intern(r.my_name))
+            } else {
+                MyNames::Many(recs.into_boxed_slice())
+            };
+            loaded.push(Loaded {
+                file: BakFile {
+                    name: name.into(),
+                    my_names,
+                },
+                mon_names,
+                own,
+            });
+        }
+        // Each file's peer: the first earlier file sharing one of its mon_names, else a new one.
+        let mut peer_of: Vec<u32> = Vec::with_capacity(loaded.len());
+        let mut peers = 0u32;
+        {
+            let mut by_mon_name: HashMap<&[u8], u32> = HashMap::with_capacity(loaded.len());
+            for l in &loaded {
+                let found = l
+                    .mon_names
+                    .iter()
+                    .find_map(|m| by_mon_name.get(m.as_slice()).copied());
+                let p = found.unwrap_or_else(|| {
+                    peers += 1;
+                    peers - 1
+                });
+                for m in &l.mon_names {
+                    by_mon_name.entry(m.as_slice()).or_insert(p);
+                }
+                peer_of.push(p);
+            }
+        }
+        // Files in peer order (stable: a peer's files in name order), then its own file first.
+        let mut order: Vec<u32> = (0..u32::try_from(loaded.len()).unwrap_or(u32::MAX)).collect();
+        order.sort_by_key(|&i| peer_of[i as usize]);
+        let mut slots: Vec<Option<Loaded>> = loaded.into_iter().map(Some).collect();
+        let mut out = Peers {
+            files: Vec::with_capacity(slots.len()),
+            starts: Vec::with_capacity(peers as usize),
+            my_names: Vec::new(),
+        };
+        let mut at = 0;
+        while at < order.len() {
+            let p = peer_of[order[at] as usize];
+            let mut end = at;
+            while end < order.len() && peer_of[order[end] as usize] == p {
+                end += 1;
+            }
+            let start = out.files.len();
+            out.starts.push(u32::try_from(start).unwrap_or(u32::MAX));
+            let mut own = None;
+            for &i in &order[at..end] {
+                if let Some(l) = slots[i as usize].take() {
+                    if own.is_none() && l.own {
+                        own = Some(out.files.len());
+                    }
+                    out.files.push(l.file);
+                }
+            }
+            if let Some(own) = own {
+                out.files.swap(start, own);
+            }
+            at = end;
+        }
+        out.my_names = my_names;
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The files of peer `i`.
+    fn files(&self, i: usize) -> &[BakFile] {
+        let start = self.starts[i] as usize;
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.files.len(), |&e| e as usize);
+        &self.files[start..end]
+    }
+}
+
+/// The peers of `sm.bak/`.
+fn load_bak<D: Disk>(dir: &StateDir<D>) -> Result<Peers, AnnounceError> {
     let load = || {
         let (records, report) = dir.load(Dir::Bak)?;
         // A peer whose file cannot be read now (a transient EIO) is not dropped from the
@@ -299,46 +466,30 @@ fn load_bak<D: Disk>(dir: &StateDir<D>) -> Result<BTreeMap<String, Vec<Record>>,
         dir: dir.path().to_owned(),
         source,
     })?;
-    let mut files: BTreeMap<String, Vec<Record>> = BTreeMap::new();
-    for (file, r) in records {
-        files.entry(file).or_default().push(r);
-    }
-    Ok(files)
+    Ok(Peers::from_records(records))
 }
 
-/// The files of `sm.bak/` grouped by peer: files whose lines share a mon_name hold the same
-/// peer under two names (rpc.statd names a file by the mon_name's canonical DNS name, nsmd by
-/// the mon_name itself; a peer left over from one and monitored again under the other has
-/// both). Each group is notified once, at the file named by its mon_name when there is one
-/// (the name lockd gave), else at its first file.
-fn same_peer(files: BTreeMap<String, Vec<Record>>) -> Vec<Group> {
-    let mut groups: Vec<Group> = Vec::new();
-    let mut by_mon_name: HashMap<Vec<u8>, usize> = HashMap::new();
-    for (file, rs) in files {
-        let found = rs
-            .iter()
-            .find_map(|r| by_mon_name.get(&r.mon_name).copied());
-        let i = found.unwrap_or_else(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        for r in &rs {
-            by_mon_name.entry(r.mon_name.clone()).or_insert(i);
-        }
-        groups[i].push((file, rs));
-    }
-    for g in &mut groups {
-        if let Some(own) = g
-            .iter()
-            .position(|(f, rs)| rs.iter().any(|r| r.mon_name == f.as_bytes()))
-        {
-            g.swap(0, own);
-        }
-    }
-    groups
+/// The names to send for each `my_name` of an announcement, each list made once and shared
+/// by the targets.
+struct NameLists<'a> {
+    names: &'a (dyn Fn(&[u8]) -> Vec<String> + Sync),
+    /// By index of [`Peers::my_names`].
+    lists: Vec<Option<Arc<[String]>>>,
 }
 
-/// Notifies every group with the names `names` gives for each of its records; removes what
+impl NameLists<'_> {
+    fn of(&mut self, my_names: &[Box<[u8]>], i: u32) -> Arc<[String]> {
+        let i = i as usize;
+        if self.lists.len() <= i {
+            self.lists.resize(i + 1, None);
+        }
+        self.lists[i]
+            .get_or_insert_with(|| (self.names)(&my_names[i]).into())
+            .clone()
+    }
+}
+
+/// Notifies every peer with the names `names` gives for each of its records; removes what
 /// a peer acknowledged from `sm.bak/` as soon as it finished. Removals go through the
 /// store's group commit: the fsyncs of many acknowledgements share batches, off the event
 /// loop, so a large peer list never waits on the disk between replies. The fence is checked
@@ -352,31 +503,43 @@ fn same_peer(files: BTreeMap<String, Vec<Record>>) -> Vec<Group> {
 /// removal it queued (tests/sim.rs, seeds 190 and 335).
 async fn notify_groups(
     dir: Arc<StateDir>,
-    (groups, retires): (Vec<Group>, u64),
-    names: &(dyn Fn(&Record) -> Vec<String> + Sync),
+    (peers, retires): (Peers, u64),
+    names: &(dyn Fn(&[u8]) -> Vec<String> + Sync),
     cfg: NotifierConfig,
     sources: Sources,
     fence: Option<Arc<dyn Fence>>,
 ) -> Result<Summary, AnnounceError> {
-    let mut targets = Vec::with_capacity(groups.len());
-    // Keyed by the groups' own file names (no copy per peer).
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(groups.len());
-    for (i, group) in groups.iter().enumerate() {
-        let mut all: Vec<String> = Vec::new();
-        for r in group.iter().flat_map(|(_, rs)| rs) {
-            for n in names(r) {
-                if !all.contains(&n) {
-                    all.push(n);
+    let mut lists = NameLists {
+        names,
+        lists: Vec::new(),
+    };
+    let mut targets = Vec::with_capacity(peers.len());
+    for i in 0..peers.len() {
+        let files = peers.files(i);
+        let names: Arc<[String]> = match files {
+            [
+                BakFile {
+                    my_names: MyNames::One(m),
+                    ..
+                },
+            ] => lists.of(&peers.my_names, *m),
+            _ => {
+                let mut all: Vec<String> = Vec::new();
+                for f in files {
+                    let each: Vec<Arc<[String]>> = match &f.my_names {
+                        MyNames::One(m) => vec![lists.of(&peers.my_names, *m)],
+                        MyNames::Many(rs) => rs.iter().map(|r| names(&r.my_name).into()).collect(),
+                    };
+                    for n in each.iter().flat_map(|l| l.iter()) {
+                        if !all.contains(n) {
+                            all.push(n.clone());
+                        }
+                    }
                 }
+                all.into()
             }
-        }
-        let host = group[0].0.clone();
-        index.insert(group[0].0.as_str(), i);
-        targets.push(Target {
-            label: host.clone(),
-            host,
-            names: all,
-        });
+        };
+        targets.push(Target::new(files[0].name.clone(), names));
     }
     let notifier = Notifier::new(cfg, sources, targets)?;
     let committer = match fence.clone() {
@@ -387,41 +550,54 @@ async fn notify_groups(
     // not keep a finished task per acknowledged peer until the end.
     let mut pending = tokio::task::JoinSet::new();
     let summary = notifier
-        .run(|t, outcome, acked| {
+        .run(|i, t, outcome, acked| {
             while pending.try_join_next().is_some() {}
-            let Some(i) = index.get(t.label.as_str()).copied() else {
+            if i >= peers.len() {
                 return;
-            };
+            }
             if outcome == Outcome::GaveUp {
                 warn!(
                     peer = %t.label,
                     "given up (out of the retry budget): kept in sm.bak/ for the next announcement"
                 );
             }
-            for (file, recs) in &groups[i] {
-                let remaining: Vec<Record> = match outcome {
-                    Outcome::Acked => Vec::new(),
-                    Outcome::GaveUp if acked == 0 => return,
-                    Outcome::GaveUp => {
-                        let done = &t.names[..acked];
-                        recs.iter()
-                            .filter(|r| !names(r).iter().all(|n| done.contains(n)))
+            let done = &t.names[..acked.min(t.names.len())];
+            let all_acked = |my_name: &[u8], lists: &mut NameLists<'_>, m: Option<u32>| {
+                let l = match m {
+                    Some(m) => lists.of(&peers.my_names, m),
+                    None => names(my_name).into(),
+                };
+                l.iter().all(|n| done.contains(n))
+            };
+            for file in peers.files(i) {
+                // None: the file stays as it is; Some(records): what is left of it.
+                let remaining: Option<Vec<Record>> = match (outcome, &file.my_names) {
+                    (Outcome::Acked, _) => Some(Vec::new()),
+                    (Outcome::GaveUp, _) if acked == 0 => return,
+                    (Outcome::GaveUp, MyNames::One(m)) => {
+                        all_acked(&[], &mut lists, Some(*m)).then(Vec::new)
+                    }
+                    (Outcome::GaveUp, MyNames::Many(recs)) => {
+                        let left: Vec<Record> = recs
+                            .iter()
+                            .filter(|r| !all_acked(&r.my_name, &mut lists, None))
                             .cloned()
-                            .collect()
+                            .collect();
+                        (left.len() < recs.len()).then_some(left)
                     }
                 };
-                if remaining.len() == recs.len() {
+                let Some(remaining) = remaining else {
                     continue;
-                }
+                };
                 if let Some(Err(e)) = fence.as_deref().map(Fence::check) {
-                    warn!("{file} not updated: {e}");
+                    warn!("{} not updated: {e}", file.name);
                     return;
                 }
-                let label = file.clone();
-                let path = committer.state_dir().file_path(Dir::Bak, &label);
+                let label = file.name.to_string();
                 let gone = remaining.is_empty();
                 let commit =
                     committer.commit_unless_retired(Dir::Bak, label.clone(), remaining, retires);
+                let state_dir = committer.state_dir().clone();
                 pending.spawn(async move {
                     match commit.await {
                         Ok(()) if gone => info!("{label} removed from sm.bak"),
@@ -429,7 +605,7 @@ async fn notify_groups(
                         Err(e @ StoreError::Retired { .. }) => info!("{e}"),
                         Err(e) => error!(
                             "cannot update {}: {e}; the peer will be notified again next time",
-                            path.display()
+                            state_dir.file_path(Dir::Bak, &label).display()
                         ),
                     }
                 });
@@ -579,8 +755,8 @@ mod tests {
             .unwrap()
     }
 
-    fn my_name(r: &Record) -> Vec<String> {
-        vec![String::from_utf8_lossy(&r.my_name).into_owned()]
+    fn my_name(my_name: &[u8]) -> Vec<String> {
+        vec![String::from_utf8_lossy(my_name).into_owned()]
     }
 
     fn delivery<'a>(rpcbind_port: u16, budget: Option<Duration>) -> Delivery<'a> {
@@ -614,24 +790,15 @@ mod tests {
 
     #[test]
     fn files_of_one_peer_under_two_names_are_one_target() {
-        let mut files = BTreeMap::new();
         // rpc.statd's leftover (named by the reverse name) and nsmd's file (by the mon_name).
-        files.insert(
-            "a.example.test".to_owned(),
-            vec![rec("198.51.100.20", "srv")],
-        );
-        files.insert(
-            "198.51.100.20".to_owned(),
-            vec![rec("198.51.100.20", "srv2")],
-        );
-        files.insert(
-            "198.51.100.21".to_owned(),
-            vec![rec("198.51.100.21", "srv")],
-        );
-        let groups = same_peer(files);
-        let shape: Vec<Vec<&str>> = groups
-            .iter()
-            .map(|g| g.iter().map(|(f, _)| f.as_str()).collect())
+        let records = vec![
+            ("198.51.100.20".to_owned(), rec("198.51.100.20", "srv2")),
+            ("198.51.100.21".to_owned(), rec("198.51.100.21", "srv")),
+            ("a.example.test".to_owned(), rec("198.51.100.20", "srv")),
+        ];
+        let peers = Peers::from_records(records);
+        let shape: Vec<Vec<&str>> = (0..peers.len())
+            .map(|i| peers.files(i).iter().map(|f| &*f.name).collect())
             .collect();
         assert_eq!(
             shape,
@@ -641,6 +808,48 @@ mod tests {
             ],
             "one target per peer, at the file named by its mon_name"
         );
+    }
+
+    /// The announcement keeps a file name and a shared my_name per peer, not its records:
+    /// the records are kept only for a file whose records have different my_names (a partial
+    /// acknowledgement rewrites it), and the loaded list is not sorted again when the store
+    /// gave it in file order.
+    #[test]
+    fn peers_keep_no_records_unless_a_file_has_several_my_names() {
+        let mut records: Vec<(String, Record)> = (0..100)
+            .map(|i| {
+                let ip = format!("198.51.100.{i}");
+                (ip.clone(), rec(&ip, "srv"))
+            })
+            .collect();
+        records.push(("z.example.test".into(), rec("z.example.test", "srv")));
+        records.push(("z.example.test".into(), rec("z.example.test", "other")));
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        let peers = Peers::from_records(records);
+        assert_eq!(peers.len(), 101);
+        assert_eq!(
+            *peers.my_names,
+            [b"srv".to_vec().into_boxed_slice()],
+            "one my_name kept for the 100 files"
+        );
+        let many: Vec<&str> = peers
+            .files
+            .iter()
+            .filter(|f| matches!(f.my_names, MyNames::Many(_)))
+            .map(|f| &*f.name)
+            .collect();
+        assert_eq!(many, ["z.example.test"]);
+        // Files given out of order (another store) are grouped all the same.
+        let peers = Peers::from_records(vec![
+            ("b".into(), rec("b", "srv")),
+            ("a".into(), rec("a", "srv")),
+            ("b".into(), rec("b", "other")),
+        ]);
+        let shape: Vec<Vec<&str>> = (0..peers.len())
+            .map(|i| peers.files(i).iter().map(|f| &*f.name).collect())
+            .collect();
+        assert_eq!(shape, [vec!["a"], vec!["b"]]);
+        assert!(matches!(&peers.files[1].my_names, MyNames::Many(r) if r.len() == 2));
     }
 
     /// The peer reads the state file when the first SM_NOTIFY arrives: the state it carries

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -235,15 +236,29 @@ pub fn bind_sources(spec: &SourceSpec) -> Result<Sources, NotifyError> {
     Ok(out)
 }
 
-/// One peer to notify.
+/// One peer to notify. Its strings are shared (there may be 100,000 targets): the label and
+/// the host are usually one string (the `sm.bak/` file name), and most peers share one names
+/// list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// How logs and the summary call it (nsm-notify: the `sm.bak/` file name).
-    pub label: String,
+    pub label: Arc<str>,
     /// The host name (or address literal) to resolve to the peer's addresses.
-    pub host: String,
+    pub host: Arc<str>,
     /// The mon_names to send, in order; each must be acknowledged.
-    pub names: Vec<String>,
+    pub names: Arc<[String]>,
+}
+
+impl Target {
+    /// A target whose label is its host name.
+    pub fn new(host: impl Into<Arc<str>>, names: impl Into<Arc<[String]>>) -> Self {
+        let host = host.into();
+        Self {
+            label: host.clone(),
+            host,
+            names: names.into(),
+        }
+    }
 }
 
 /// How the notifier runs.
@@ -400,7 +415,7 @@ impl Notifier {
         for t in &targets {
             if let Some(n) = t.names.iter().find(|n| n.len() > SM_MAXSTRLEN) {
                 return Err(NotifyError::NameTooLong {
-                    peer: t.label.clone(),
+                    peer: t.label.to_string(),
                     name: n.clone(),
                 });
             }
@@ -412,12 +427,13 @@ impl Notifier {
         })
     }
 
-    /// Notifies every target; calls `on_finished(target, outcome, acked_names)` as soon as a
+    /// Notifies every target; calls `on_finished(index, target, outcome, acked_names)` (`index`:
+    /// the target's place in the list given to [`Notifier::new`]) as soon as a
     /// target acknowledged its last name or was given up (nsm-notify removes the peer's
     /// `sm.bak/` file there). Returns when every target finished.
     pub async fn run<F>(self, mut on_finished: F) -> Result<Summary, NotifyError>
     where
-        F: FnMut(&Target, Outcome, usize),
+        F: FnMut(PeerId, &Target, Outcome, usize),
     {
         let started = std::time::Instant::now();
         let Self {
@@ -438,7 +454,7 @@ impl Notifier {
         let mut sched = Scheduler::new(cfg.policy.clone());
         sched.reserve(targets.len());
         for t in &targets {
-            sched.add_peer(t.names.clone());
+            sched.add_peer_shared(t.names.clone());
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let mut xids = Xids::default();
@@ -545,7 +561,7 @@ impl Notifier {
                             r.stats.port_lookups,
                             r.stats.lookups
                         );
-                        on_finished(t, Outcome::GaveUp, r.acked_names);
+                        on_finished(id, t, Outcome::GaveUp, r.acked_names);
                     }
                 }
             }
@@ -697,7 +713,7 @@ struct Replies<'a> {
 impl Replies<'_> {
     /// [`Replies::on_reply`] for `first`, then for the replies already queued on `sock` (at
     /// most [`MAX_DRAIN`]), so a burst of replies costs one turn of the loop, not one each.
-    fn on_replies<F: FnMut(&Target, Outcome, usize)>(
+    fn on_replies<F: FnMut(PeerId, &Target, Outcome, usize)>(
         &mut self,
         sock: Option<&UdpSocket>,
         first: io::Result<(usize, SocketAddr)>,
@@ -760,7 +776,7 @@ impl Replies<'_> {
         }
     }
 
-    fn on_reply<F: FnMut(&Target, Outcome, usize)>(
+    fn on_reply<F: FnMut(PeerId, &Target, Outcome, usize)>(
         &mut self,
         (n, from): (usize, SocketAddr),
         buf: &[u8],
@@ -813,7 +829,7 @@ impl Replies<'_> {
                     t.label,
                     t.names.join(", then ")
                 );
-                on_finished(t, Outcome::Acked, t.names.len());
+                on_finished(peer, t, Outcome::Acked, t.names.len());
             }
         }
     }
@@ -910,11 +926,7 @@ mod tests {
 
     /// A fake peer at `sock`: answers GETPORT with its own port and SM_NOTIFY with success,
     /// unless `dead`; records the source of every datagram.
-    async fn fake_peer(
-        sock: UdpSocket,
-        dead: bool,
-        seen: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
-    ) {
+    async fn fake_peer(sock: UdpSocket, dead: bool, seen: Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
         let port = sock.local_addr().unwrap().port();
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = sock.recv_from(&mut buf).await {
@@ -964,7 +976,7 @@ mod tests {
                     .unwrap(),
             );
         }
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut targets = Vec::new();
         for (i, s) in socks.into_iter().enumerate() {
             let ip = s.local_addr().unwrap().ip();
@@ -972,17 +984,17 @@ mod tests {
             // while the others are answered.
             tokio::spawn(fake_peer(s, i < 3, seen.clone()));
             targets.push(Target {
-                label: format!("peer{i}"),
-                host: ip.to_string(),
-                names: vec!["srv".to_owned()],
+                label: format!("peer{i}").into(),
+                host: ip.to_string().into(),
+                names: vec!["srv".to_owned()].into(),
             });
         }
         // A host whose rpcbind is not running (nothing bound there): the ICMP port
         // unreachable fails its lookups at once, not after the RPC timeout.
         targets.push(Target {
-            label: "closed".to_owned(),
-            host: "127.0.0.22".to_owned(),
-            names: vec!["srv".to_owned()],
+            label: "closed".into(),
+            host: "127.0.0.22".into(),
+            names: vec!["srv".to_owned()].into(),
         });
         let sources = bind_sources(&SourceSpec {
             addrs: vec![IpAddr::V4(src)],
@@ -1005,7 +1017,7 @@ mod tests {
         let mut most = 0;
         let summary = Notifier::new(cfg, sources, targets)
             .unwrap()
-            .run(|_, _, _| most = most.max(udp_sockets_on(src)))
+            .run(|_, _, _, _| most = most.max(udp_sockets_on(src)))
             .await
             .unwrap();
         assert_eq!(summary.acked(), 17);

@@ -35,6 +35,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A peer, as numbered by [`Scheduler::add_peer`] (0, 1, 2, ...).
@@ -240,7 +241,7 @@ pub struct Scheduler {
     peers: Vec<Peer>,
     /// The peers' name lists; peers added one after the other with the same names share
     /// one (usually all of them do: a host or service has one or two names).
-    lists: Vec<Box<[String]>>,
+    lists: Vec<Arc<[String]>>,
     start: Option<Instant>,
     unfinished: usize,
     /// Wake-ups: `(when, peer, generation)`, earliest first; an entry whose generation is
@@ -292,10 +293,23 @@ impl Scheduler {
     /// At most 65,535 names are used.
     pub fn add_peer(&mut self, mut names: Vec<String>) -> PeerId {
         names.truncate(usize::from(u16::MAX));
+        self.add_peer_shared(names.into())
+    }
+
+    /// [`Scheduler::add_peer`] with a names list the caller shares among its peers (kept
+    /// once, not copied per peer). At most 65,535 names are used.
+    pub fn add_peer_shared(&mut self, mut names: Arc<[String]>) -> PeerId {
+        if names.len() > usize::from(u16::MAX) {
+            names = names[..usize::from(u16::MAX)].into();
+        }
         let done = names.is_empty();
         let id = self.peers.len();
-        if self.lists.last().is_none_or(|l| **l != *names) {
-            self.lists.push(names.into_boxed_slice());
+        if self
+            .lists
+            .last()
+            .is_none_or(|l| !Arc::ptr_eq(l, &names) && **l != *names)
+        {
+            self.lists.push(names);
         }
         let list = u32::try_from(self.lists.len() - 1).unwrap_or(u32::MAX);
         self.peers.push(Peer {

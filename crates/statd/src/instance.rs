@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use nsm_notify::{NotifierConfig, Policy, SourceSpec, default_names};
-use nsm_store::{Committer, Dir, LoadReport, Record, StateDir, StoreError};
+use nsm_store::{Committer, Dir, LoadReport, StateDir, StoreError};
 use nsm_xdr::nsm::{Mon, MonId, MyId, Res, SmStat, SmStatRes, StatChge};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -616,9 +616,9 @@ async fn notify_bak_now(
     if announcement.is_empty() {
         return Ok("no one to notify".into());
     }
-    let names = |r: &Record| {
+    let names = |my_name: &[u8]| {
         if cn.names.is_empty() {
-            default_names(&String::from_utf8_lossy(&r.my_name))
+            default_names(&String::from_utf8_lossy(my_name))
         } else {
             cn.names.clone()
         }
