@@ -13,7 +13,7 @@
 //! [notify]
 //! names = []                             # default: hostname, aliases, addresses
 //! retry_seconds = 900                    # 0: forever
-//! window = 512
+//! window = 2048
 //! # port = 2050                          # default: a privileged port
 //!
 //! [takeover]                             # after the state bump, before notifying

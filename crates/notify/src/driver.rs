@@ -502,6 +502,21 @@ impl Notifier {
                 match action {
                     Action::Resolve(id) => {
                         let t = &targets[id];
+                        // An address literal or a name of the hosts table: answered here,
+                        // without a task (most peers of a large list).
+                        if let Some(ips) = crate::resolve::Resolver::system().lookup_local(&t.host)
+                        {
+                            let found = ips
+                                .into_iter()
+                                .map(|ip| SocketAddr::new(ip, cfg.rpcbind_port));
+                            let r = usable(&t.host, found, has4, has6);
+                            match &r {
+                                Ok(a) => debug!(peer = %t.label, "{} is {a:?}", t.host),
+                                Err(e) => info!(peer = %t.label, "{e}; will retry"),
+                            }
+                            sched.on_resolved(id, r, now);
+                            continue;
+                        }
                         debug!(peer = %t.label, "looking up {}", t.host);
                         let (host, tx, timeout) = (t.host.clone(), tx.clone(), cfg.dns_timeout);
                         let port = cfg.rpcbind_port;
@@ -891,6 +906,16 @@ async fn resolve(
     .await
     .map_err(|_| format!("looking up {host} took longer than {timeout:?}"))?
     .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    usable(host, found, v4, v6)
+}
+
+/// The addresses `found` for `host` of a family there is a socket for.
+fn usable(
+    host: &str,
+    found: impl IntoIterator<Item = SocketAddr>,
+    v4: bool,
+    v6: bool,
+) -> Result<Vec<SocketAddr>, String> {
     let out: Vec<SocketAddr> = found
         .into_iter()
         .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
