@@ -648,9 +648,9 @@ fn main() {
     println!();
     println!(
         "| N | tool | time to all live acked (s) | live acked | peak RSS (kB) | memory per \
-         queued peer (B) | open files (max) | CPU (s) | sm-notify ÷ this |"
+         queued peer (B) | open files (max) | CPU (s) | CPU per peer (µs) | sm-notify ÷ this |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &levels {
         let sm = trials.iter().find(|t| t.n == n && t.tool == Tool::SmNotify);
         // sm-notify's time: to all live acked, or at least its cap when it did not get there.
@@ -686,8 +686,13 @@ fn main() {
                 ),
                 _ => "-".to_owned(),
             };
+            let cpu_per_peer = t.cpu.map_or_else(
+                || "-".to_owned(),
+                |c| format!("{:.0}", c.as_secs_f64() * 1e6 / n as f64),
+            );
             println!(
-                "| {n} | {} | {time} | {}/{} | {} | {per_peer:.0} | {} | {} | {ratio} |",
+                "| {n} | {} | {time} | {}/{} | {} | {per_peer:.0} | {} | {} | {cpu_per_peer} | \
+                 {ratio} |",
                 t.tool.label(),
                 t.live_acked,
                 t.live,

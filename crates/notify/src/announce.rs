@@ -546,74 +546,143 @@ async fn notify_groups(
         Some(f) => Committer::checked(dir, Box::new(move || f.check())),
         None => Committer::spawn(dir),
     };
-    // The removals under way; finished ones are reaped as peers finish, so a large list does
-    // not keep a finished task per acknowledged peer until the end.
-    let mut pending = tokio::task::JoinSet::new();
-    let summary = notifier
-        .run(|i, t, outcome, acked| {
-            while pending.try_join_next().is_some() {}
-            if i >= peers.len() {
-                return;
-            }
-            if outcome == Outcome::GaveUp {
-                warn!(
-                    peer = %t.label,
-                    "given up (out of the retry budget): kept in sm.bak/ for the next announcement"
-                );
-            }
-            let done = &t.names[..acked.min(t.names.len())];
-            let all_acked = |my_name: &[u8], lists: &mut NameLists<'_>, m: Option<u32>| {
-                let l = match m {
-                    Some(m) => lists.of(&peers.my_names, m),
-                    None => names(my_name).into(),
-                };
-                l.iter().all(|n| done.contains(n))
-            };
-            for file in peers.files(i) {
-                // None: the file stays as it is; Some(records): what is left of it.
-                let remaining: Option<Vec<Record>> = match (outcome, &file.my_names) {
-                    (Outcome::Acked, _) => Some(Vec::new()),
-                    (Outcome::GaveUp, _) if acked == 0 => return,
-                    (Outcome::GaveUp, MyNames::One(m)) => {
-                        all_acked(&[], &mut lists, Some(*m)).then(Vec::new)
-                    }
-                    (Outcome::GaveUp, MyNames::Many(recs)) => {
-                        let left: Vec<Record> = recs
-                            .iter()
-                            .filter(|r| !all_acked(&r.my_name, &mut lists, None))
-                            .cloned()
-                            .collect();
-                        (left.len() < recs.len()).then_some(left)
-                    }
-                };
-                let Some(remaining) = remaining else {
-                    continue;
-                };
-                if let Some(Err(e)) = fence.as_deref().map(Fence::check) {
-                    warn!("{} not updated: {e}", file.name);
+    let removals = Removals::default();
+    let run = async {
+        let summary = notifier
+            .run(|i, t, outcome, acked| {
+                if i >= peers.len() {
                     return;
                 }
-                let label = file.name.to_string();
-                let gone = remaining.is_empty();
-                let commit =
-                    committer.commit_unless_retired(Dir::Bak, label.clone(), remaining, retires);
-                let state_dir = committer.state_dir().clone();
-                pending.spawn(async move {
-                    match commit.await {
-                        Ok(()) if gone => info!("{label} removed from sm.bak"),
-                        Ok(()) => info!("acknowledged records of {label} removed from sm.bak"),
-                        Err(e @ StoreError::Retired { .. }) => info!("{e}"),
-                        Err(e) => error!(
-                            "cannot update {}: {e}; the peer will be notified again next time",
-                            state_dir.file_path(Dir::Bak, &label).display()
-                        ),
+                if outcome == Outcome::GaveUp {
+                    warn!(
+                        peer = %t.label,
+                        "given up (out of the retry budget): kept in sm.bak/ for the next announcement"
+                    );
+                }
+                let done = &t.names[..acked.min(t.names.len())];
+                let all_acked = |my_name: &[u8], lists: &mut NameLists<'_>, m: Option<u32>| {
+                    let l = match m {
+                        Some(m) => lists.of(&peers.my_names, m),
+                        None => names(my_name).into(),
+                    };
+                    l.iter().all(|n| done.contains(n))
+                };
+                for file in peers.files(i) {
+                    // None: the file stays as it is; Some(records): what is left of it.
+                    let remaining: Option<Vec<Record>> = match (outcome, &file.my_names) {
+                        (Outcome::Acked, _) => Some(Vec::new()),
+                        (Outcome::GaveUp, _) if acked == 0 => return,
+                        (Outcome::GaveUp, MyNames::One(m)) => {
+                            all_acked(&[], &mut lists, Some(*m)).then(Vec::new)
+                        }
+                        (Outcome::GaveUp, MyNames::Many(recs)) => {
+                            let left: Vec<Record> = recs
+                                .iter()
+                                .filter(|r| !all_acked(&r.my_name, &mut lists, None))
+                                .cloned()
+                                .collect();
+                            (left.len() < recs.len()).then_some(left)
+                        }
+                    };
+                    let Some(remaining) = remaining else {
+                        continue;
+                    };
+                    if let Some(Err(e)) = fence.as_deref().map(Fence::check) {
+                        warn!("{} not updated: {e}", file.name);
+                        return;
                     }
-                });
-            }
-        })
-        .await;
-    while pending.join_next().await.is_some() {}
+                    removals.push(file.name.clone(), remaining);
+                }
+            })
+            .await;
+        removals.close();
+        summary
+    };
+    let (summary, ()) = tokio::join!(run, removals.commit(&committer, retires));
     Ok(summary?)
+}
+
+/// The `sm.bak/` updates of the peers that finished, waiting for the store. A peer's update
+/// waits here as its file name (shared with the announcement's list) until it is handed to
+/// the store's group commit, at most [`Removals::IN_FLIGHT`] at a time: when the disk is
+/// slower than the acknowledgements come (100,000 peers, an unlink each), what waits costs
+/// 16 bytes per peer, not a queued request and a task each.
+#[derive(Default)]
+struct Removals {
+    queue: std::sync::Mutex<RemovalQueue>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct RemovalQueue {
+    /// The file and what is left of it (empty: removed).
+    files: std::collections::VecDeque<(Arc<str>, Vec<Record>)>,
+    /// No more updates come (the run finished).
+    closed: bool,
+}
+
+impl Removals {
+    /// How many updates are handed to the store at once (its batches group their fsyncs).
+    const IN_FLIGHT: usize = 256;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RemovalQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, file: Arc<str>, remaining: Vec<Record>) {
+        self.lock().files.push_back((file, remaining));
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Hands the updates to `committer` as they come, until closed and done; logs each.
+    async fn commit(&self, committer: &Committer, retires: u64) {
+        loop {
+            let batch: Vec<(Arc<str>, Vec<Record>)> = {
+                let mut q = self.lock();
+                if q.files.is_empty() && q.closed {
+                    return;
+                }
+                let n = q.files.len().min(Self::IN_FLIGHT);
+                q.files.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                // notify_one keeps a permit: a push between the check and here is not missed.
+                self.wake.notified().await;
+                continue;
+            }
+            let commits: Vec<_> = batch
+                .into_iter()
+                .map(|(file, remaining)| {
+                    let gone = remaining.is_empty();
+                    let commit = committer.commit_unless_retired(
+                        Dir::Bak,
+                        file.to_string(),
+                        remaining,
+                        retires,
+                    );
+                    (file, gone, commit)
+                })
+                .collect();
+            for (file, gone, commit) in commits {
+                match commit.await {
+                    Ok(()) if gone => info!("{file} removed from sm.bak"),
+                    Ok(()) => info!("acknowledged records of {file} removed from sm.bak"),
+                    Err(e @ StoreError::Retired { .. }) => info!("{e}"),
+                    Err(e) => error!(
+                        "cannot update {}: {e}; the peer will be notified again next time",
+                        committer.state_dir().file_path(Dir::Bak, &file).display()
+                    ),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -850,6 +919,46 @@ mod tests {
             .collect();
         assert_eq!(shape, [vec!["a"], vec!["b"]]);
         assert!(matches!(&peers.files[1].my_names, MyNames::Many(r) if r.len() == 2));
+    }
+
+    /// Finished peers' updates wait as file names and are handed to the store at most
+    /// `Removals::IN_FLIGHT` at a time (the next ones once those are on disk), not one queued
+    /// request each as they come: a disk slower than the acknowledgements does not make
+    /// memory grow by a request and a task per peer. Every update is made in the end.
+    #[tokio::test]
+    async fn removals_are_handed_to_the_store_a_bounded_number_at_a_time() {
+        let (_t, dir) = state_dir(&[]);
+        let files: Vec<String> = (0..600).map(|i| format!("h{i}")).collect();
+        for f in &files {
+            dir.write(Dir::Bak, f, &[rec(f, "srv")]).unwrap();
+        }
+        let removals = Removals::default();
+        for f in &files {
+            removals.push(f.as_str().into(), Vec::new());
+        }
+        removals.close();
+        let (committer, batches) = Committer::manual(dir.clone(), nsm_store::SyncMode::FsyncEach);
+        let run = removals.commit(&committer, dir.retires());
+        tokio::pin!(run);
+        let mut handed = Vec::new();
+        loop {
+            // Lets the run hand what it may to the store and wait for it (nothing is written
+            // until the batch below runs, whatever the time).
+            if tokio::time::timeout(Duration::from_millis(20), &mut run)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            handed.push(batches.run(usize::MAX));
+        }
+        assert_eq!(handed.iter().sum::<usize>(), 600);
+        assert!(Removals::IN_FLIGHT < 600);
+        assert!(
+            handed.iter().all(|&n| n <= Removals::IN_FLIGHT),
+            "handed to the store at once: {handed:?}"
+        );
+        assert!(bak_files(&dir).is_empty());
     }
 
     /// The peer reads the state file when the first SM_NOTIFY arrives: the state it carries

@@ -509,10 +509,11 @@ impl Notifier {
                             let found = ips
                                 .into_iter()
                                 .map(|ip| SocketAddr::new(ip, cfg.rpcbind_port));
+                            // Logged only when it fails: the port lookup's line names the
+                            // address (a line less per peer of a large list).
                             let r = usable(&t.host, found, has4, has6);
-                            match &r {
-                                Ok(a) => debug!(peer = %t.label, "{} is {a:?}", t.host),
-                                Err(e) => info!(peer = %t.label, "{e}; will retry"),
+                            if let Err(e) = &r {
+                                info!(peer = %t.label, "{e}; will retry");
                             }
                             sched.on_resolved(id, r, now);
                             continue;
@@ -526,8 +527,7 @@ impl Notifier {
                         });
                     }
                     Action::GetPort(id, addr) => {
-                        let t = &targets[id];
-                        debug!(peer = %t.label, "asking rpcbind at {addr} for statd's port");
+                        // Its answer is logged (port, or why not), naming the address.
                         outbox.push(lookups.start(id, addr, now));
                     }
                     Action::SendNotify {

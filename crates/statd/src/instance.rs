@@ -768,7 +768,7 @@ mod tests {
         r.state
     }
 
-    fn files(inst: &Instance, dir: Dir) -> Vec<(String, Record)> {
+    fn files(inst: &Instance, dir: Dir) -> Vec<(String, nsm_store::Record)> {
         let (mut r, _) = inst.state_dir().load(dir).unwrap();
         r.sort_by(|a, b| a.0.cmp(&b.0));
         r
