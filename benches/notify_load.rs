@@ -21,7 +21,9 @@
 //! answered (the tools' exits are not waited for: both keep retrying the dead peers until
 //! their budget). The tool's peak RSS (`VmHWM`) is polled while it runs; memory per queued
 //! peer is (peak RSS with N peers − peak RSS with one dead peer) / N. A tool is stopped once
-//! every live peer acknowledged, or at its time cap.
+//! every live peer acknowledged, or at its time cap. The table also gives the CPU per peer
+//! (the tool's user + system time ÷ N) and when the first port lookup reached the responder
+//! (by then the tool had moved `sm/` to `sm.bak/` and read it: what precedes notifying).
 //!
 //! Environment (all optional):
 //! - `NSMD_BENCH_LEVELS`: comma-separated peer counts (default `1000,10000`; 100000 works,
@@ -101,10 +103,13 @@ fn live_count(n: usize) -> usize {
     (1..=n).filter(|&i| !is_dead(i)).count()
 }
 
-/// What the responder saw. `acked[i]`: when peer `i`'s first SM_NOTIFY was answered.
+/// What the responder saw. `acked[i]`: when peer `i`'s first SM_NOTIFY was answered;
+/// `first_lookup`: when the first port lookup came (the tool had moved `sm/` to `sm.bak/`
+/// and read it by then).
 #[derive(Debug, Default)]
 struct Seen {
     acked: Vec<Option<Instant>>,
+    first_lookup: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -127,6 +132,7 @@ impl Responder {
     fn start(host: &Host, max_peers: usize) -> Self {
         let seen = Arc::new(Mutex::new(Seen {
             acked: vec![None; max_peers + 1],
+            first_lookup: None,
         }));
         let live_acked = Arc::new(AtomicUsize::new(0));
         let getports = Arc::new(AtomicUsize::new(0));
@@ -171,6 +177,7 @@ impl Responder {
     fn reset(&self) {
         let mut s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         s.acked.iter_mut().for_each(|a| *a = None);
+        s.first_lookup = None;
         self.live_acked.store(0, Ordering::SeqCst);
         self.getports.store(0, Ordering::SeqCst);
         self.notifies.store(0, Ordering::SeqCst);
@@ -180,6 +187,12 @@ impl Responder {
     fn last_ack_after(&self, t0: Instant) -> Option<Duration> {
         let s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         s.acked.iter().flatten().max().map(|t| *t - t0)
+    }
+
+    /// When the first port lookup came, relative to `t0`.
+    fn first_lookup_after(&self, t0: Instant) -> Option<Duration> {
+        let s = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        s.first_lookup.map(|t| t.saturating_duration_since(t0))
     }
 }
 
@@ -268,7 +281,10 @@ fn serve(
         if sent.is_err() {
             continue;
         }
-        counter.fetch_add(1, Ordering::Relaxed);
+        if counter.fetch_add(1, Ordering::Relaxed) == 0 && port == 111 {
+            let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            s.first_lookup.get_or_insert_with(Instant::now);
+        }
         if port == STATD_PORT && proc_ == SM_NOTIFY {
             let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(slot) = s.acked.get_mut(peer)
@@ -315,6 +331,8 @@ struct Trial {
     live_acked: usize,
     /// Until the last live peer acknowledged (or the last one that did, if not all).
     last_ack: Option<Duration>,
+    /// Until the first port lookup (the files moved to `sm.bak/` and read).
+    first_lookup: Option<Duration>,
     all_acked: bool,
     stopped_at: Duration,
     peak_rss_kb: u64,
@@ -486,6 +504,7 @@ impl Bench {
             live,
             live_acked: self.responder.live_acked.load(Ordering::SeqCst),
             last_ack: self.responder.last_ack_after(t0),
+            first_lookup: self.responder.first_lookup_after(t0),
             all_acked,
             stopped_at,
             peak_rss_kb: peak,
@@ -648,9 +667,10 @@ fn main() {
     println!();
     println!(
         "| N | tool | time to all live acked (s) | live acked | peak RSS (kB) | memory per \
-         queued peer (B) | open files (max) | CPU (s) | CPU per peer (µs) | sm-notify ÷ this |"
+         queued peer (B) | open files (max) | CPU (s) | CPU per peer (µs) | first port lookup \
+         (s) | sm-notify ÷ this |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &levels {
         let sm = trials.iter().find(|t| t.n == n && t.tool == Tool::SmNotify);
         // sm-notify's time: to all live acked, or at least its cap when it did not get there.
@@ -692,13 +712,14 @@ fn main() {
             );
             println!(
                 "| {n} | {} | {time} | {}/{} | {} | {per_peer:.0} | {} | {} | {cpu_per_peer} | \
-                 {ratio} |",
+                 {} | {ratio} |",
                 t.tool.label(),
                 t.live_acked,
                 t.live,
                 t.peak_rss_kb,
                 t.max_fds,
-                secs(t.cpu)
+                secs(t.cpu),
+                secs(t.first_lookup)
             );
         }
     }
