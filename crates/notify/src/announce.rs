@@ -13,8 +13,10 @@
 //!    sends: nothing reaches a peer before the state it carries is on disk.
 //! 2. [`Announcement::send`]: waits for the gate (statd registered with rpcbind, the
 //!    service ready), binds the source addresses, notifies one target per peer
-//!    (`same_peer`: the `sm.bak/` files of one peer under two names are one target) with
-//!    the names the caller gives for each record, and removes what a peer acknowledged from
+//!    (`Peers::from_records`: the `sm.bak/` files of one peer under two names are one
+//!    target) with the names the caller gives for its records' `my_name`s (kept once each:
+//!    an announcement keeps a file name per peer, not its records), and removes what a peer
+//!    acknowledged from
 //!    `sm.bak/` as soon as it finished. A peer given up (out of budget) stays in `sm.bak/`
 //!    for the next announcement (logged, counted in the [`Summary`]). With a [`Fence`],
 //!    nothing is written once it refuses (checked before a removal is queued and again

@@ -739,7 +739,7 @@ impl Replies<'_> {
             return;
         };
         let mut r = first;
-        for _ in 0..=MAX_DRAIN {
+        for handled in 1..=MAX_DRAIN {
             match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -748,6 +748,12 @@ impl Replies<'_> {
                     self.on_errors(sock, buf);
                 }
                 Ok(got) => self.on_reply(got, buf, on_finished),
+            }
+            // Nothing is taken from the socket that is not handled: the rest waits for the
+            // next turn of the loop (a datagram received after the last one handled here
+            // was lost, costing its peer a retransmission).
+            if handled == MAX_DRAIN {
+                break;
             }
             r = sock.try_recv_from(buf);
         }
@@ -1074,6 +1080,69 @@ mod tests {
         assert!(
             seen.iter().all(|a| *a == source),
             "all from {source}: {seen:?}"
+        );
+    }
+
+    /// A burst of replies larger than one turn's drain: every one is handled (the turn that
+    /// stops at the drain's limit takes nothing more from the socket).
+    #[tokio::test]
+    async fn a_burst_of_replies_loses_none() {
+        let rx = socket2::Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        rx.set_recv_buffer_size(1 << 20).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        rx.bind(&SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .unwrap();
+        let rx = UdpSocket::from_std(rx.into()).unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let n = 2 * MAX_DRAIN + 7;
+        let mut sched = Scheduler::new(Policy::default());
+        let mut targets = Vec::new();
+        let mut xids = Xids::default();
+        for i in 0..n {
+            sched.add_peer(vec!["srv".to_owned()]);
+            targets.push(Target::new(format!("p{i}"), vec!["srv".to_owned()]));
+            let xid = 0x1000 + u32::try_from(i).unwrap();
+            xids.insert(xid, i, 0);
+            let reply: Vec<u8> = [xid, 1, 0, 0, 0, 0]
+                .iter()
+                .flat_map(|w| w.to_be_bytes())
+                .collect();
+            tx.send_to(&reply, to).unwrap();
+        }
+        let mut lookups = PortLookups::new(
+            LookupPolicy {
+                timeout: Duration::from_secs(5),
+                retransmit: Duration::from_millis(500),
+                max_retransmit: Duration::from_secs(2),
+            },
+            next_xid,
+        );
+        let mut outbox = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        // Turns of the loop while datagrams are queued (loopback delivered them all already;
+        // the wait only lets the runtime see the socket readable).
+        while tokio::time::timeout(Duration::from_secs(1), rx.readable())
+            .await
+            .is_ok()
+        {
+            let first = rx.try_recv_from(&mut buf);
+            if matches!(&first, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                break;
+            }
+            Replies {
+                xids: &mut xids,
+                lookups: &mut lookups,
+                outbox: &mut outbox,
+                sched: &mut sched,
+                targets: &targets,
+            }
+            .on_replies(Some(&rx), first, &mut buf, &mut |_, _, _, _| {});
+        }
+        assert_eq!(
+            xids.by_xid.len(),
+            0,
+            "replies taken from the socket and never handled"
         );
     }
 
