@@ -1087,7 +1087,7 @@ mod tests {
     /// stops at the drain's limit takes nothing more from the socket).
     #[tokio::test]
     async fn a_burst_of_replies_loses_none() {
-        let rx = socket2::Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        let rx = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
         rx.set_recv_buffer_size(1 << 20).unwrap();
         rx.set_nonblocking(true).unwrap();
         rx.bind(&SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 0))))
