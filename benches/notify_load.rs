@@ -56,6 +56,9 @@ use nix::sys::socket::{
 };
 use nsm_testhost::{Host, Lab, Proc, prerequisites, tool_path};
 
+mod common;
+use common::{cpu_time, env_list, env_or, secs};
+
 /// The nsm-notify under test: `cargo bench` builds it with the release profile.
 const NSM_NOTIFY: &str = env!("CARGO_BIN_EXE_nsm-notify");
 /// The statd port the fake rpcbind hands out.
@@ -355,17 +358,6 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// User + system CPU time of `pid` so far (`/proc/PID/stat`, 100 ticks per second).
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which is in parentheses): state is field 3; utime and
-    // stime are fields 14 and 15.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
 /// The record line nfs-utils writes for an SM_MON of `name` (my_name `server`).
 fn record(name: &str) -> String {
     let addr = format!("{:08x}", u32::from_ne_bytes([127, 0, 0, 1]));
@@ -519,21 +511,6 @@ impl Bench {
     }
 }
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn env_list(key: &str, default: &str) -> Vec<usize> {
-    std::env::var(key)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .filter_map(|x| x.trim().parse().ok())
-        .collect()
-}
-
 fn write_hosts(hosts: &Path, max: usize) {
     let mut f = OpenOptions::new()
         .append(true)
@@ -544,10 +521,6 @@ fn write_hosts(hosts: &Path, max: usize) {
         s.push_str(&format!("{} {}\n", peer_addr(i), peer_name(i)));
     }
     f.write_all(s.as_bytes()).expect("write the hosts file");
-}
-
-fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| "-".to_owned(), |d| format!("{:.3}", d.as_secs_f64()))
 }
 
 fn main() {

@@ -1815,14 +1815,21 @@ fn main() {
                     CONC_MAX,
                 ));
             }
+            // rpc.statd's SM_MON and SM_UNMON slow down with the records: capped.
+            let statd_capped = |imp: Impl, id: &str| {
+                let capped = imp == Impl::Statd && level > statd_mon_max;
+                if capped {
+                    eprintln!(
+                        "  [round {round}] {id:<22} rpc.statd not run: {level} records is over \
+                         NSMD_BENCH_STATD_MON_MAX={statd_mon_max}"
+                    );
+                }
+                capped
+            };
             for (kind, op, workers, max) in kinds {
                 let id = format!("mon-{kind}-{level}");
                 for imp in order {
-                    if imp == Impl::Statd && level > statd_mon_max {
-                        eprintln!(
-                            "  [round {round}] {id:<22} rpc.statd not run: {level} records is over \
-                             NSMD_BENCH_STATD_MON_MAX={statd_mon_max}"
-                        );
+                    if statd_capped(imp, &id) {
                         continue;
                     }
                     let names = measured_names(&format!("r{round}-{kind}"), max);
@@ -1847,11 +1854,7 @@ fn main() {
                 let names: Vec<String> =
                     (0..max).map(|k| pre_name(k * level / max, false)).collect();
                 for imp in order {
-                    if imp == Impl::Statd && level > statd_mon_max {
-                        eprintln!(
-                            "  [round {round}] {id:<22} rpc.statd not run: {level} records is over \
-                             NSMD_BENCH_STATD_MON_MAX={statd_mon_max}"
-                        );
+                    if statd_capped(imp, &id) {
                         continue;
                     }
                     let spec = TrialSpec {

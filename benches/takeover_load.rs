@@ -90,6 +90,9 @@ use nix::sys::socket::{
     sockopt,
 };
 use nsm_testhost::{Host, Lab, Proc, prerequisites, tool_path};
+
+mod common;
+use common::{cpu_time, env_list, env_or, secs};
 use nsm_xdr::rpcbind::uaddr;
 
 /// The nsmd and nsmctl under test: `cargo bench` builds them with the release profile.
@@ -432,17 +435,6 @@ fn rss_hwm_kb(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// User + system CPU time of `pid` so far (`/proc/PID/stat`, 100 ticks per second).
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (in parentheses): state is field 3; utime and stime are
-    // fields 14 and 15.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Samples a process's VmRSS every 50 ms on a thread of its own until dropped.
@@ -976,25 +968,6 @@ fn mount_of(path: &Path) -> String {
         })
         .max()
         .map_or_else(|| "file system unknown".to_owned(), |(_, s)| s)
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn env_list(key: &str, default: &str) -> Vec<usize> {
-    std::env::var(key)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .filter_map(|x| x.trim().parse().ok())
-        .collect()
-}
-
-fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| "-".to_owned(), |d| format!("{:.3}", d.as_secs_f64()))
 }
 
 fn kb(v: u64) -> String {
